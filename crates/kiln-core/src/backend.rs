@@ -1,0 +1,154 @@
+//! Backend choice: the one place where a run-time backend name becomes a concrete burn type.
+//!
+//! Generic code implements [`BackendTask`]; [`dispatch`] instantiates it for the chosen backend.
+//! Each backend is a cargo feature of the `kiln` binary; asking for one that was not compiled in is
+//! an error naming the feature.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+
+/// A backend as the user names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// CUDA when compiled in and a GPU is present, otherwise flex.
+    Auto,
+    Flex,
+    Ndarray,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub const NAMES: &'static str = "auto, flex, ndarray, wgpu, cuda";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Flex => "flex",
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build of Kiln contains the backend.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            BackendKind::Auto => true,
+            BackendKind::Flex => cfg!(feature = "flex"),
+            BackendKind::Ndarray => cfg!(feature = "ndarray"),
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// Turns `auto` into a concrete backend and checks that the backend is compiled in.
+    pub fn resolve(self) -> Result<BackendKind> {
+        let kind = match self {
+            BackendKind::Auto if BackendKind::Cuda.compiled_in() && nvidia_gpu_present() => {
+                BackendKind::Cuda
+            }
+            BackendKind::Auto if BackendKind::Flex.compiled_in() => BackendKind::Flex,
+            BackendKind::Auto if BackendKind::Ndarray.compiled_in() => BackendKind::Ndarray,
+            BackendKind::Auto => {
+                bail!("--backend auto: no CPU backend is compiled in; rebuild with --features flex")
+            }
+            other => other,
+        };
+        if !kind.compiled_in() {
+            bail!(
+                "backend '{}' is not compiled into this kiln; rebuild with `cargo build --release --features {}`",
+                kind.name(),
+                kind.name()
+            );
+        }
+        Ok(kind)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => BackendKind::Auto,
+            "flex" => BackendKind::Flex,
+            "ndarray" => BackendKind::Ndarray,
+            "wgpu" => BackendKind::Wgpu,
+            "cuda" => BackendKind::Cuda,
+            _ => bail!("unknown backend '{s}'; choose one of {}", Self::NAMES),
+        })
+    }
+}
+
+/// The NVIDIA driver exposes these once a GPU is usable; checking them cannot crash, unlike
+/// initializing a CUDA context on a machine without one.
+fn nvidia_gpu_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+        || std::path::Path::new("/dev/nvidia0").exists()
+}
+
+/// Work that is generic over the autodiff backend.
+pub trait BackendTask {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output;
+}
+
+/// Runs `task` on the (resolved) backend `kind`.
+pub fn dispatch<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
+    let kind = kind.resolve()?;
+    #[allow(unreachable_patterns)]
+    let out = match kind {
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(
+            Default::default(),
+            kind,
+        ),
+        #[cfg(feature = "ndarray")]
+        BackendKind::Ndarray => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(
+            Default::default(),
+            kind,
+        ),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
+            Default::default(),
+            kind,
+        ),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+            Default::default(),
+            kind,
+        ),
+        _ => unreachable!("resolve() only returns compiled-in backends"),
+    };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_rejects_unknown() {
+        assert_eq!("NdArray".parse::<BackendKind>().unwrap(), BackendKind::Ndarray);
+        let e = "tpu".parse::<BackendKind>().unwrap_err().to_string();
+        assert!(e.contains("unknown backend 'tpu'") && e.contains("flex"), "{e}");
+    }
+
+    #[test]
+    fn missing_backend_names_the_feature() {
+        if !BackendKind::Cuda.compiled_in() {
+            let e = BackendKind::Cuda.resolve().unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}

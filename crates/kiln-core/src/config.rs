@@ -1,0 +1,603 @@
+//! The run configuration: one TOML file plus `--set key=value` overrides.
+//!
+//! Loading goes file → TOML value → overrides applied to the value → typed structs (serde, unknown
+//! keys rejected) → validation. Overrides therefore get exactly the same type checking as the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A whole run, as resolved from the file, the overrides and the defaults.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub run: RunSection,
+    pub data: DataSection,
+    pub model: ModelSection,
+    #[serde(default)]
+    pub optimizer: OptimizerSection,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    pub train: TrainSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Name of the run; its directory is `<output_dir>/<name>`.
+    pub name: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// Replace an existing run directory of the same name instead of refusing to start.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// IDX image and label files (MNIST layout), gzip or raw.
+    Idx,
+    /// A scikit-learn layout CSV table.
+    Csv,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub format: DataFormat,
+    // IDX: four files.
+    pub train_images: Option<PathBuf>,
+    pub train_labels: Option<PathBuf>,
+    pub test_images: Option<PathBuf>,
+    pub test_labels: Option<PathBuf>,
+    /// IDX: number of classes (labels must lie in 0..num_classes).
+    #[serde(default = "default_num_classes")]
+    pub num_classes: usize,
+    // CSV: one file, the test split held out from it.
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// Fraction of the training data held out for validation.
+    #[serde(default = "default_valid_fraction")]
+    pub valid_fraction: f64,
+    pub batch_size: usize,
+    /// Batch size for validation and test passes (defaults to `batch_size`).
+    pub eval_batch_size: Option<usize>,
+    /// Background threads that assemble batches.
+    #[serde(default = "default_loader_threads")]
+    pub loader_threads: usize,
+    /// Batches each loader thread may build ahead.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    /// Standardize inputs with statistics of the training split (per feature for CSV, one scalar
+    /// for images).
+    #[serde(default = "default_true")]
+    pub standardize: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Mlp,
+    Cnn,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    Gelu,
+    Tanh,
+    Sigmoid,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Max,
+    Avg,
+    None,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub kind: ModelKind,
+    /// MLP: hidden layer widths; empty = logistic regression. CNN: widths of the classifier head.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    #[serde(default)]
+    pub dropout: f64,
+    /// CNN: output channels of each convolution.
+    #[serde(default)]
+    pub channels: Vec<usize>,
+    #[serde(default = "default_kernel_size")]
+    pub kernel_size: usize,
+    /// CNN: zero padding of each convolution (`kernel_size / 2` keeps the size).
+    #[serde(default)]
+    pub padding: usize,
+    /// CNN: pooling after each convolution (`pool_every = 1`) or after every n-th.
+    #[serde(default = "default_pooling")]
+    pub pooling: Pooling,
+    #[serde(default = "default_pool_every")]
+    pub pool_every: usize,
+    #[serde(default)]
+    pub batch_norm: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    #[serde(default = "default_optimizer")]
+    pub kind: OptimizerKind,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// AdamW betas.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// SGD momentum (0 = plain SGD).
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            kind: default_optimizer(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            betas: default_betas(),
+            eps: default_eps(),
+            momentum: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    Constant,
+    /// Linear warmup from 0 for `warmup_steps`, then cosine decay to `min_lr` at the last step.
+    Cosine,
+    /// Multiply the learning rate by `gamma` every `step_size` steps.
+    Step,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSection {
+    #[serde(default = "default_schedule")]
+    pub kind: ScheduleKind,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "default_step_size")]
+    pub step_size: usize,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: default_schedule(),
+            warmup_steps: 0,
+            min_lr: 0.0,
+            step_size: default_step_size(),
+            gamma: default_gamma(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Stop after this many optimizer steps (exclusive with `epochs`).
+    pub max_steps: Option<usize>,
+    /// Stop after this many passes over the training split.
+    pub epochs: Option<usize>,
+    /// Validate every n steps (0 = only at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Log a train event every n steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Clip gradients to this global L2 norm (like `torch.nn.utils.clip_grad_norm_`).
+    pub grad_clip_norm: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Save the model every n steps (0 = only at the end).
+    #[serde(default)]
+    pub every_steps: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self { every_steps: 0 }
+    }
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("checkpoints")
+}
+fn default_num_classes() -> usize {
+    10
+}
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_valid_fraction() -> f64 {
+    0.1
+}
+fn default_loader_threads() -> usize {
+    1
+}
+fn default_prefetch() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_activation() -> Activation {
+    Activation::Relu
+}
+fn default_kernel_size() -> usize {
+    3
+}
+fn default_pooling() -> Pooling {
+    Pooling::Max
+}
+fn default_pool_every() -> usize {
+    1
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adamw
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+fn default_step_size() -> usize {
+    1000
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+fn default_log_every() -> usize {
+    50
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`a.b=value`), deserializes and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read config file {}", path.display())
+        })?;
+        Self::from_toml_str(&text, overrides, &path.display().to_string())
+    }
+
+    /// Parses a config from TOML text; `origin` names the source in error messages.
+    pub fn from_toml_str(text: &str, overrides: &[String], origin: &str) -> Result<Config> {
+        let mut value: toml::Table = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}: invalid TOML: {}", one_line(&e.to_string())))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: Config = Config::deserialize(toml::Value::Table(value)).map_err(|e| {
+            let what = if overrides.is_empty() {
+                origin.to_string()
+            } else {
+                format!("{origin} (with --set overrides)")
+            };
+            anyhow::anyhow!("{what}: {}", one_line(&e.to_string()))
+        })?;
+        config
+            .validate()
+            .with_context(|| format!("{origin}: invalid config"))?;
+        Ok(config)
+    }
+
+    /// The fully resolved config as TOML (defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serializes to TOML")
+    }
+
+    /// Checks values that types alone cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        check(!self.run.name.is_empty(), "run.name", "must not be empty")?;
+        check(
+            !self.run.name.contains(['/', '\\']) && self.run.name != "." && self.run.name != "..",
+            "run.name",
+            "must be a plain directory name (no slashes)",
+        )?;
+        check(d.batch_size > 0, "data.batch_size", "must be at least 1")?;
+        if let Some(b) = d.eval_batch_size {
+            check(b > 0, "data.eval_batch_size", "must be at least 1")?;
+        }
+        check(d.loader_threads > 0, "data.loader_threads", "must be at least 1")?;
+        check(d.prefetch > 0, "data.prefetch", "must be at least 1")?;
+        check(
+            (0.0..1.0).contains(&d.valid_fraction),
+            "data.valid_fraction",
+            "must be in [0, 1)",
+        )?;
+        match d.format {
+            DataFormat::Idx => {
+                for (key, v) in [
+                    ("data.train_images", &d.train_images),
+                    ("data.train_labels", &d.train_labels),
+                    ("data.test_images", &d.test_images),
+                    ("data.test_labels", &d.test_labels),
+                ] {
+                    check(v.is_some(), key, "is required when data.format = \"idx\"")?;
+                }
+                check(d.num_classes >= 2, "data.num_classes", "must be at least 2")?;
+            }
+            DataFormat::Csv => {
+                check(d.path.is_some(), "data.path", "is required when data.format = \"csv\"")?;
+                check(
+                    d.test_fraction > 0.0 && d.test_fraction < 1.0,
+                    "data.test_fraction",
+                    "must be in (0, 1)",
+                )?;
+            }
+        }
+
+        let m = &self.model;
+        check(
+            m.hidden.iter().all(|&h| h > 0),
+            "model.hidden",
+            "layer widths must be at least 1",
+        )?;
+        check(
+            (0.0..1.0).contains(&m.dropout),
+            "model.dropout",
+            "must be in [0, 1)",
+        )?;
+        if m.kind == ModelKind::Cnn {
+            check(!m.channels.is_empty(), "model.channels", "a CNN needs at least one convolution")?;
+            check(
+                m.channels.iter().all(|&c| c > 0),
+                "model.channels",
+                "channel counts must be at least 1",
+            )?;
+            check(m.kernel_size > 0, "model.kernel_size", "must be at least 1")?;
+            check(m.pool_every > 0, "model.pool_every", "must be at least 1")?;
+            check(
+                d.format == DataFormat::Idx,
+                "model.kind",
+                "\"cnn\" needs image data (data.format = \"idx\")",
+            )?;
+        }
+
+        let o = &self.optimizer;
+        check(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr", "must be a positive number")?;
+        check(o.weight_decay >= 0.0, "optimizer.weight_decay", "must be >= 0")?;
+        check(
+            o.betas.iter().all(|b| (0.0..1.0).contains(b)),
+            "optimizer.betas",
+            "both betas must be in [0, 1)",
+        )?;
+        check(o.eps > 0.0, "optimizer.eps", "must be > 0")?;
+        check(
+            (0.0..1.0).contains(&o.momentum),
+            "optimizer.momentum",
+            "must be in [0, 1)",
+        )?;
+        check(
+            !o.nesterov || o.momentum > 0.0,
+            "optimizer.nesterov",
+            "needs optimizer.momentum > 0",
+        )?;
+        check(
+            o.kind == OptimizerKind::Sgd || (o.momentum == 0.0 && !o.nesterov),
+            "optimizer.momentum",
+            "applies to kind = \"sgd\" only (AdamW uses optimizer.betas)",
+        )?;
+
+        let s = &self.schedule;
+        check(
+            s.min_lr >= 0.0 && s.min_lr <= o.lr,
+            "schedule.min_lr",
+            "must be in [0, optimizer.lr]",
+        )?;
+        check(s.step_size > 0, "schedule.step_size", "must be at least 1")?;
+        check(
+            s.gamma > 0.0 && s.gamma <= 1.0,
+            "schedule.gamma",
+            "must be in (0, 1]",
+        )?;
+        if s.kind == ScheduleKind::Cosine {
+            check(
+                o.lr <= 1.0,
+                "optimizer.lr",
+                "must be at most 1 with the cosine schedule",
+            )?;
+        }
+
+        let t = &self.train;
+        match (t.max_steps, t.epochs) {
+            (Some(0), _) => bail!("train.max_steps: must be at least 1"),
+            (_, Some(0)) => bail!("train.epochs: must be at least 1"),
+            (Some(_), Some(_)) => {
+                bail!("train.max_steps and train.epochs: set one of them, not both")
+            }
+            (None, None) => bail!("train: set train.max_steps or train.epochs"),
+            _ => {}
+        }
+        check(t.log_every > 0, "train.log_every", "must be at least 1")?;
+        if let Some(c) = t.grad_clip_norm {
+            check(c > 0.0, "train.grad_clip_norm", "must be > 0")?;
+        }
+        Ok(())
+    }
+}
+
+fn check(ok: bool, key: &str, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        bail!("{key}: {what}")
+    }
+}
+
+/// Collapses a multi-line message (toml's errors quote the offending line) into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .filter(|l| !l.starts_with('|') && !l.contains(" | "))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Applies one `a.b.c=value` override to the raw TOML table. The value is parsed as a TOML value
+/// (`3e-4`, `true`, `"text"`, `[64, 64]`); a bare word that is not valid TOML is taken as a string,
+/// so `--set model.kind=cnn` works without quotes.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let Some((key, raw)) = item.split_once('=') else {
+        bail!("--set {item}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4");
+    };
+    let key = key.trim();
+    let path: Vec<&str> = key.split('.').collect();
+    if key.is_empty() || path.iter().any(|p| p.is_empty()) {
+        bail!("--set {item}: the key must be a dotted path such as optimizer.lr");
+    }
+    let value = parse_value(raw.trim());
+    let (last, parents) = path.split_last().expect("path is not empty");
+    let mut node = table;
+    for (i, part) in parents.iter().enumerate() {
+        let entry = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!(
+                "--set {item}: {} is a value, not a section",
+                path[..=i].join(".")
+            ),
+        };
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t.remove("v").expect("parsed table has the key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [run]
+        name = "t"
+        [data]
+        format = "csv"
+        path = "x.csv"
+        batch_size = 8
+        [model]
+        kind = "mlp"
+        hidden = [16]
+        [train]
+        max_steps = 10
+    "#;
+
+    fn load(overrides: &[&str]) -> Result<Config> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::from_toml_str(BASE, &o, "base.toml")
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.run.seed, 42);
+        assert_eq!(c.optimizer.kind, OptimizerKind::Adamw);
+        assert_eq!(c.data.valid_fraction, 0.1);
+    }
+
+    #[test]
+    fn overrides_are_type_checked_like_the_file() {
+        let c = load(&["optimizer.lr=3e-4", "model.hidden=[32, 8]", "model.kind=mlp"]).unwrap();
+        assert_eq!(c.optimizer.lr, 3e-4);
+        assert_eq!(c.model.hidden, vec![32, 8]);
+        let e = load(&["data.batch_size=many"]).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+        assert!(e.contains("--set"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = load(&["train.max_stepz=5"]).unwrap_err().to_string();
+        assert!(e.contains("max_stepz"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_set_syntax() {
+        assert!(load(&["optimizer.lr"]).unwrap_err().to_string().contains("KEY=VALUE"));
+        assert!(load(&["run.name.x=1"]).unwrap_err().to_string().contains("not a section"));
+        assert!(load(&[".=1"]).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let e = format!("{:#}", load(&["data.batch_size=0"]).unwrap_err());
+        assert!(e.contains("data.batch_size: must be at least 1"), "{e}");
+        let e = format!("{:#}", load(&["train.epochs=2"]).unwrap_err());
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = load(&["optimizer.kind=sgd", "optimizer.momentum=0.9"]).unwrap();
+        let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
+        assert_eq!(c, again);
+    }
+}

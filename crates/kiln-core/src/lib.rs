@@ -1,0 +1,12 @@
+//! Kiln's foundations: the run configuration, backend selection and the run directory.
+
+pub mod backend;
+pub mod config;
+pub mod rundir;
+
+pub use backend::{dispatch, BackendKind, BackendTask};
+pub use config::Config;
+pub use rundir::RunDir;
+
+/// Kiln's version, recorded in every run directory.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

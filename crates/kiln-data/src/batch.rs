@@ -1,0 +1,126 @@
+//! Host batches and the sequential evaluation pass.
+
+use crate::Dataset;
+
+/// A batch in host memory, ready to become a tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// `batch_len * sample_len` values, one sample after the other.
+    pub x: Vec<f32>,
+    /// `[batch_len, ...sample_shape]`.
+    pub x_shape: Vec<usize>,
+    /// One class index per sample.
+    pub y: Vec<i64>,
+    /// 0-based epoch this batch belongs to.
+    pub epoch: usize,
+    /// 0-based index of this batch inside its epoch.
+    pub index: usize,
+    /// Number of batches in the epoch.
+    pub batches_in_epoch: usize,
+}
+
+impl Batch {
+    /// Number of samples in the batch.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Whether the batch holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// Copies the samples `indices` of `ds` into a batch.
+    pub(crate) fn gather(
+        ds: &Dataset,
+        indices: &[usize],
+        epoch: usize,
+        index: usize,
+        batches_in_epoch: usize,
+    ) -> Batch {
+        let mut x = Vec::with_capacity(indices.len() * ds.sample_len());
+        for &i in indices {
+            x.extend_from_slice(ds.sample(i));
+        }
+        let mut x_shape = vec![indices.len()];
+        x_shape.extend_from_slice(&ds.sample_shape);
+        Batch {
+            x,
+            x_shape,
+            y: indices.iter().map(|&i| i64::from(ds.labels[i])).collect(),
+            epoch,
+            index,
+            batches_in_epoch,
+        }
+    }
+}
+
+/// Number of batches of `batch_size` needed to cover `len` samples (the last one may be smaller).
+pub(crate) fn batch_count(len: usize, batch_size: usize) -> usize {
+    len.div_ceil(batch_size)
+}
+
+/// One ordered pass over `dataset` in batches of `batch_size` (the last one
+/// may be smaller), for evaluation. Batches are built lazily on the calling
+/// thread and all belong to epoch 0.
+///
+/// # Panics
+/// If `batch_size` is 0.
+pub fn eval_batches(dataset: &Dataset, batch_size: usize) -> impl Iterator<Item = Batch> + '_ {
+    assert!(batch_size > 0, "eval batch size must be at least 1");
+    let batches = batch_count(dataset.len(), batch_size);
+    (0..batches).map(move |index| {
+        let start = index * batch_size;
+        let end = (start + batch_size).min(dataset.len());
+        let indices: Vec<usize> = (start..end).collect();
+        Batch::gather(dataset, &indices, 0, index, batches)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::tests::toy;
+
+    #[test]
+    fn gather_builds_shapes_and_labels() {
+        let ds = toy(5);
+        let batch = Batch::gather(&ds, &[4, 0], 3, 1, 2);
+        assert_eq!(batch.x, vec![4.0, -4.0, 0.0, -0.0]);
+        assert_eq!(batch.x_shape, vec![2, 2]);
+        assert_eq!(batch.y, vec![1, 0]);
+        assert_eq!(
+            (batch.epoch, batch.index, batch.batches_in_epoch),
+            (3, 1, 2)
+        );
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn eval_batches_cover_every_sample_once_in_order() {
+        let ds = toy(10);
+        let batches: Vec<Batch> = eval_batches(&ds, 4).collect();
+        assert_eq!(batches.len(), 3);
+        let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
+        assert_eq!(batches[2].x_shape, vec![2, 2]);
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(
+                (batch.epoch, batch.index, batch.batches_in_epoch),
+                (0, i, 3)
+            );
+        }
+        let x: Vec<f32> = batches.iter().flat_map(|b| b.x.clone()).collect();
+        let y: Vec<i64> = batches.iter().flat_map(|b| b.y.clone()).collect();
+        assert_eq!(x, ds.features);
+        assert_eq!(
+            y,
+            ds.labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn eval_batches_of_an_empty_dataset_is_empty() {
+        assert_eq!(eval_batches(&toy(0), 4).count(), 0);
+    }
+}

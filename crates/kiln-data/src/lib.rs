@@ -1,0 +1,61 @@
+//! Kiln's data layer: in-memory classification datasets read from IDX and
+//! scikit-learn CSV files, deterministic train/validation splits, feature
+//! standardization, and a background batch loader.
+//!
+//! Everything here works on host memory (`Vec<f32>`) and knows nothing about
+//! tensors or backends; a [`Batch`] is turned into a tensor by the caller.
+
+mod batch;
+mod csv;
+mod dataset;
+mod idx;
+mod loader;
+mod read;
+mod standardize;
+
+pub use batch::{eval_batches, Batch};
+pub use csv::load_sklearn_csv;
+pub use dataset::{split, Dataset};
+pub use idx::load_idx;
+pub use loader::{Loader, LoaderConfig};
+pub use standardize::Standardizer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A path inside the workspace's `datasets/` folder.
+    fn dataset_path(relative: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../datasets")
+            .join(relative)
+    }
+
+    #[test]
+    fn loads_the_shipped_fashion_mnist_test_split() {
+        let ds = load_idx(
+            &dataset_path("fashion-mnist/t10k-images-idx3-ubyte.gz"),
+            &dataset_path("fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+            10,
+        )
+        .unwrap();
+        assert_eq!(ds.len(), 10_000);
+        assert_eq!(ds.sample_shape, vec![1, 28, 28]);
+        assert_eq!(ds.features.len(), 10_000 * 28 * 28);
+        assert!(ds.labels.iter().all(|&label| label < 10));
+        for class in 0..10 {
+            assert_eq!(ds.labels.iter().filter(|&&l| l == class).count(), 1000);
+        }
+    }
+
+    #[test]
+    fn loads_the_shipped_wine_csv() {
+        let ds = load_sklearn_csv(&dataset_path("tabular/wine_data.csv")).unwrap();
+        assert_eq!(ds.len(), 178);
+        assert_eq!(ds.sample_shape, vec![13]);
+        assert_eq!(ds.num_classes, 3);
+        assert_eq!(ds.class_names, vec!["class_0", "class_1", "class_2"]);
+        assert_eq!(&ds.sample(0)[..2], &[14.23, 1.71]);
+    }
+}

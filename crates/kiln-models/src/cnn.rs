@@ -1,0 +1,115 @@
+//! Convolutional classifier: `[Conv2d -> (BatchNorm) -> activation] (-> pool)` blocks, then an MLP
+//! head on the flattened features.
+
+use anyhow::{bail, Result};
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use kiln_core::config::{Activation, ModelSection, Pooling};
+
+use crate::init::HostInit;
+use crate::mlp::{activate, Mlp};
+
+#[derive(Module, Debug)]
+pub struct ConvBlock<B: Backend> {
+    pub conv: Conv2d<B>,
+    pub norm: Option<BatchNorm<B>>,
+    pub max_pool: Option<MaxPool2d>,
+    pub avg_pool: Option<AvgPool2d>,
+}
+
+#[derive(Module, Debug)]
+pub struct Cnn<B: Backend> {
+    pub blocks: Vec<ConvBlock<B>>,
+    pub head: Mlp<B>,
+    /// Input `[channels, height, width]`.
+    #[module(skip)]
+    pub input_shape: [usize; 3],
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl<B: Backend> Cnn<B> {
+    /// Builds the network for images of `input_shape` (`[channels, height, width]`), checking that
+    /// every convolution and pooling leaves a non-empty feature map.
+    pub fn new(
+        spec: &ModelSection,
+        input_shape: [usize; 3],
+        num_classes: usize,
+        init: &mut HostInit,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let [mut c, mut h, mut w] = input_shape;
+        let mut blocks = Vec::new();
+        for (i, &c_out) in spec.channels.iter().enumerate() {
+            let grown = |s: usize| (s + 2 * spec.padding).checked_sub(spec.kernel_size - 1);
+            let (Some(h2), Some(w2)) = (grown(h), grown(w)) else {
+                bail!(
+                    "model.kernel_size: convolution {} gets a {h}x{w} feature map, smaller than its {k}x{k} kernel; use fewer convolutions, more model.padding or less pooling",
+                    i + 1,
+                    k = spec.kernel_size
+                );
+            };
+            let conv = init.conv2d(c, c_out, spec.kernel_size, spec.padding, device);
+            (c, h, w) = (c_out, h2, w2);
+            let norm = spec.batch_norm.then(|| BatchNormConfig::new(c_out).init(device));
+            let pool_here = spec.pooling != Pooling::None && (i + 1) % spec.pool_every == 0;
+            if pool_here && (h < 2 || w < 2) {
+                bail!("model.pooling: the feature map after convolution {} is {h}x{w}, too small to pool; pool less often (model.pool_every)", i + 1);
+            }
+            let (max_pool, avg_pool) = match (pool_here, spec.pooling) {
+                (true, Pooling::Max) => (Some(MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init()), None),
+                (true, Pooling::Avg) => (None, Some(AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init())),
+                _ => (None, None),
+            };
+            if pool_here {
+                (h, w) = (h / 2, w / 2);
+            }
+            blocks.push(ConvBlock {
+                conv,
+                norm,
+                max_pool,
+                avg_pool,
+            });
+        }
+        let head = Mlp::new(
+            c * h * w,
+            &spec.hidden,
+            num_classes,
+            spec.activation,
+            spec.dropout,
+            init,
+            device,
+        );
+        Ok(Self {
+            blocks,
+            head,
+            input_shape,
+            activation: spec.activation,
+        })
+    }
+
+    /// `[batch, channels*height*width] -> [batch, classes]` logits.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [c, h, w] = self.input_shape;
+        let batch = x.dims()[0];
+        let mut x: Tensor<B, 4> = x.reshape([batch, c, h, w]);
+        for block in &self.blocks {
+            x = block.conv.forward(x);
+            if let Some(norm) = &block.norm {
+                x = norm.forward(x);
+            }
+            x = activate(x, self.activation);
+            if let Some(pool) = &block.max_pool {
+                x = pool.forward(x);
+            }
+            if let Some(pool) = &block.avg_pool {
+                x = pool.forward(x);
+            }
+        }
+        self.head.forward(x.flatten(1, 3))
+    }
+}

@@ -1,0 +1,94 @@
+//! Parameter initialization on the host, from the run's seed.
+//!
+//! Every backend draws random numbers differently, so burn's own initializers would give each
+//! backend different starting weights for the same seed. Kiln draws the initial values on the host
+//! with a portable generator (ChaCha8) instead: the same seed gives bit-identical initial weights on
+//! flex, ndarray, wgpu and CUDA. The distributions are PyTorch's defaults for the same layers
+//! (uniform in ±1/sqrt(fan_in) for weights and biases), so results compare with PyTorch's.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A seeded source of initial parameter values.
+pub struct HostInit {
+    rng: ChaCha8Rng,
+}
+
+impl HostInit {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// `n` values uniform in [-bound, bound).
+    fn uniform(&mut self, n: usize, bound: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| self.rng.random_range(-bound..bound))
+            .collect()
+    }
+
+    fn tensor<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        bound: f32,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        Tensor::from_data(TensorData::new(self.uniform(n, bound), shape), device)
+    }
+
+    /// A linear layer `d_in -> d_out` with bias.
+    pub fn linear<B: Backend>(&mut self, d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+        let mut layer = LinearConfig::new(d_in, d_out)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        let bound = 1.0 / (d_in as f32).sqrt();
+        layer.weight = Param::from_tensor(self.tensor([d_in, d_out], bound, device));
+        layer.bias = Some(Param::from_tensor(self.tensor([d_out], bound, device)));
+        layer
+    }
+
+    /// A 2-d convolution with square kernels, stride 1 and bias.
+    pub fn conv2d<B: Backend>(
+        &mut self,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        padding: usize,
+        device: &B::Device,
+    ) -> Conv2d<B> {
+        let mut layer = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        let bound = 1.0 / ((c_in * kernel * kernel) as f32).sqrt();
+        layer.weight = Param::from_tensor(self.tensor([c_out, c_in, kernel, kernel], bound, device));
+        layer.bias = Some(Param::from_tensor(self.tensor([c_out], bound, device)));
+        layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn same_seed_same_weights_and_pytorch_bounds() {
+        let device = Default::default();
+        let a: Linear<Flex> = HostInit::new(7).linear(100, 3, &device);
+        let b: Linear<Flex> = HostInit::new(7).linear(100, 3, &device);
+        let c: Linear<Flex> = HostInit::new(8).linear(100, 3, &device);
+        let wa = a.weight.val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(wa, b.weight.val().into_data().to_vec::<f32>().unwrap());
+        assert_ne!(wa, c.weight.val().into_data().to_vec::<f32>().unwrap());
+        assert!(wa.iter().all(|w| w.abs() <= 0.1));
+        assert!(wa.iter().any(|w| w.abs() > 0.05));
+    }
+}

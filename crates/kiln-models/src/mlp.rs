@@ -1,0 +1,67 @@
+//! Multi-layer perceptron: `Linear -> activation -> dropout` per hidden layer, then a linear
+//! classifier. No hidden layers is logistic regression.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use kiln_core::config::Activation;
+
+use crate::dropout::dropout;
+use crate::init::HostInit;
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Hidden layers followed by the output layer.
+    pub layers: Vec<Linear<B>>,
+    #[module(skip)]
+    pub activation: Activation,
+    #[module(skip)]
+    pub dropout: f64,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn new(
+        d_in: usize,
+        hidden: &[usize],
+        d_out: usize,
+        activation: Activation,
+        dropout: f64,
+        init: &mut HostInit,
+        device: &B::Device,
+    ) -> Self {
+        let widths: Vec<usize> = std::iter::once(d_in)
+            .chain(hidden.iter().copied())
+            .chain(std::iter::once(d_out))
+            .collect();
+        let layers = widths
+            .windows(2)
+            .map(|w| init.linear(w[0], w[1], device))
+            .collect();
+        Self {
+            layers,
+            activation,
+            dropout,
+        }
+    }
+
+    /// `[batch, d_in] -> [batch, d_out]` logits.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let (last, hidden) = self.layers.split_last().expect("an MLP has an output layer");
+        let x = hidden.iter().fold(x, |x, layer| {
+            dropout(activate(layer.forward(x), self.activation), self.dropout)
+        });
+        last.forward(x)
+    }
+}
+
+/// Applies an activation function.
+pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, activation: Activation) -> Tensor<B, D> {
+    use burn::tensor::activation as act;
+    match activation {
+        Activation::Relu => act::relu(x),
+        Activation::Gelu => act::gelu(x),
+        Activation::Tanh => act::tanh(x),
+        Activation::Sigmoid => act::sigmoid(x),
+    }
+}

@@ -1,0 +1,16 @@
+//! Kiln's training: a step-based loop on burn's autodiff, optimizers and LR schedulers, generic
+//! over the backend.
+
+pub mod clip;
+pub mod data;
+pub mod eval;
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+pub mod step;
+pub mod trainer;
+pub mod weights;
+
+pub use data::Splits;
+pub use eval::{evaluate, EvalResult};
+pub use trainer::{train, TrainSummary};
