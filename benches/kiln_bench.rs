@@ -76,22 +76,25 @@ impl BackendTask for Bench {
         let mut model = Classifier::<B>::new(&spec, &[1, 28, 28], 10, 0, &device)?;
         let mut optim = Optim::<Classifier<B>, B>::new(&OptimizerSection::default());
         let n = self.batch;
-        let x_host: Vec<f32> = (0..n * 784).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+        let x_host: Vec<f32> = (0..n * 784)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
         let y_host: Vec<i64> = (0..n).map(|i| (i * 31 % 10) as i64).collect();
         let x = Tensor::<B, 2>::from_data(TensorData::new(x_host, [n, 784]), &device);
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
 
         // Like the reference, the loss is read (a device sync) only after the last step.
-        let run_steps = |count: usize, mut m: Classifier<B>, optim: &mut Optim<Classifier<B>, B>| {
-            let mut loss = None;
-            for _ in 0..count {
-                let (next, stats) = train_step(m, optim, x.clone(), y.clone(), 1e-3, None);
-                m = next;
-                loss = Some(stats.loss_sum);
-            }
-            let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / n as f64);
-            (m, loss)
-        };
+        let run_steps =
+            |count: usize, mut m: Classifier<B>, optim: &mut Optim<Classifier<B>, B>| {
+                let mut loss = None;
+                for _ in 0..count {
+                    let (next, stats) = train_step(m, optim, x.clone(), y.clone(), 1e-3, None);
+                    m = next;
+                    loss = Some(stats.loss_sum);
+                }
+                let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / n as f64);
+                (m, loss)
+            };
         (model, _) = run_steps(self.warmup, model, &mut optim);
         let start = std::time::Instant::now();
         let (_model, last_loss) = run_steps(self.steps, model, &mut optim);

@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Runs `kiln` from the repository root (configs name datasets relative to it).
@@ -32,7 +35,11 @@ fn train(config: &str, backend: &str, out_dir: &Path, extra: &[&str]) -> PathBuf
         args.extend(["--set", e]);
     }
     let out = kiln(&args);
-    assert!(out.status.success(), "kiln {args:?} failed:\n{}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed:\n{}",
+        stderr(&out)
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).expect("train prints a JSON summary");
     PathBuf::from(summary["run_dir"].as_str().unwrap())
 }
@@ -57,7 +64,14 @@ fn losses(run_dir: &Path) -> Vec<f64> {
 fn smoke_trains_writes_the_run_directory_and_eval_agrees() {
     let tmp = tempfile::tempdir().unwrap();
     let run = train("configs/smoke.toml", "flex", tmp.path(), &[]);
-    for f in ["config.toml", "run.json", "metrics.jsonl", "latest", "step-20/model.safetensors", "step-40/model.safetensors"] {
+    for f in [
+        "config.toml",
+        "run.json",
+        "metrics.jsonl",
+        "latest",
+        "step-20/model.safetensors",
+        "step-40/model.safetensors",
+    ] {
         assert!(run.join(f).exists(), "missing {f}");
     }
     let train = events(&run, "train");
@@ -74,14 +88,18 @@ fn smoke_trains_writes_the_run_directory_and_eval_agrees() {
     assert_eq!(test.len(), 1);
     assert!(test[0]["accuracy"].as_f64().unwrap() > 0.7, "{}", test[0]);
 
-    let run_json: Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let run_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["backend"], "flex");
     assert_eq!(run_json["seed"], 7);
 
     let out = kiln(&["eval", run.to_str().unwrap(), "--backend", "flex"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["accuracy"], test[0]["accuracy"], "eval of the saved weights must reproduce the run's test event");
+    assert_eq!(
+        r["accuracy"], test[0]["accuracy"],
+        "eval of the saved weights must reproduce the run's test event"
+    );
     assert!((r["loss"].as_f64().unwrap() - test[0]["loss"].as_f64().unwrap()).abs() < 1e-6);
 }
 
@@ -105,8 +123,17 @@ fn same_seed_identical(backend: &str) {
     assert_eq!(la.len(), 8);
     assert_eq!(la, lb, "{backend}: two runs with the same seed differ");
     let other = tempfile::tempdir().unwrap();
-    let rc = train("configs/smoke.toml", backend, other.path(), &["run.seed=8", extra[0]]);
-    assert_ne!(la, losses(&rc), "{backend}: another seed gave the same losses");
+    let rc = train(
+        "configs/smoke.toml",
+        backend,
+        other.path(),
+        &["run.seed=8", extra[0]],
+    );
+    assert_ne!(
+        la,
+        losses(&rc),
+        "{backend}: another seed gave the same losses"
+    );
 }
 
 /// flex, ndarray and wgpu start from the same weights (Kiln draws them on the host from the seed)
@@ -121,7 +148,10 @@ fn backends_agree_on_smoke() {
         .iter()
         .map(|b| {
             let dir = tmp.path().join(b);
-            (b.to_string(), losses(&train("configs/smoke.toml", b, &dir, &[])))
+            (
+                b.to_string(),
+                losses(&train("configs/smoke.toml", b, &dir, &[])),
+            )
         })
         .collect();
     let (_, reference) = &runs[0];
@@ -129,7 +159,10 @@ fn backends_agree_on_smoke() {
         assert_eq!(l.len(), reference.len());
         for (i, (a, b)) in reference.iter().zip(l).enumerate() {
             let rel = (a - b).abs() / a.abs();
-            assert!(rel < 1e-3, "{backend} differs from flex at log {i}: {a} vs {b} (rel {rel:e})");
+            assert!(
+                rel < 1e-3,
+                "{backend} differs from flex at log {i}: {a} vs {b} (rel {rel:e})"
+            );
         }
     }
 }
@@ -142,11 +175,22 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     let out = kiln(args);
     let err = stderr(&out);
     assert!(!out.status.success(), "kiln {args:?} should fail:\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "kiln {args:?} panicked:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "kiln {args:?} panicked:\n{err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected a one-line error for {args:?}, got:\n{err}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected a one-line error for {args:?}, got:\n{err}"
+    );
     for n in needles {
-        assert!(lines[0].contains(n), "error for {args:?} lacks {n:?}: {}", lines[0]);
+        assert!(
+            lines[0].contains(n),
+            "error for {args:?} lacks {n:?}: {}",
+            lines[0]
+        );
     }
 }
 
@@ -166,33 +210,60 @@ fn smoke_with(dir: &Path, from: &str, to: &str) -> String {
 #[test]
 fn unknown_config_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = smoke_with(tmp.path(), "batch_size = 64", "batch_size = 64\nbatch_sise = 3");
-    fails_with(&["train", &cfg], &["bad.toml", "unknown field `batch_sise`"]);
+    let cfg = smoke_with(
+        tmp.path(),
+        "batch_size = 64",
+        "batch_size = 64\nbatch_sise = 3",
+    );
+    fails_with(
+        &["train", &cfg],
+        &["bad.toml", "unknown field `batch_sise`"],
+    );
 }
 
 #[test]
 fn wrong_value_type() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = smoke_with(tmp.path(), "batch_size = 64", "batch_size = \"sixty-four\"");
-    fails_with(&["train", &cfg], &["bad.toml", "batch_size", "invalid type"]);
+    fails_with(
+        &["train", &cfg],
+        &["bad.toml", "batch_size", "invalid type"],
+    );
 }
 
 #[test]
 fn bad_set_overrides() {
-    fails_with(&["train", "configs/smoke.toml", "--set", "optimizer.lr"], &["--set optimizer.lr", "KEY=VALUE"]);
-    fails_with(&["train", "configs/smoke.toml", "--set", "optimizer.lr=fast"], &["smoke.toml", "--set", "lr", "invalid type"]);
-    fails_with(&["train", "configs/smoke.toml", "--set", "optimiser.lr=0.1"], &["unknown field `optimiser`"]);
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", "optimizer.lr"],
+        &["--set optimizer.lr", "KEY=VALUE"],
+    );
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", "optimizer.lr=fast"],
+        &["smoke.toml", "--set", "lr", "invalid type"],
+    );
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", "optimiser.lr=0.1"],
+        &["unknown field `optimiser`"],
+    );
 }
 
 #[test]
 fn batch_size_zero() {
-    fails_with(&["train", "configs/smoke.toml", "--set", "data.batch_size=0"], &["data.batch_size", "at least 1"]);
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", "data.batch_size=0"],
+        &["data.batch_size", "at least 1"],
+    );
 }
 
 #[test]
 fn missing_dataset_file() {
     fails_with(
-        &["train", "configs/smoke.toml", "--set", "data.train_images=datasets/nope.gz"],
+        &[
+            "train",
+            "configs/smoke.toml",
+            "--set",
+            "data.train_images=datasets/nope.gz",
+        ],
         &["datasets/nope.gz", "data.train_images"],
     );
 }
@@ -205,7 +276,10 @@ fn truncated_idx_file() {
     let cut = tmp.path().join("cut-images.idx");
     std::fs::write(&cut, &raw[..raw.len() / 2]).unwrap();
     let set = format!("data.test_images=\"{}\"", cut.display());
-    fails_with(&["train", "configs/smoke.toml", "--set", &set], &["cut-images.idx", "truncated"]);
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", &set],
+        &["cut-images.idx", "truncated"],
+    );
 }
 
 /// Decompresses gzip with the system's gzip tool (keeps the test free of extra crates).
@@ -223,13 +297,20 @@ fn gunzip(gz: &[u8]) -> Vec<u8> {
 
 #[test]
 fn label_out_of_range() {
-    fails_with(&["train", "configs/smoke.toml", "--set", "data.num_classes=5"], &["label", "t"]);
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", "data.num_classes=5"],
+        &["label", "t"],
+    );
 }
 
 #[test]
 fn csv_row_with_wrong_number_of_columns() {
     let tmp = tempfile::tempdir().unwrap();
-    let csv = write(tmp.path(), "short.csv", "3,2,a,b\n1.0,2.0,0\n3.0,1\n5.0,6.0,1\n");
+    let csv = write(
+        tmp.path(),
+        "short.csv",
+        "3,2,a,b\n1.0,2.0,0\n3.0,1\n5.0,6.0,1\n",
+    );
     let cfg = write(
         tmp.path(),
         "csv.toml",
@@ -243,7 +324,10 @@ fn csv_row_with_wrong_number_of_columns() {
 
 #[test]
 fn unknown_backend() {
-    fails_with(&["train", "configs/smoke.toml", "--backend", "tpu"], &["unknown backend 'tpu'", "flex"]);
+    fails_with(
+        &["train", "configs/smoke.toml", "--backend", "tpu"],
+        &["unknown backend 'tpu'", "flex"],
+    );
 }
 
 #[test]
@@ -252,10 +336,16 @@ fn backend_not_compiled_in() {
     if cfg!(feature = "cuda") {
         return;
     }
-    fails_with(&["train", "configs/smoke.toml", "--backend", "cuda"], &["cuda", "--features cuda"]);
+    fails_with(
+        &["train", "configs/smoke.toml", "--backend", "cuda"],
+        &["cuda", "--features cuda"],
+    );
 }
 
 #[test]
 fn eval_of_a_missing_run() {
-    fails_with(&["eval", "checkpoints/no-such-run"], &["no-such-run", "does not exist"]);
+    fails_with(
+        &["eval", "checkpoints/no-such-run"],
+        &["no-such-run", "does not exist"],
+    );
 }

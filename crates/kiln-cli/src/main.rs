@@ -12,7 +12,11 @@ use kiln_models::Classifier;
 use kiln_train::{evaluate, weights, Splits};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Train deep-learning models from config files on CPUs and GPUs")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Train deep-learning models from config files on CPUs and GPUs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,7 +103,14 @@ fn run(cli: Cli) -> Result<()> {
             let config_path = find_run_config(&file)?;
             let config = Config::load(&config_path, &[])
                 .with_context(|| format!("reading the run config of {}", weights.display()))?;
-            let result = dispatch(backend.backend, EvalTask { config, file, split })??;
+            let result = dispatch(
+                backend.backend,
+                EvalTask {
+                    config,
+                    file,
+                    split,
+                },
+            )??;
             println!("{}", serde_json::to_string(&result)?);
         }
     }

@@ -109,25 +109,21 @@ pub fn dispatch<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output>
     #[allow(unreachable_patterns)]
     let out = match kind {
         #[cfg(feature = "flex")]
-        BackendKind::Flex => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(
-            Default::default(),
-            kind,
-        ),
+        BackendKind::Flex => {
+            task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), kind)
+        }
         #[cfg(feature = "ndarray")]
-        BackendKind::Ndarray => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(
-            Default::default(),
-            kind,
-        ),
+        BackendKind::Ndarray => {
+            task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default(), kind)
+        }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
-            Default::default(),
-            kind,
-        ),
+        BackendKind::Wgpu => {
+            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(Default::default(), kind)
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            Default::default(),
-            kind,
-        ),
+        BackendKind::Cuda => {
+            task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(Default::default(), kind)
+        }
         _ => unreachable!("resolve() only returns compiled-in backends"),
     };
     Ok(out)
@@ -139,9 +135,15 @@ mod tests {
 
     #[test]
     fn parses_names_and_rejects_unknown() {
-        assert_eq!("NdArray".parse::<BackendKind>().unwrap(), BackendKind::Ndarray);
+        assert_eq!(
+            "NdArray".parse::<BackendKind>().unwrap(),
+            BackendKind::Ndarray
+        );
         let e = "tpu".parse::<BackendKind>().unwrap_err().to_string();
-        assert!(e.contains("unknown backend 'tpu'") && e.contains("flex"), "{e}");
+        assert!(
+            e.contains("unknown backend 'tpu'") && e.contains("flex"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -231,18 +231,12 @@ pub struct TrainSection {
     pub grad_clip_norm: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSection {
     /// Save the model every n steps (0 = only at the end).
     #[serde(default)]
     pub every_steps: usize,
-}
-
-impl Default for CheckpointSection {
-    fn default() -> Self {
-        Self { every_steps: 0 }
-    }
 }
 
 fn default_seed() -> u64 {
@@ -309,9 +303,8 @@ fn default_log_every() -> usize {
 impl Config {
     /// Reads `path`, applies `overrides` (`a.b=value`), deserializes and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read config file {}", path.display())
-        })?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::from_toml_str(&text, overrides, &path.display().to_string())
     }
 
@@ -354,7 +347,11 @@ impl Config {
         if let Some(b) = d.eval_batch_size {
             check(b > 0, "data.eval_batch_size", "must be at least 1")?;
         }
-        check(d.loader_threads > 0, "data.loader_threads", "must be at least 1")?;
+        check(
+            d.loader_threads > 0,
+            "data.loader_threads",
+            "must be at least 1",
+        )?;
         check(d.prefetch > 0, "data.prefetch", "must be at least 1")?;
         check(
             (0.0..1.0).contains(&d.valid_fraction),
@@ -374,7 +371,11 @@ impl Config {
                 check(d.num_classes >= 2, "data.num_classes", "must be at least 2")?;
             }
             DataFormat::Csv => {
-                check(d.path.is_some(), "data.path", "is required when data.format = \"csv\"")?;
+                check(
+                    d.path.is_some(),
+                    "data.path",
+                    "is required when data.format = \"csv\"",
+                )?;
                 check(
                     d.test_fraction > 0.0 && d.test_fraction < 1.0,
                     "data.test_fraction",
@@ -395,7 +396,11 @@ impl Config {
             "must be in [0, 1)",
         )?;
         if m.kind == ModelKind::Cnn {
-            check(!m.channels.is_empty(), "model.channels", "a CNN needs at least one convolution")?;
+            check(
+                !m.channels.is_empty(),
+                "model.channels",
+                "a CNN needs at least one convolution",
+            )?;
             check(
                 m.channels.iter().all(|&c| c > 0),
                 "model.channels",
@@ -411,8 +416,16 @@ impl Config {
         }
 
         let o = &self.optimizer;
-        check(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr", "must be a positive number")?;
-        check(o.weight_decay >= 0.0, "optimizer.weight_decay", "must be >= 0")?;
+        check(
+            o.lr > 0.0 && o.lr.is_finite(),
+            "optimizer.lr",
+            "must be a positive number",
+        )?;
+        check(
+            o.weight_decay >= 0.0,
+            "optimizer.weight_decay",
+            "must be >= 0",
+        )?;
         check(
             o.betas.iter().all(|b| (0.0..1.0).contains(b)),
             "optimizer.betas",
@@ -564,7 +577,12 @@ mod tests {
 
     #[test]
     fn overrides_are_type_checked_like_the_file() {
-        let c = load(&["optimizer.lr=3e-4", "model.hidden=[32, 8]", "model.kind=mlp"]).unwrap();
+        let c = load(&[
+            "optimizer.lr=3e-4",
+            "model.hidden=[32, 8]",
+            "model.kind=mlp",
+        ])
+        .unwrap();
         assert_eq!(c.optimizer.lr, 3e-4);
         assert_eq!(c.model.hidden, vec![32, 8]);
         let e = load(&["data.batch_size=many"]).unwrap_err().to_string();
@@ -581,8 +599,14 @@ mod tests {
 
     #[test]
     fn bad_set_syntax() {
-        assert!(load(&["optimizer.lr"]).unwrap_err().to_string().contains("KEY=VALUE"));
-        assert!(load(&["run.name.x=1"]).unwrap_err().to_string().contains("not a section"));
+        assert!(load(&["optimizer.lr"])
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=VALUE"));
+        assert!(load(&["run.name.x=1"])
+            .unwrap_err()
+            .to_string()
+            .contains("not a section"));
         assert!(load(&[".=1"]).is_err());
     }
 

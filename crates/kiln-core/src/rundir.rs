@@ -39,8 +39,7 @@ impl RunInfo {
             world_size: 1,
             kiln_version: crate::VERSION.to_string(),
             git_commit: git_commit(),
-            start_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            start_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             seed,
             command: std::env::args().collect(),
         }
@@ -116,7 +115,10 @@ impl RunDir {
 
     /// Points `latest` at the checkpoint of `step` (after it is complete).
     pub fn set_latest(&self, step: usize) -> Result<()> {
-        write_atomic(&self.root.join("latest"), format!("step-{step}\n").as_bytes())
+        write_atomic(
+            &self.root.join("latest"),
+            format!("step-{step}\n").as_bytes(),
+        )
     }
 }
 
@@ -127,7 +129,10 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if !path.exists() {
-        bail!("{} does not exist; give a run directory, a step-<N> directory or a .safetensors file", path.display());
+        bail!(
+            "{} does not exist; give a run directory, a step-<N> directory or a .safetensors file",
+            path.display()
+        );
     }
     let candidate = path.join("model.safetensors");
     if candidate.is_file() {
@@ -141,7 +146,12 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
         if file.is_file() {
             return Ok(file);
         }
-        bail!("{} names {} but {} is missing", latest.display(), step.trim(), file.display());
+        bail!(
+            "{} names {} but {} is missing",
+            latest.display(),
+            step.trim(),
+            file.display()
+        );
     }
     bail!(
         "{} holds no model.safetensors and no `latest` pointer; is it a Kiln run directory?",
@@ -152,7 +162,11 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
 /// Finds the run's resolved `config.toml` for a weights path (the file's checkpoint directory's
 /// parent run directory, or the run directory itself).
 pub fn find_run_config(path: &Path) -> Result<PathBuf> {
-    let mut dir = if path.is_file() { path.parent() } else { Some(path) };
+    let mut dir = if path.is_file() {
+        path.parent()
+    } else {
+        Some(path)
+    };
     while let Some(d) = dir {
         let c = d.join("config.toml");
         if c.is_file() {

@@ -55,14 +55,22 @@ impl<B: Backend> Cnn<B> {
             };
             let conv = init.conv2d(c, c_out, spec.kernel_size, spec.padding, device);
             (c, h, w) = (c_out, h2, w2);
-            let norm = spec.batch_norm.then(|| BatchNormConfig::new(c_out).init(device));
+            let norm = spec
+                .batch_norm
+                .then(|| BatchNormConfig::new(c_out).init(device));
             let pool_here = spec.pooling != Pooling::None && (i + 1) % spec.pool_every == 0;
             if pool_here && (h < 2 || w < 2) {
                 bail!("model.pooling: the feature map after convolution {} is {h}x{w}, too small to pool; pool less often (model.pool_every)", i + 1);
             }
             let (max_pool, avg_pool) = match (pool_here, spec.pooling) {
-                (true, Pooling::Max) => (Some(MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init()), None),
-                (true, Pooling::Avg) => (None, Some(AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init())),
+                (true, Pooling::Max) => (
+                    Some(MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init()),
+                    None,
+                ),
+                (true, Pooling::Avg) => (
+                    None,
+                    Some(AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init()),
+                ),
                 _ => (None, None),
             };
             if pool_here {

@@ -44,7 +44,12 @@ impl HostInit {
     }
 
     /// A linear layer `d_in -> d_out` with bias.
-    pub fn linear<B: Backend>(&mut self, d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+    pub fn linear<B: Backend>(
+        &mut self,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Linear<B> {
         let mut layer = LinearConfig::new(d_in, d_out)
             .with_initializer(Initializer::Zeros)
             .init(device);
@@ -64,11 +69,14 @@ impl HostInit {
         device: &B::Device,
     ) -> Conv2d<B> {
         let mut layer = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
-            .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+            .with_padding(PaddingConfig2d::Explicit(
+                padding, padding, padding, padding,
+            ))
             .with_initializer(Initializer::Zeros)
             .init(device);
         let bound = 1.0 / ((c_in * kernel * kernel) as f32).sqrt();
-        layer.weight = Param::from_tensor(self.tensor([c_out, c_in, kernel, kernel], bound, device));
+        layer.weight =
+            Param::from_tensor(self.tensor([c_out, c_in, kernel, kernel], bound, device));
         layer.bias = Some(Param::from_tensor(self.tensor([c_out], bound, device)));
         layer
     }

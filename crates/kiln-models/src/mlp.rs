@@ -47,7 +47,10 @@ impl<B: Backend> Mlp<B> {
 
     /// `[batch, d_in] -> [batch, d_out]` logits.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let (last, hidden) = self.layers.split_last().expect("an MLP has an output layer");
+        let (last, hidden) = self
+            .layers
+            .split_last()
+            .expect("an MLP has an output layer");
         let x = hidden.iter().fold(x, |x, layer| {
             dropout(activate(layer.forward(x), self.activation), self.dropout)
         });
@@ -56,7 +59,10 @@ impl<B: Backend> Mlp<B> {
 }
 
 /// Applies an activation function.
-pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, activation: Activation) -> Tensor<B, D> {
+pub fn activate<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    activation: Activation,
+) -> Tensor<B, D> {
     use burn::tensor::activation as act;
     match activation {
         Activation::Relu => act::relu(x),

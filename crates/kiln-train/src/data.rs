@@ -38,8 +38,8 @@ impl Splits {
                 (train, test)
             }
             DataFormat::Csv => {
-                let all = load_sklearn_csv(required(d, &d.path, "path")?)
-                    .context("reading data.path")?;
+                let all =
+                    load_sklearn_csv(required(d, &d.path, "path")?).context("reading data.path")?;
                 // The test split is drawn with its own stream so that changing
                 // valid_fraction never moves a sample in or out of the test split.
                 split(&all, d.test_fraction, seed ^ 0x7E57)

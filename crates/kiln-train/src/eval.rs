@@ -16,7 +16,10 @@ pub struct EvalResult {
 }
 
 /// Moves a host batch onto `device` as `([batch, features], [batch])` tensors.
-pub fn batch_tensors<B: Backend>(batch: Batch, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+pub fn batch_tensors<B: Backend>(
+    batch: Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
     let n = batch.y.len();
     let features = batch.x.len() / n.max(1);
     let x = Tensor::from_data(TensorData::new(batch.x, [n, features]), device);
@@ -33,12 +36,7 @@ pub fn batch_sums<B: Backend>(
     let loss = CrossEntropyLossConfig::new()
         .init(&logits.device())
         .forward(logits.clone(), targets.clone());
-    let correct = logits
-        .argmax(1)
-        .reshape([n])
-        .equal(targets)
-        .int()
-        .sum();
+    let correct = logits.argmax(1).reshape([n]).equal(targets).int().sum();
     (loss.mul_scalar(n as f64), correct)
 }
 

@@ -28,7 +28,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optim<M, B> {
             ),
             OptimizerKind::Sgd => Optim::Sgd(
                 SgdConfig::new()
-                    .with_momentum((s.momentum > 0.0).then(|| MomentumConfig {
+                    .with_momentum((s.momentum > 0.0).then_some(MomentumConfig {
                         momentum: s.momentum,
                         // PyTorch's default: no dampening.
                         dampening: 0.0,

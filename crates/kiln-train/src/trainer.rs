@@ -17,10 +17,10 @@ use serde_json::json;
 
 use crate::data::Splits;
 use crate::eval::{batch_tensors, evaluate, EvalResult};
-use crate::step::{train_step, StepStats};
 use crate::optim::Optim;
 use crate::progress::Progress;
 use crate::schedule::LrSchedule;
+use crate::step::{train_step, StepStats};
 use crate::weights;
 
 /// What a finished run reports.
@@ -176,7 +176,11 @@ fn eval_event(step: usize, epoch: f64, split: &str, r: &EvalResult) -> serde_jso
 
 /// Writes `step-<N>/model.safetensors` under a temporary directory name, then renames it into
 /// place and points `latest` at it.
-fn save_checkpoint<B: AutodiffBackend>(run: &RunDir, model: &Classifier<B>, step: usize) -> Result<()> {
+fn save_checkpoint<B: AutodiffBackend>(
+    run: &RunDir,
+    model: &Classifier<B>,
+    step: usize,
+) -> Result<()> {
     let dir = run.step_dir(step);
     let tmp = dir.with_extension("tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
