@@ -50,12 +50,17 @@ enum Command {
 #[derive(clap::Args)]
 struct BackendArg {
     /// auto (CUDA if compiled in and a GPU is present, else flex), flex, ndarray, wgpu or cuda.
-    #[arg(long, default_value = "auto", value_parser = parse_backend)]
-    backend: BackendKind,
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    backend: String,
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    s.parse().map_err(|e: anyhow::Error| e.to_string())
+impl BackendArg {
+    /// Parsed here rather than by clap so that a bad name gets Kiln's one-line error.
+    fn kind(&self) -> Result<BackendKind> {
+        self.backend
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--backend: {e}"))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,8 +95,9 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             set,
         } => {
+            let backend = backend.kind()?;
             let config = Config::load(&config, &set)?;
-            let summary = dispatch(backend.backend, TrainTask { config })??;
+            let summary = dispatch(backend, TrainTask { config })??;
             println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Eval {
@@ -99,12 +105,13 @@ fn run(cli: Cli) -> Result<()> {
             split,
             backend,
         } => {
+            let backend = backend.kind()?;
             let file = resolve_weights(&weights)?;
             let config_path = find_run_config(&file)?;
             let config = Config::load(&config_path, &[])
                 .with_context(|| format!("reading the run config of {}", weights.display()))?;
             let result = dispatch(
-                backend.backend,
+                backend,
                 EvalTask {
                     config,
                     file,
