@@ -67,12 +67,13 @@ impl Splits {
     }
 }
 
+/// The path of `data.<key>`, which must be set and exist.
 fn required<'a>(
     d: &DataSection,
     value: &'a Option<std::path::PathBuf>,
     key: &str,
 ) -> Result<&'a Path> {
-    value.as_deref().with_context(|| {
+    let path = value.as_deref().with_context(|| {
         format!(
             "data.{key} is required when data.format = \"{}\"",
             match d.format {
@@ -80,5 +81,14 @@ fn required<'a>(
                 DataFormat::Csv => "csv",
             }
         )
-    })
+    })?;
+    if !path.exists() {
+        let base = std::env::current_dir().unwrap_or_default();
+        anyhow::bail!(
+            "data.{key}: {} does not exist (relative paths are resolved from the current directory, {}); fix the path in the config or with --set data.{key}=...",
+            path.display(),
+            base.display()
+        );
+    }
+    Ok(path)
 }
