@@ -295,7 +295,7 @@ fn gunzip(gz: &[u8]) -> Vec<u8> {
 fn label_out_of_range() {
     fails_with(
         &["train", "configs/smoke.toml", "--set", "data.num_classes=5"],
-        &["label", "t"],
+        &["has label 5", "must be in 0..5"],
     );
 }
 
