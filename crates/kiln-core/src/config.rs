@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// A whole run, as resolved from the file, the overrides and the defaults.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -234,9 +235,41 @@ pub struct TrainSection {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSection {
-    /// Save the model every n steps (0 = only at the end).
+    /// Save a checkpoint every n steps (0 = only at the end).
     #[serde(default)]
     pub every_steps: usize,
+    /// Keep only the newest n checkpoints (the best one is always kept); unset keeps all.
+    pub keep_last: Option<usize>,
+    /// Track the best checkpoint by this validation metric: "valid.accuracy" (higher is better)
+    /// or "valid.loss" (lower is better). A checkpoint is saved whenever it improves.
+    pub best_metric: Option<BestMetric>,
+}
+
+/// A validation metric that selects the `best` checkpoint.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BestMetric {
+    #[serde(rename = "valid.accuracy")]
+    ValidAccuracy,
+    #[serde(rename = "valid.loss")]
+    ValidLoss,
+}
+
+impl BestMetric {
+    pub fn name(self) -> &'static str {
+        match self {
+            BestMetric::ValidAccuracy => "valid.accuracy",
+            BestMetric::ValidLoss => "valid.loss",
+        }
+    }
+
+    /// Whether `new` is better than `old`.
+    pub fn improves(self, new: f64, old: Option<f64>) -> bool {
+        match (self, old) {
+            (_, None) => true,
+            (BestMetric::ValidAccuracy, Some(old)) => new > old,
+            (BestMetric::ValidLoss, Some(old)) => new < old,
+        }
+    }
 }
 
 fn default_seed() -> u64 {
@@ -301,6 +334,30 @@ fn default_log_every() -> usize {
 }
 
 impl Config {
+    /// Reads the config of a run being resumed and applies `overrides`. Since `train.max_steps`
+    /// and `train.epochs` exclude each other, overriding one drops the other.
+    pub fn load_for_resume(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the run's config {}", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: invalid TOML: {}",
+                path.display(),
+                one_line(&e.to_string())
+            )
+        })?;
+        for o in overrides {
+            let key = o.split_once('=').map(|(k, _)| k.trim());
+            match key {
+                Some("train.max_steps") => remove_key(&mut table, "train.epochs"),
+                Some("train.epochs") => remove_key(&mut table, "train.max_steps"),
+                _ => {}
+            }
+        }
+        let text = toml::to_string(&table).expect("a TOML table serializes");
+        Self::from_toml_str(&text, overrides, &path.display().to_string())
+    }
+
     /// Reads `path`, applies `overrides` (`a.b=value`), deserializes and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -482,7 +539,100 @@ impl Config {
         if let Some(c) = t.grad_clip_norm {
             check(c > 0.0, "train.grad_clip_norm", "must be > 0")?;
         }
+        if let Some(k) = self.checkpoint.keep_last {
+            check(k > 0, "checkpoint.keep_last", "must be at least 1")?;
+        }
+        if self.checkpoint.best_metric.is_some() {
+            check(
+                self.data.valid_fraction > 0.0,
+                "checkpoint.best_metric",
+                "needs a validation split (data.valid_fraction > 0)",
+            )?;
+        }
         Ok(())
+    }
+
+    /// A sha256 of everything in the config that decides the numbers a run computes: the config
+    /// without the keys of [`RESUMABLE_KEYS`] and without where the run is written.
+    pub fn maths_hash(&self) -> String {
+        let mut table = self.table();
+        for key in RESUMABLE_KEYS
+            .iter()
+            .chain(&["run.name", "run.output_dir", "run.overwrite"])
+        {
+            remove_key(&mut table, key);
+        }
+        let text = toml::to_string(&table).expect("a TOML table serializes");
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The dotted keys whose values differ between `self` and `other`.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        flatten("", &self.table(), &mut a);
+        flatten("", &other.table(), &mut b);
+        let mut keys: Vec<String> = a
+            .iter()
+            .chain(&b)
+            .map(|(k, _)| k.clone())
+            .filter(|k| {
+                a.iter().find(|(x, _)| x == k).map(|(_, v)| v)
+                    != b.iter().find(|(x, _)| x == k).map(|(_, v)| v)
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("a Config always serializes to a TOML table")
+    }
+}
+
+/// Keys that a resumed run may change without changing what it computes: logging, evaluation
+/// and checkpoint cadence, loader parallelism, and where the run stops.
+pub const RESUMABLE_KEYS: &[&str] = &[
+    "train.log_every",
+    "train.eval_every",
+    "train.max_steps",
+    "train.epochs",
+    "checkpoint.every_steps",
+    "checkpoint.keep_last",
+    "checkpoint.best_metric",
+    "data.loader_threads",
+    "data.prefetch",
+    "data.eval_batch_size",
+];
+
+fn remove_key(table: &mut toml::Table, dotted: &str) {
+    let (parents, last) = match dotted.rsplit_once('.') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, dotted),
+    };
+    let mut node = table;
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        match node.get_mut(part) {
+            Some(toml::Value::Table(t)) => node = t,
+            _ => return,
+        }
+    }
+    node.remove(last);
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            v => out.push((key, v.clone())),
+        }
     }
 }
 
@@ -623,5 +773,19 @@ mod tests {
         let c = load(&["optimizer.kind=sgd", "optimizer.momentum=0.9"]).unwrap();
         let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn maths_hash_ignores_cadence_and_location_only() {
+        let base = load(&[]).unwrap();
+        let cadence = load(&["train.log_every=7", "train.eval_every=3", "run.name=other"]).unwrap();
+        assert_eq!(base.maths_hash(), cadence.maths_hash());
+        let lr = load(&["optimizer.lr=0.5"]).unwrap();
+        assert_ne!(base.maths_hash(), lr.maths_hash());
+        assert_eq!(
+            base.changed_keys(&cadence),
+            vec!["run.name", "train.eval_every", "train.log_every"]
+        );
+        assert_eq!(base.changed_keys(&lr), vec!["optimizer.lr"]);
     }
 }
