@@ -74,7 +74,7 @@ impl BackendTask for Bench {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output {
         let spec = model_section(&self.model)?;
         let mut model = Classifier::<B>::new(&spec, &[1, 28, 28], 10, 0, &device)?;
-        let mut optim = Optim::<Classifier<B>, B>::new(&OptimizerSection::default());
+        let mut optim = Optim::<B>::new(&OptimizerSection::default());
         let n = self.batch;
         let x_host: Vec<f32> = (0..n * 784)
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
@@ -84,17 +84,16 @@ impl BackendTask for Bench {
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
 
         // Like the reference, the loss is read (a device sync) only after the last step.
-        let run_steps =
-            |count: usize, mut m: Classifier<B>, optim: &mut Optim<Classifier<B>, B>| {
-                let mut loss = None;
-                for _ in 0..count {
-                    let (next, stats) = train_step(m, optim, x.clone(), y.clone(), 1e-3, None);
-                    m = next;
-                    loss = Some(stats.loss_sum);
-                }
-                let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / n as f64);
-                (m, loss)
-            };
+        let run_steps = |count: usize, mut m: Classifier<B>, optim: &mut Optim<B>| {
+            let mut loss = None;
+            for _ in 0..count {
+                let (next, stats) = train_step(m, optim, x.clone(), y.clone(), 1e-3, None);
+                m = next;
+                loss = Some(stats.loss_sum);
+            }
+            let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / n as f64);
+            (m, loss)
+        };
         (model, _) = run_steps(self.warmup, model, &mut optim);
         let start = std::time::Instant::now();
         let (_model, last_loss) = run_steps(self.steps, model, &mut optim);

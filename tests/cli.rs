@@ -1,64 +1,12 @@
 //! End-to-end tests: the real `kiln` binary on tiny configs, checked the way a user would check a
 //! run (its exit status, its messages, its metrics.jsonl and its weights).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{events, fails_with, kiln, losses, stderr, train};
 use serde_json::Value;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Runs `kiln` from the repository root (configs name datasets relative to it).
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(repo_root())
-        .env("KILN_LOG", "warn")
-        .output()
-        .expect("kiln runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Trains `config` on `backend` into a fresh directory and returns the run directory.
-fn train(config: &str, backend: &str, out_dir: &Path, extra: &[&str]) -> PathBuf {
-    let output_dir = format!("run.output_dir=\"{}\"", out_dir.display());
-    let mut args = vec!["train", config, "--backend", backend, "--set", &output_dir];
-    for e in extra {
-        args.extend(["--set", e]);
-    }
-    let out = kiln(&args);
-    assert!(
-        out.status.success(),
-        "kiln {args:?} failed:\n{}",
-        stderr(&out)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("train prints a JSON summary");
-    PathBuf::from(summary["run_dir"].as_str().unwrap())
-}
-
-fn events(run_dir: &Path, split: &str) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["split"] == split)
-        .collect()
-}
-
-fn losses(run_dir: &Path) -> Vec<f64> {
-    events(run_dir, "train")
-        .iter()
-        .map(|e| e["loss"].as_f64().unwrap())
-        .collect()
-}
 
 #[test]
 fn smoke_trains_writes_the_run_directory_and_eval_agrees() {
@@ -169,30 +117,6 @@ fn backends_agree_on_smoke() {
 
 // ---------------------------------------------------------------------------------------------
 // Bad input: one clear line naming what is wrong and where, a non-zero exit, no panic.
-
-/// Asserts that `kiln args` fails with exactly one `error:` line containing every `needle`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = kiln(args);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "kiln {args:?} should fail:\n{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "kiln {args:?} panicked:\n{err}"
-    );
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected a one-line error for {args:?}, got:\n{err}"
-    );
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "error for {args:?} lacks {n:?}: {}",
-            lines[0]
-        );
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

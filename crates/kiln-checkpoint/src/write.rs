@@ -88,10 +88,9 @@ fn write_tmp(tmp: &Path, p: &Pending) -> Result<u64> {
     let mut files = BTreeMap::new();
     let mut total = 0u64;
     for (file, tensors) in &p.files {
-        let metadata = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("step".to_string(), p.step.to_string()),
-        ]);
+        // One entry only: safetensors writes metadata in hash-map order, and identical
+        // checkpoints should be identical files.
+        let metadata = HashMap::from([("format".to_string(), FORMAT.to_string())]);
         let bytes = encode(tensors, metadata).with_context(|| format!("encoding {file}"))?;
         write_synced(&tmp.join(file), &bytes)?;
         total += bytes.len() as u64;

@@ -1,15 +1,19 @@
 //! `kiln`: train and evaluate models from config files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Parser, Subcommand, ValueEnum};
+use kiln_core::config::RESUMABLE_KEYS;
 use kiln_core::rundir::{find_run_config, resolve_weights};
 use kiln_core::{dispatch, BackendKind, BackendTask, Config};
 use kiln_models::Classifier;
-use kiln_train::{evaluate, weights, Splits};
+use kiln_train::checkpoint::is_checkpoint_dir;
+use kiln_train::{evaluate, weights, ResumeFrom, Splits, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -24,13 +28,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train the run described by a TOML config.
+    /// Train the run described by a TOML config, or continue a run from a checkpoint.
     Train {
         /// The run's config file (see configs/).
-        config: PathBuf,
+        #[arg(required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Continue a run: its directory (the newest checkpoint that verifies) or one of its
+        /// step-<N> directories. The config is the run's own config.toml.
+        #[arg(long, value_name = "RUN_DIR|STEP_DIR", conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// With --resume: accept --set overrides that change the maths (and a checkpoint
+        /// written under a different config).
+        #[arg(long, requires = "resume")]
+        force: bool,
+        /// Stop after this step with a checkpoint, as a preemption would; continue later with
+        /// --resume.
+        #[arg(long, value_name = "STEP")]
+        until_step: Option<usize>,
         #[command(flatten)]
         backend: BackendArg,
-        /// Override a config value: --set optimizer.lr=3e-4 (repeatable).
+        /// Override a config value: --set optimizer.lr=3e-4 (repeatable). With --resume only
+        /// keys that do not change the maths, unless --force.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
@@ -92,12 +110,28 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train {
             config,
+            resume,
+            force,
+            until_step,
             backend,
             set,
         } => {
             let backend = backend.kind()?;
-            let config = Config::load(&config, &set)?;
-            let summary = dispatch(backend, TrainTask { config })??;
+            let (config, resume) = match (config, resume) {
+                (_, Some(path)) => resume_config(&path, &set, force)?,
+                (Some(path), None) => (Config::load(&path, &set)?, None),
+                (None, None) => bail!("give a config file, or --resume RUN_DIR"),
+            };
+            if until_step == Some(0) {
+                bail!("--until-step: must be at least 1");
+            }
+            let options = TrainOptions {
+                resume,
+                force,
+                stop: stop_on_signals()?,
+                until_step,
+            };
+            let summary = dispatch(backend, TrainTask { config, options })??;
             println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Eval {
@@ -124,14 +158,95 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The config of a run being resumed from `path`, with `overrides` checked against the keys
+/// that may change without changing the maths.
+fn resume_config(
+    path: &Path,
+    overrides: &[String],
+    force: bool,
+) -> Result<(Config, Option<ResumeFrom>)> {
+    if !path.exists() {
+        bail!(
+            "--resume {}: does not exist; give a run directory or one of its step-<N> directories",
+            path.display()
+        );
+    }
+    let from = if is_checkpoint_dir(path) {
+        ResumeFrom::Checkpoint(path.to_path_buf())
+    } else {
+        ResumeFrom::Latest(path.to_path_buf())
+    };
+    let config_path = from.run_dir().join("config.toml");
+    if !config_path.is_file() {
+        bail!(
+            "--resume {}: {} is not a Kiln run directory (it has no config.toml)",
+            path.display(),
+            from.run_dir().display()
+        );
+    }
+    let saved = Config::load(&config_path, &[]).with_context(|| {
+        format!(
+            "reading the config of the run to resume ({})",
+            path.display()
+        )
+    })?;
+    let config = Config::load_for_resume(&config_path, overrides)?;
+    let changed = saved.changed_keys(&config);
+    if let Some(key) = changed
+        .iter()
+        .find(|k| matches!(k.as_str(), "run.name" | "run.output_dir" | "run.overwrite"))
+    {
+        bail!(
+            "--set {key}: a resumed run continues in {}; {key} cannot change",
+            from.run_dir().display()
+        );
+    }
+    let maths: Vec<&String> = changed
+        .iter()
+        .filter(|k| !RESUMABLE_KEYS.contains(&k.as_str()))
+        .collect();
+    if !maths.is_empty() {
+        let keys = maths
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !force {
+            bail!(
+                "--set {keys}: changes what the run computes, so the resumed run would not continue the same run; without --force only these keys may change: {}",
+                RESUMABLE_KEYS.join(", ")
+            );
+        }
+        tracing::warn!(
+            "--force: resuming with changed {keys}; the run will not match an uninterrupted one"
+        );
+    }
+    Ok((config, Some(from)))
+}
+
+/// SIGINT and SIGTERM set the returned flag: the loop finishes its step, writes a checkpoint and
+/// exits 0. A second signal exits at once (status 128 + signal).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    #[cfg(unix)]
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+    }
+    Ok(stop)
+}
+
 struct TrainTask {
     config: Config,
+    options: TrainOptions,
 }
 
 impl BackendTask for TrainTask {
     type Output = Result<kiln_train::TrainSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output {
-        kiln_train::train::<B>(&self.config, device, backend)
+        kiln_train::train::<B>(&self.config, device, backend, self.options)
     }
 }
 

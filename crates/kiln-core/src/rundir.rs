@@ -5,8 +5,8 @@
 //!   config.toml     the fully resolved config
 //!   run.json        backend, device, world size, kiln version, git commit, start time, seed
 //!   metrics.jsonl   one JSON object per event
-//!   step-<N>/       checkpoints (model.safetensors)
-//!   latest          name of the newest complete checkpoint directory
+//!   step-<N>/       checkpoints (see the kiln-checkpoint crate)
+//!   latest, best    names of the newest and of the best complete checkpoint directory
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -94,6 +94,55 @@ impl RunDir {
         })
     }
 
+    /// Opens the existing run directory `root` to continue it.
+    pub fn open(root: &Path) -> Result<RunDir> {
+        if !root.join("config.toml").is_file() {
+            bail!(
+                "{} is not a Kiln run directory (it has no config.toml)",
+                root.display()
+            );
+        }
+        let metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("metrics.jsonl"))
+            .with_context(|| format!("cannot open {}/metrics.jsonl", root.display()))?;
+        Ok(RunDir {
+            root: root.to_path_buf(),
+            metrics: BufWriter::new(metrics),
+        })
+    }
+
+    /// Rewrites `config.toml` (a resumed run's overrides).
+    pub fn write_config(&self, config: &Config) -> Result<()> {
+        write_atomic(&self.root.join("config.toml"), config.to_toml().as_bytes())
+    }
+
+    /// Drops the events after `step` from `metrics.jsonl` (and a torn last line): a resumed run
+    /// recomputes them. Returns how many lines were dropped.
+    pub fn truncate_metrics(&mut self, step: usize) -> Result<usize> {
+        let path = self.root.join("metrics.jsonl");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut kept = String::new();
+        let mut dropped = 0;
+        for line in text.lines() {
+            let keep = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step);
+            if keep {
+                kept.push_str(line);
+                kept.push('\n');
+            } else {
+                dropped += 1;
+            }
+        }
+        write_atomic(&path, kept.as_bytes())?;
+        *self = RunDir::open(&self.root)?;
+        Ok(dropped)
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }
@@ -111,14 +160,6 @@ impl RunDir {
     /// Directory of the checkpoint at `step`.
     pub fn step_dir(&self, step: usize) -> PathBuf {
         self.root.join(format!("step-{step}"))
-    }
-
-    /// Points `latest` at the checkpoint of `step` (after it is complete).
-    pub fn set_latest(&self, step: usize) -> Result<()> {
-        write_atomic(
-            &self.root.join("latest"),
-            format!("step-{step}\n").as_bytes(),
-        )
     }
 }
 

@@ -4,10 +4,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use kiln_data::{eval_batches, Batch, Dataset};
 use kiln_models::Classifier;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Loss and accuracy over a whole split.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EvalResult {
     pub loss: f64,
     pub accuracy: f64,

@@ -1,11 +1,13 @@
 //! Kiln's training: a step-based loop on burn's autodiff, optimizers and LR schedulers, generic
 //! over the backend.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod data;
 pub mod eval;
 pub mod optim;
 pub mod progress;
+pub mod saver;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
@@ -13,4 +15,4 @@ pub mod weights;
 
 pub use data::Splits;
 pub use eval::{evaluate, EvalResult};
-pub use trainer::{train, TrainSummary};
+pub use trainer::{train, ResumeFrom, TrainOptions, TrainSummary};

@@ -23,7 +23,7 @@ pub struct StepStats<B: AutodiffBackend> {
 /// Trains `model` on one batch (`x`: `[n, features]`, `y`: `[n]`) with learning rate `lr`.
 pub fn train_step<B: AutodiffBackend>(
     model: Classifier<B>,
-    optim: &mut Optim<Classifier<B>, B>,
+    optim: &mut Optim<B>,
     x: Tensor<B, 2>,
     y: Tensor<B, 1, Int>,
     lr: f64,

@@ -1,13 +1,17 @@
-//! Kiln's step-based training loop, generic over the autodiff backend.
+//! Kiln's step-based training loop, generic over the autodiff backend: fresh or resumed from a
+//! checkpoint, checkpointing in the background, stopping cleanly on a signal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor};
+use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
+use kiln_core::config::BestMetric;
 use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_data::{Loader, LoaderConfig};
@@ -15,23 +19,73 @@ use kiln_models::Classifier;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::checkpoint::{
+    check_fits, restore, train_state, Best, DataPosition, OptimizerInfo, ParamTable, RngState,
+    ScheduleState, TrainState, WindowState,
+};
 use crate::data::Splits;
 use crate::eval::{batch_tensors, evaluate, EvalResult};
 use crate::optim::Optim;
 use crate::progress::Progress;
+use crate::saver::Saver;
 use crate::schedule::LrSchedule;
 use crate::step::{train_step, StepStats};
-use crate::weights;
 
-/// What a finished run reports.
+/// Where a resumed run continues from.
+#[derive(Clone, Debug)]
+pub enum ResumeFrom {
+    /// The newest checkpoint of a run directory that verifies.
+    Latest(PathBuf),
+    /// One checkpoint directory (`<run>/step-<N>`).
+    Checkpoint(PathBuf),
+}
+
+impl ResumeFrom {
+    pub fn run_dir(&self) -> &Path {
+        match self {
+            ResumeFrom::Latest(run) => run,
+            ResumeFrom::Checkpoint(dir) => dir.parent().unwrap_or(Path::new(".")),
+        }
+    }
+}
+
+/// How a run is started and stopped, besides its config.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    pub resume: Option<ResumeFrom>,
+    /// Resume even though the checkpoint was written under a different config.
+    pub force: bool,
+    /// Set (by SIGINT/SIGTERM) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Stop after this step with a checkpoint, as if preempted (for time-sliced job queues).
+    pub until_step: Option<usize>,
+}
+
+/// What a run reports when it returns.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainSummary {
+    /// "completed", "interrupted" (by a signal) or "paused" (`--until-step`).
+    pub status: &'static str,
     pub run_dir: PathBuf,
     pub steps: usize,
+    pub total_steps: usize,
+    pub resumed_from: Option<usize>,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
     pub seconds: f64,
     pub data_wait_seconds: f64,
     pub valid: Option<EvalResult>,
-    pub test: EvalResult,
+    /// Only when the run completed.
+    pub test: Option<EvalResult>,
+}
+
+/// Where a run begins: step 0 of a fresh run, or a verified checkpoint.
+struct Start<B: AutodiffBackend> {
+    run: RunDir,
+    model: Classifier<B>,
+    optim: Optim<B>,
+    step: usize,
+    state: Option<TrainState>,
 }
 
 /// Trains the run described by `config` on `device` and evaluates it on the test split.
@@ -39,32 +93,84 @@ pub fn train<B: AutodiffBackend>(
     config: &Config,
     device: B::Device,
     backend: BackendKind,
+    options: TrainOptions,
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     let seed = config.run.seed;
     let splits = Splits::load(config)?;
-    let info = RunInfo::new(backend.name(), &format!("{device:?}"), seed);
-    let mut run = RunDir::create(config, &info)?;
-    tracing::info!(
-        "run {} on {backend} ({device:?}): {} train / {} valid / {} test samples",
-        run.path().display(),
-        splits.train.len(),
-        splits.valid.len(),
-        splits.test.len()
-    );
-
     B::seed(&device, seed);
     let train_set = Arc::new(splits.train);
-    let mut model = Classifier::<B>::new(
+    let model = Classifier::<B>::new(
         &config.model,
         &train_set.sample_shape,
         train_set.num_classes,
         seed,
         &device,
     )?;
-    tracing::info!("model: {} parameters", model.num_params());
+    let optim = Optim::<B>::new(&config.optimizer);
+    let table = ParamTable::of(&model);
+    let mut start = match &options.resume {
+        None => {
+            let info = RunInfo::new(backend.name(), &format!("{device:?}"), seed);
+            let run = RunDir::create(config, &info)?;
+            Start {
+                run,
+                model,
+                optim,
+                step: 0,
+                state: None,
+            }
+        }
+        Some(from) => resume(config, &options, from, &table, model, optim, &device)?,
+    };
+    tracing::info!(
+        "run {} on {backend} ({device:?}): {} train / {} valid / {} test samples; model: {} parameters",
+        start.run.path().display(),
+        train_set.len(),
+        splits.valid.len(),
+        splits.test.len(),
+        start.model.num_params()
+    );
 
     let d = &config.data;
+    let batches_per_epoch = train_set.len().div_ceil(d.batch_size);
+    let t = &config.train;
+    let total_steps = t
+        .max_steps
+        .unwrap_or_else(|| t.epochs.unwrap_or(1) * batches_per_epoch);
+    let st = start.state.take();
+    let position = st.as_ref().map_or(
+        DataPosition {
+            epoch: 0,
+            batch_in_epoch: 0,
+            batches_per_epoch,
+            samples_seen: 0,
+        },
+        |s| s.data,
+    );
+    let horizon = st
+        .as_ref()
+        .map_or(total_steps, |s| s.schedule.horizon_steps);
+    if horizon != total_steps {
+        tracing::info!(
+            "the run now ends at step {total_steps}; its learning-rate schedule keeps the horizon of {horizon} steps it started with"
+        );
+    }
+    let mut schedule = LrSchedule::new(&config.schedule, config.optimizer.lr, horizon)?;
+    let mut lr = 0.0;
+    for _ in 0..start.step {
+        lr = schedule.next_lr();
+    }
+    if let Some(s) = st.as_ref().filter(|_| !options.force) {
+        if lr != s.schedule.last_lr {
+            bail!(
+                "the learning-rate schedule of the config gives {lr} at step {}, but the checkpoint recorded {}; the schedule settings changed (pass --force to accept)",
+                start.step,
+                s.schedule.last_lr
+            );
+        }
+    }
+
     let mut loader = Loader::new(
         train_set.clone(),
         LoaderConfig {
@@ -74,30 +180,46 @@ pub fn train<B: AutodiffBackend>(
             shuffle: d.shuffle,
             seed,
         },
-        0,
-        0,
+        position.epoch,
+        position.batch_in_epoch,
     );
-    let t = &config.train;
-    let total_steps = t
-        .max_steps
-        .unwrap_or_else(|| t.epochs.unwrap_or(1) * loader.batches_per_epoch());
     let eval_batch = d.eval_batch_size.unwrap_or(d.batch_size);
-    let mut optim = Optim::<Classifier<B>, B>::new(&config.optimizer);
-    let mut schedule = LrSchedule::new(&config.schedule, config.optimizer.lr, total_steps)?;
-    let progress = Progress::new(total_steps, 0);
-
     let mut window = Window::<B>::new(&device);
-    let mut data_wait_total = Duration::ZERO;
-    let mut last_valid = None;
-    let mut epoch = 0.0;
-    for step in 1..=total_steps {
+    if let Some(s) = &st {
+        window.restore(&s.window);
+    }
+    let mut best = st.as_ref().and_then(|s| s.best.clone());
+    let mut last_valid = st.as_ref().and_then(|s| s.last_valid);
+    let mut data_wait_total =
+        Duration::from_secs_f64(st.as_ref().map_or(0.0, |s| s.data_wait_secs));
+    let mut position = position;
+    let mut saver = Saver::new(start.run.path(), config);
+    let mut run = start.run;
+    let mut model = start.model;
+    let mut optim = start.optim;
+    let first_step = start.step;
+    let stop_at = options
+        .until_step
+        .map_or(total_steps, |u| u.min(total_steps));
+    let progress = Progress::new(total_steps, first_step);
+
+    let mut step = first_step;
+    let mut status = "completed";
+    while step < stop_at {
+        step += 1;
         let batch = loader.next_batch();
-        epoch = batch.epoch as f64 + (batch.index + 1) as f64 / batch.batches_in_epoch as f64;
+        let epoch = batch.epoch as f64 + (batch.index + 1) as f64 / batch.batches_in_epoch as f64;
+        position = DataPosition {
+            epoch: batch.epoch + (batch.index + 1) / batch.batches_in_epoch,
+            batch_in_epoch: (batch.index + 1) % batch.batches_in_epoch,
+            batches_per_epoch: batch.batches_in_epoch,
+            samples_seen: position.samples_seen + batch.y.len() as u64,
+        };
         let n = batch.y.len();
         let (x, y) = batch_tensors::<B>(batch, &device);
 
         kiln_models::dropout::reseed(seed, step as u64);
-        let lr = schedule.next_lr();
+        lr = schedule.next_lr();
         let (next, stats) = train_step(model, &mut optim, x, y, lr, t.grad_clip_norm);
         model = next;
         window.add(stats, n);
@@ -126,6 +248,7 @@ pub fn train<B: AutodiffBackend>(
         };
         progress.step(step, summary.as_deref());
 
+        let mut new_best = false;
         if (t.eval_every > 0 && step % t.eval_every == 0) || last {
             if !splits.valid.is_empty() {
                 let r = evaluate(&model.valid(), &splits.valid, eval_batch, &device);
@@ -135,35 +258,173 @@ pub fn train<B: AutodiffBackend>(
                     r.loss, r.accuracy
                 ));
                 last_valid = Some(r);
+                if let Some(metric) = config.checkpoint.best_metric {
+                    let value = match metric {
+                        BestMetric::ValidAccuracy => r.accuracy,
+                        BestMetric::ValidLoss => r.loss,
+                    };
+                    if metric.improves(value, best.as_ref().map(|b| b.value)) {
+                        best = Some(Best {
+                            metric: metric.name().to_string(),
+                            value,
+                            step,
+                        });
+                        new_best = true;
+                    }
+                }
             }
             window.restart_clock();
         }
+
+        let stopping = options.stop.load(Ordering::SeqCst);
+        if stopping {
+            progress.message(&format!(
+                "stop requested (signal): saving a checkpoint at step {step}, then exiting; signal again to exit at once"
+            ));
+        }
         let every = config.checkpoint.every_steps;
-        if (every > 0 && step % every == 0) || last {
-            save_checkpoint(&run, &model, step)?;
+        let due = (every > 0 && step % every == 0) || last || new_best || step == stop_at;
+        if due || stopping {
+            let state = TrainState {
+                data: position,
+                rng: RngState {
+                    seed,
+                    shuffle_stream: position.epoch,
+                    dropout_next_step: step + 1,
+                },
+                schedule: ScheduleState {
+                    horizon_steps: horizon,
+                    steps_done: step,
+                    last_lr: lr,
+                },
+                optimizer: OptimizerInfo {
+                    kind: format!("{:?}", config.optimizer.kind).to_lowercase(),
+                    buffers: optim.buffer_names().iter().map(|s| s.to_string()).collect(),
+                },
+                window: window.state(),
+                best: best.clone(),
+                last_valid,
+                data_wait_secs: data_wait_total.as_secs_f64(),
+            };
+            saver.save(step, &model, &optim, &table, state, new_best, &mut run)?;
             window.restart_clock();
+        }
+        saver.poll(&mut run)?;
+        if stopping {
+            status = "interrupted";
+            break;
         }
     }
     progress.finish();
     drop(loader);
+    if status == "completed" && step < total_steps {
+        status = "paused";
+    }
 
-    let test = evaluate(&model.valid(), &splits.test, eval_batch, &device);
-    run.log_event(&eval_event(total_steps, epoch, "test", &test))?;
+    let test = if status == "completed" {
+        let r = evaluate(&model.valid(), &splits.test, eval_batch, &device);
+        let epoch = position.epoch as f64
+            + position.batch_in_epoch as f64 / position.batches_per_epoch as f64;
+        run.log_event(&eval_event(total_steps, epoch, "test", &r))?;
+        Some(r)
+    } else {
+        None
+    };
+    let checkpoint = saver.finish(&mut run)?;
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(
-        "done in {seconds:.1} s: test loss {:.4} accuracy {:.4}; waited {:.2} s for data in total; weights in {}",
-        test.loss,
-        test.accuracy,
-        data_wait_total.as_secs_f64(),
-        run.step_dir(total_steps).display()
-    );
+    let where_ = checkpoint
+        .as_ref()
+        .map_or("no checkpoint".to_string(), |c| c.display().to_string());
+    match (status, &test) {
+        ("completed", Some(test)) => tracing::info!(
+            "done in {seconds:.1} s: test loss {:.4} accuracy {:.4}; waited {:.2} s for data in total; weights in {where_}",
+            test.loss,
+            test.accuracy,
+            data_wait_total.as_secs_f64(),
+        ),
+        _ => tracing::warn!(
+            "{status} at step {step} of {total_steps}; saved {where_}; continue with: kiln train --resume {}",
+            run.path().display()
+        ),
+    }
     Ok(TrainSummary {
+        status,
         run_dir: run.path().to_path_buf(),
-        steps: total_steps,
+        steps: step,
+        total_steps,
+        resumed_from: (first_step > 0).then_some(first_step),
+        checkpoint,
         seconds,
         data_wait_seconds: data_wait_total.as_secs_f64(),
         valid: last_valid,
         test,
+    })
+}
+
+/// Opens the run directory, finds and verifies the checkpoint, and loads it.
+fn resume<B: AutodiffBackend>(
+    config: &Config,
+    options: &TrainOptions,
+    from: &ResumeFrom,
+    table: &ParamTable,
+    model: Classifier<B>,
+    mut optim: Optim<B>,
+    device: &B::Device,
+) -> Result<Start<B>> {
+    let run_path = from.run_dir();
+    let mut run = RunDir::open(run_path)?;
+    for p in remove_partial(run_path) {
+        tracing::warn!(
+            "removed {}: a checkpoint write that never finished",
+            p.display()
+        );
+    }
+    let hash = config.maths_hash();
+    let hash = (!options.force).then_some(hash.as_str());
+    let fits = |v: &Verified| check_fits(v, table, &optim);
+    let verified = match from {
+        ResumeFrom::Latest(dir) => {
+            let (v, skipped) = find_resumable(dir, hash, fits)?;
+            for s in &skipped {
+                tracing::warn!("skipped checkpoint step-{}: {}", s.step, s.reason);
+            }
+            run.log_event(&json!({
+                "step": v.step, "event": "resume", "checkpoint": v.dir,
+                "skipped": skipped.iter().map(|s| json!({"step": s.step, "reason": s.reason})).collect::<Vec<_>>(),
+            }))?;
+            v
+        }
+        ResumeFrom::Checkpoint(dir) => {
+            let v = verify(dir, hash).and_then(|v| fits(&v).map(|_| v))?;
+            run.log_event(&json!({"step": v.step, "event": "resume", "checkpoint": v.dir}))?;
+            v
+        }
+    };
+    let state = train_state(&verified)?;
+    let model = restore(&verified, table, model, &mut optim, device);
+    let dropped = run.truncate_metrics(verified.step)?;
+    if dropped > 0 {
+        tracing::info!(
+            "dropped {dropped} metrics events after step {} (the resumed run recomputes them)",
+            verified.step
+        );
+    }
+    run.write_config(config)
+        .context("cannot record the resumed run's config")?;
+    tracing::info!(
+        "resuming from {} at step {} (epoch {}, batch {} of {})",
+        verified.dir.display(),
+        verified.step,
+        state.data.epoch,
+        state.data.batch_in_epoch,
+        state.data.batches_per_epoch
+    );
+    Ok(Start {
+        run,
+        model,
+        optim,
+        step: verified.step,
+        state: Some(state),
     })
 }
 
@@ -172,22 +433,6 @@ fn eval_event(step: usize, epoch: f64, split: &str, r: &EvalResult) -> serde_jso
         "step": step, "epoch": epoch, "split": split,
         "loss": r.loss, "accuracy": r.accuracy, "samples": r.samples,
     })
-}
-
-/// Writes `step-<N>/model.safetensors` under a temporary directory name, then renames it into
-/// place and points `latest` at it.
-fn save_checkpoint<B: AutodiffBackend>(
-    run: &RunDir,
-    model: &Classifier<B>,
-    step: usize,
-) -> Result<()> {
-    let dir = run.step_dir(step);
-    let tmp = dir.with_extension("tmp");
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    weights::save(&model.valid(), &tmp.join("model.safetensors"))?;
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
-    run.set_latest(step)
 }
 
 /// Training statistics of the steps since the last log event, accumulated on the device so that
@@ -225,6 +470,23 @@ impl<B: AutodiffBackend> Window<B> {
         self.correct = self.correct.clone() + stats.correct;
         self.samples += n;
         self.grad_norm = stats.grad_norm.or(self.grad_norm);
+    }
+
+    /// The accumulators, exactly, for a checkpoint.
+    fn state(&self) -> WindowState {
+        WindowState {
+            loss_sum: self.loss_sum.clone().into_scalar().elem::<f32>(),
+            correct: self.correct.clone().into_scalar().elem::<i64>(),
+            samples: self.samples,
+            grad_norm: self.grad_norm,
+        }
+    }
+
+    fn restore(&mut self, s: &WindowState) {
+        self.loss_sum = Tensor::from_floats([s.loss_sum], &self.device);
+        self.correct = Tensor::from_ints([s.correct], &self.device);
+        self.samples = s.samples;
+        self.grad_norm = s.grad_norm;
     }
 
     /// Evaluation and checkpoint time does not count against training throughput.

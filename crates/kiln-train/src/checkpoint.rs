@@ -1,0 +1,299 @@
+//! What a training checkpoint holds besides the tensors (`state.json`), and the conversion of
+//! the model and optimizer between burn tensors and host memory, by parameter name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_store::ModuleSnapshot;
+use kiln_checkpoint::{HostTensor, Verified};
+use kiln_models::Classifier;
+use serde::{Deserialize, Serialize};
+
+use crate::eval::EvalResult;
+use crate::optim::{Optim, ParamState};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Everything besides tensors that training needs to continue exactly where it stopped. Every
+/// random stream in Kiln is counter-based — a seed plus a position — so recording the positions
+/// recreates the streams exactly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Where the data loader stands: the next batch is `batch_in_epoch` of `epoch` (0-based).
+    pub data: DataPosition,
+    pub rng: RngState,
+    pub schedule: ScheduleState,
+    pub optimizer: OptimizerInfo,
+    /// Training statistics accumulated since the last log event.
+    pub window: WindowState,
+    /// The best validation result so far, when `checkpoint.best_metric` is set.
+    pub best: Option<Best>,
+    /// The latest validation result.
+    pub last_valid: Option<EvalResult>,
+    pub data_wait_secs: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DataPosition {
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    pub batches_per_epoch: usize,
+    pub samples_seen: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RngState {
+    /// `run.seed`: initial weights (ChaCha8 on the host), the split and the per-epoch shuffle.
+    pub seed: u64,
+    /// The shuffle of epoch e is a ChaCha8 permutation on stream e of the seed.
+    pub shuffle_stream: usize,
+    /// Dropout masks of step s come from the backend RNG seeded with (seed, s).
+    pub dropout_next_step: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// Steps the schedule spans (the run's length when it started).
+    pub horizon_steps: usize,
+    pub steps_done: usize,
+    pub last_lr: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OptimizerInfo {
+    pub kind: String,
+    pub buffers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WindowState {
+    pub loss_sum: f32,
+    pub correct: i64,
+    pub samples: usize,
+    pub grad_norm: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Best {
+    pub metric: String,
+    pub value: f64,
+    pub step: usize,
+}
+
+/// The names, ids and shapes of a model's tensors, as burn-store names them (`layers.0.weight`).
+pub struct ParamTable {
+    entries: Vec<(String, ParamId, Vec<usize>)>,
+}
+
+impl ParamTable {
+    pub fn of<B: Backend>(model: &Classifier<B>) -> Self {
+        let entries = model
+            .collect(None, None, true)
+            .into_iter()
+            .filter_map(|s| Some((s.full_path(), s.tensor_id?, s.shape.to_vec())))
+            .collect();
+        Self { entries }
+    }
+}
+
+/// Copies the model's parameters to host memory.
+pub fn model_to_host<B: Backend>(model: &Classifier<B>) -> Result<Vec<HostTensor>> {
+    model
+        .collect(None, None, true)
+        .into_iter()
+        .map(|s| {
+            let name = s.full_path();
+            let data = s
+                .to_data()
+                .map_err(|e| anyhow::anyhow!("cannot read parameter {name}: {e:?}"))?;
+            host(name, data)
+        })
+        .collect()
+}
+
+/// Copies the optimizer's state to host memory, under `<param>.<buffer>` and `<param>.step`.
+pub fn optimizer_to_host<B: AutodiffBackend>(
+    optim: &Optim<B>,
+    table: &ParamTable,
+) -> Result<Vec<HostTensor>> {
+    let mut out = Vec::new();
+    for (name, id, shape) in &table.entries {
+        let Some(state) = optim.state().get(id) else {
+            continue;
+        };
+        out.push(HostTensor::i64_scalar(
+            format!("{name}.step"),
+            state.step as i64,
+        ));
+        for (buffer, t) in optim.buffer_names().iter().zip(&state.buffers) {
+            let mut h = host(format!("{name}.{buffer}"), t.to_data())?;
+            h.shape = shape.clone();
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+fn host(name: String, data: TensorData) -> Result<HostTensor> {
+    if data.dtype != DType::F32 {
+        bail!(
+            "tensor {name} has dtype {:?}; checkpoints hold f32",
+            data.dtype
+        );
+    }
+    Ok(HostTensor {
+        name,
+        dtype: safetensors::Dtype::F32,
+        shape: data.shape.to_vec(),
+        data: data.as_bytes().to_vec(),
+    })
+}
+
+/// The tensors each file of a checkpoint must hold for this model and optimizer: name → shape.
+fn expected<B: AutodiffBackend>(
+    table: &ParamTable,
+    optim: &Optim<B>,
+) -> [(&'static str, BTreeMap<String, Vec<usize>>); 2] {
+    let model = table
+        .entries
+        .iter()
+        .map(|(n, _, s)| (n.clone(), s.clone()))
+        .collect();
+    let mut opt = BTreeMap::new();
+    for (name, _, shape) in &table.entries {
+        opt.insert(format!("{name}.step"), vec![]);
+        for b in optim.buffer_names() {
+            opt.insert(format!("{name}.{b}"), shape.clone());
+        }
+    }
+    [(MODEL_FILE, model), (OPTIMIZER_FILE, opt)]
+}
+
+/// Checks that a verified checkpoint holds exactly the tensors, shapes and dtypes this model
+/// and optimizer have.
+pub fn check_fits<B: AutodiffBackend>(
+    v: &Verified,
+    table: &ParamTable,
+    optim: &Optim<B>,
+) -> Result<()> {
+    for (file, want) in expected(table, optim) {
+        let path = v.dir.join(file);
+        let Some(tensors) = v.files.get(file) else {
+            bail!("{} is missing (not listed in state.json)", path.display());
+        };
+        let got: BTreeMap<&str, &HostTensor> =
+            tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        for (name, shape) in &want {
+            let Some(t) = got.get(name.as_str()) else {
+                bail!(
+                    "{}: tensor {name} is missing; the checkpoint was written for a different model or optimizer",
+                    path.display()
+                );
+            };
+            if &t.shape != shape {
+                bail!(
+                    "{}: tensor {name} has shape {:?}, but the run's model needs {:?}",
+                    path.display(),
+                    t.shape,
+                    shape
+                );
+            }
+            let dtype = if shape.is_empty() && name.ends_with(".step") {
+                safetensors::Dtype::I64
+            } else {
+                safetensors::Dtype::F32
+            };
+            if t.dtype != dtype {
+                bail!(
+                    "{}: tensor {name} has dtype {:?}, expected {dtype:?}",
+                    path.display(),
+                    t.dtype
+                );
+            }
+        }
+        if let Some(extra) = got.keys().find(|n| !want.contains_key(**n)) {
+            bail!(
+                "{}: unexpected tensor {extra}; the checkpoint was written for a different model or optimizer",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint (already checked with [`check_fits`]) into the model and optimizer.
+pub fn restore<B: AutodiffBackend>(
+    v: &Verified,
+    table: &ParamTable,
+    model: Classifier<B>,
+    optim: &mut Optim<B>,
+    device: &B::Device,
+) -> Classifier<B> {
+    let by_name = |file: &str| -> HashMap<&str, &HostTensor> {
+        v.files[file].iter().map(|t| (t.name.as_str(), t)).collect()
+    };
+    let params = by_name(MODEL_FILE);
+    let opt = by_name(OPTIMIZER_FILE);
+    let mut values = HashMap::new();
+    let mut state = HashMap::new();
+    for (name, id, shape) in &table.entries {
+        values.insert(*id, device_data(params[name.as_str()], shape.clone()));
+        let step = opt[format!("{name}.step").as_str()].as_i64().unwrap_or(0) as u64;
+        let buffers = optim
+            .buffer_names()
+            .iter()
+            .map(|b| {
+                let t = opt[format!("{name}.{b}").as_str()];
+                let n = shape.iter().product::<usize>();
+                Tensor::<B::InnerBackend, 1>::from_data(device_data(t, vec![n]), device)
+            })
+            .collect();
+        state.insert(*id, ParamState { step, buffers });
+    }
+    optim.set_state(state);
+    model.map(&mut SetParams { values })
+}
+
+fn device_data(t: &HostTensor, shape: Vec<usize>) -> TensorData {
+    TensorData::from_bytes_vec(t.data.clone(), shape, DType::F32)
+}
+
+/// Replaces parameter values by id, keeping each parameter's id and gradient requirement.
+struct SetParams {
+    values: HashMap<ParamId, TensorData>,
+}
+
+impl<B: Backend> ModuleMapper<B> for SetParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(data) = self.values.remove(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let mut value = Tensor::<B, D>::from_data(data, &tensor.device());
+        if require_grad {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// Parses the trainer's part of a verified `state.json`.
+pub fn train_state(v: &Verified) -> Result<TrainState> {
+    serde_json::from_value(v.state.clone())
+        .with_context(|| format!("{} is damaged", v.dir.join("state.json").display()))
+}
+
+/// Whether `path` is a checkpoint directory rather than a run directory.
+pub fn is_checkpoint_dir(path: &Path) -> bool {
+    path.join("state.json").is_file()
+        || path
+            .file_name()
+            .and_then(|n| kiln_checkpoint::parse_step_dir(&n.to_string_lossy()))
+            .is_some()
+}

@@ -1,0 +1,121 @@
+//! Checkpointing from the training loop: copy the state to host memory, hand it to the
+//! background writer, and record in `metrics.jsonl` how long the loop stalled and how long the
+//! write took.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use kiln_checkpoint::{Pending, Writer, Written};
+use kiln_core::{Config, RunDir};
+use kiln_models::Classifier;
+use serde_json::json;
+
+use crate::checkpoint::{
+    model_to_host, optimizer_to_host, ParamTable, TrainState, MODEL_FILE, OPTIMIZER_FILE,
+};
+use crate::optim::Optim;
+
+pub struct Saver {
+    run: PathBuf,
+    writer: Writer,
+    config_hash: String,
+    keep_last: Option<usize>,
+    /// Seconds the loop was blocked for each checkpoint still being written.
+    stalls: HashMap<usize, f64>,
+    last: Option<PathBuf>,
+}
+
+impl Saver {
+    pub fn new(run: &Path, config: &Config) -> Self {
+        Self {
+            run: run.to_path_buf(),
+            writer: Writer::new(run),
+            config_hash: config.maths_hash(),
+            keep_last: config.checkpoint.keep_last,
+            stalls: HashMap::new(),
+            last: None,
+        }
+    }
+
+    /// Copies the model, optimizer and `state` to host memory and starts writing them as the
+    /// checkpoint of `step` (after the previous write finished).
+    #[allow(clippy::too_many_arguments)]
+    pub fn save<B: AutodiffBackend>(
+        &mut self,
+        step: usize,
+        model: &Classifier<B>,
+        optim: &Optim<B>,
+        table: &ParamTable,
+        state: TrainState,
+        best: bool,
+        run: &mut RunDir,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let model = model_to_host(model)?;
+        let optimizer = optimizer_to_host(optim, table)?;
+        let serde_json::Value::Object(state) = serde_json::to_value(state)? else {
+            unreachable!("TrainState serializes to an object")
+        };
+        let pending = Pending {
+            step,
+            files: vec![
+                (MODEL_FILE.to_string(), model),
+                (OPTIMIZER_FILE.to_string(), optimizer),
+            ],
+            state,
+            config_hash: self.config_hash.clone(),
+            best,
+            keep_last: self.keep_last,
+        };
+        let previous = self.writer.submit(pending).map_err(|e| self.hint(e))?;
+        self.stalls.insert(step, started.elapsed().as_secs_f64());
+        if let Some(w) = previous {
+            self.report(w, run)?;
+        }
+        Ok(())
+    }
+
+    /// Reports a finished background write, if there is one; never blocks.
+    pub fn poll(&mut self, run: &mut RunDir) -> Result<()> {
+        match self.writer.poll().map_err(|e| self.hint(e))? {
+            Some(w) => self.report(w, run),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the write in flight; returns the newest checkpoint written.
+    pub fn finish(&mut self, run: &mut RunDir) -> Result<Option<PathBuf>> {
+        if let Some(w) = self.writer.wait().map_err(|e| self.hint(e))? {
+            self.report(w, run)?;
+        }
+        Ok(self.last.clone())
+    }
+
+    fn report(&mut self, w: Written, run: &mut RunDir) -> Result<()> {
+        let stall = self.stalls.remove(&w.step).unwrap_or(0.0);
+        tracing::debug!(
+            "checkpoint {} written: {} bytes in {:.3} s, loop stalled {:.3} s",
+            w.dir.display(),
+            w.bytes,
+            w.write_secs,
+            stall
+        );
+        run.log_event(&json!({
+            "step": w.step, "event": "checkpoint", "dir": w.dir, "bytes": w.bytes,
+            "write_secs": w.write_secs, "stall_secs": stall, "pruned": w.pruned,
+        }))?;
+        self.last = Some(w.dir);
+        Ok(())
+    }
+
+    fn hint(&self, e: anyhow::Error) -> anyhow::Error {
+        e.context(format!(
+            "saving a checkpoint failed; free space or make {} writable, then continue with: kiln train --resume {}",
+            self.run.display(),
+            self.run.display()
+        ))
+    }
+}

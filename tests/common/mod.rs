@@ -1,0 +1,85 @@
+//! Helpers shared by the end-to-end tests: run the real `kiln` binary and read what it wrote.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Runs `kiln` from the repository root (configs name datasets relative to it).
+pub fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("KILN_LOG", "warn")
+        .output()
+        .expect("kiln runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Trains `config` on `backend` into a fresh directory and returns the run directory.
+pub fn train(config: &str, backend: &str, out_dir: &Path, extra: &[&str]) -> PathBuf {
+    let output_dir = format!("run.output_dir=\"{}\"", out_dir.display());
+    let mut args = vec!["train", config, "--backend", backend, "--set", &output_dir];
+    for e in extra {
+        args.extend(["--set", e]);
+    }
+    let out = kiln(&args);
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed:\n{}",
+        stderr(&out)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("train prints a JSON summary");
+    PathBuf::from(summary["run_dir"].as_str().unwrap())
+}
+
+pub fn events(run_dir: &Path, split: &str) -> Vec<Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["split"] == split)
+        .collect()
+}
+
+pub fn losses(run_dir: &Path) -> Vec<f64> {
+    events(run_dir, "train")
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Asserts that `kiln args` fails with exactly one `error:` line containing every `needle`.
+pub fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = kiln(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "kiln {args:?} should fail:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "kiln {args:?} panicked:\n{err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected a one-line error for {args:?}, got:\n{err}"
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "error for {args:?} lacks {n:?}: {}",
+            lines[0]
+        );
+    }
+}
