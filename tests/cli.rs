@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{events, fails_with, kiln, losses, stderr, train};
+use common::{events, fails_with, kiln, losses, repo_root, stderr, train};
 use serde_json::Value;
 
 #[test]

@@ -137,8 +137,13 @@ fn update<B: Backend, const D: usize>(
     let dims = p.dims();
     let step = old.as_ref().map_or(0, |s| s.step) + 1;
     let mut buffers = old
-        .map(|s| s.buffers.into_iter().map(|b| b.reshape(dims)).collect())
-        .unwrap_or_else(Vec::<Tensor<B, D>>::new)
+        .map(|s| {
+            s.buffers
+                .into_iter()
+                .map(|b| b.reshape(dims))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
         .into_iter();
     let flat = |t: Tensor<B, D>| t.reshape([dims.iter().product::<usize>()]);
     match rule {
