@@ -11,9 +11,9 @@ checkpoint). From the `checkpoint` events in metrics.jsonl it takes, per checkpo
   plus waiting for the previous write if it was still in flight);
 - write_secs: the background writer's full time (encode, sha256, write, fsync, rename, prune).
 
-The wall-time difference between the two runs, divided by the number of extra checkpoints, is the
-whole cost per checkpoint as the user sees it, including the writer thread competing with training
-for the CPU cores. Writes benches/results/checkpoint-stall.{json,md}. Needs only Python 3.
+The wall times of the two runs (median, min and max) show the whole cost as the user sees it,
+including the writer thread competing with training for the CPU cores; on this shared machine
+their run-to-run spread is often larger than the checkpoints' cost. Writes benches/results/checkpoint-stall.{json,md}. Needs only Python 3.
 """
 import argparse
 import datetime
@@ -129,7 +129,9 @@ def main():
             "write_secs_median": statistics.median(writes), "write_secs_max": max(writes),
             "stall_over_write": statistics.median(stalls) / statistics.median(writes),
             "wall_secs_with": statistics.median(with_ckpt),
+            "wall_secs_with_range": [min(with_ckpt), max(with_ckpt)],
             "wall_secs_without": statistics.median(without),
+            "wall_secs_without_range": [min(without), max(without)],
             "overhead_secs_per_checkpoint":
                 (statistics.median(with_ckpt) - statistics.median(without)) / extra,
         }
@@ -151,12 +153,13 @@ def main():
         "",
         "Stall: the time the training loop is blocked per checkpoint (state copied to host "
         "memory, handed to the background writer). Write: the writer's full time (encode, "
-        "sha256, write, fsync, rename, prune). Overhead: (wall time checkpointing every K steps "
-        "− wall time with only the final checkpoint) / extra checkpoints, i.e. everything the "
-        "checkpoints cost the run, including the writer competing for the 2 cores.",
+        "sha256, write, fsync, rename, prune) on a background thread. Wall time: the whole run "
+        "checkpointing every K steps against the same run with only the final checkpoint, "
+        "median [min–max]; the difference includes the writer competing for the 2 cores, and "
+        "on this shared machine the spread between repeats is often larger than it.",
         "",
         "| model | parameters | checkpoint | step | stall (median / max) | write (median / max) "
-        "| stall / write | overhead per checkpoint |",
+        "| stall / write | wall time, K / no checkpoints |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -165,7 +168,9 @@ def main():
             f"| {r['step_secs_median'] * 1e3:.1f} ms "
             f"| {r['stall_secs_median'] * 1e3:.1f} / {r['stall_secs_max'] * 1e3:.1f} ms "
             f"| {r['write_secs_median'] * 1e3:.1f} / {r['write_secs_max'] * 1e3:.1f} ms "
-            f"| {r['stall_over_write']:.3f} | {r['overhead_secs_per_checkpoint'] * 1e3:.0f} ms |")
+            f"| {r['stall_over_write']:.3f} "
+            f"| {r['wall_secs_with']:.1f} [{r['wall_secs_with_range'][0]:.1f}–{r['wall_secs_with_range'][1]:.1f}] s / "
+            f"{r['wall_secs_without']:.1f} [{r['wall_secs_without_range'][0]:.1f}–{r['wall_secs_without_range'][1]:.1f}] s |")
     lines += ["", "Cases:", ""] + [f"- {r['case']}: {r['what']}; {r['steps']} steps, a checkpoint "
                                    f"every {r['every_steps']}." for r in rows]
     (RESULTS / "checkpoint-stall.md").write_text("\n".join(lines) + "\n")

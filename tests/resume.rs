@@ -151,6 +151,24 @@ fn resume_mid_epoch_is_bit_identical_on_ndarray() {
 }
 
 /// Waits until the run has written its first checkpoint.
+/// A checkpoint written in the middle of a run (while training goes on) holds the state of its
+/// step: the same bytes as the final checkpoint of a run stopped at that step.
+#[test]
+fn a_mid_run_checkpoint_holds_the_state_of_its_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sets: Vec<&str> = EXACT.to_vec();
+    sets.push("checkpoint.every_steps=10");
+    ok(&train_args(tmp.path(), "straight", "flex", &sets));
+    let mut stopped = train_args(tmp.path(), "stopped", "flex", EXACT);
+    stopped.extend(["--until-step".to_string(), "20".to_string()]);
+    ok(&stopped);
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let mid = std::fs::read(tmp.path().join("straight/step-20").join(file)).unwrap();
+        let last = std::fs::read(tmp.path().join("stopped/step-20").join(file)).unwrap();
+        assert!(mid == last, "step-20/{file} differs");
+    }
+}
+
 fn wait_for_checkpoint(child: &mut Child, run: &Path) {
     let started = Instant::now();
     while !run.join("latest").exists() {

@@ -19,7 +19,7 @@ mod tensors;
 mod write;
 
 pub use read::{find_resumable, list_steps, read_pointer, verify, Skipped, Verified};
-pub use tensors::{read_safetensors, HostTensor};
+pub use tensors::{read_safetensors, HostTensor, Payload};
 pub use write::{remove_partial, write_checkpoint, Pending, Writer, Written};
 
 /// Version of the on-disk format, recorded in every `state.json`.

@@ -1,6 +1,8 @@
 //! Tensors in host memory and their safetensors encoding.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -12,7 +14,48 @@ pub struct HostTensor {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    pub data: Vec<u8>,
+    pub data: Payload,
+}
+
+/// The bytes of a host tensor: owned, or a buffer that another library allocated (a backend's
+/// tensor data), kept as it is so that copying a tensor to host memory copies it only once.
+pub enum Payload {
+    Owned(Vec<u8>),
+    Shared(Box<dyn AsRef<[u8]> + Send>),
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Shared(b) => (**b).as_ref(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Self {
+        Payload::Owned(v)
+    }
+}
+
+impl Clone for Payload {
+    fn clone(&self) -> Self {
+        Payload::Owned(self.to_vec())
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.len())
+    }
 }
 
 impl HostTensor {
@@ -21,7 +64,7 @@ impl HostTensor {
             name: name.into(),
             dtype: Dtype::F32,
             shape,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data: Payload::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         }
     }
 
@@ -30,7 +73,7 @@ impl HostTensor {
             name: name.into(),
             dtype: Dtype::I64,
             shape: vec![],
-            data: value.to_le_bytes().to_vec(),
+            data: value.to_le_bytes().to_vec().into(),
         }
     }
 
@@ -66,7 +109,7 @@ pub(crate) fn decode(bytes: &[u8], what: &str) -> Result<Vec<HostTensor>> {
             name,
             dtype: view.dtype(),
             shape: view.shape().to_vec(),
-            data: view.data().to_vec(),
+            data: view.data().to_vec().into(),
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -714,11 +714,17 @@ mod tests {
     #[test]
     fn overriding_the_run_length_replaces_the_other_length_key() {
         let epochs = load(&["train.epochs=3"]).unwrap();
-        assert_eq!((epochs.train.epochs, epochs.train.max_steps), (Some(3), None));
+        assert_eq!(
+            (epochs.train.epochs, epochs.train.max_steps),
+            (Some(3), None)
+        );
         let steps = load(&["train.max_steps=7"]).unwrap();
         assert_eq!((steps.train.epochs, steps.train.max_steps), (None, Some(7)));
         let both = load(&["train.epochs=3", "train.max_steps=7"]).unwrap_err();
-        assert!(format!("{both:#}").contains("set one of them, not both"), "{both:#}");
+        assert!(
+            format!("{both:#}").contains("set one of them, not both"),
+            "{both:#}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
-use kiln_checkpoint::{HostTensor, Verified};
+use kiln_checkpoint::{HostTensor, Payload, Verified};
 use kiln_models::Classifier;
 use serde::{Deserialize, Serialize};
 
@@ -150,8 +150,17 @@ fn host(name: String, data: TensorData) -> Result<HostTensor> {
         name,
         dtype: safetensors::Dtype::F32,
         shape: data.shape.to_vec(),
-        data: data.as_bytes().to_vec(),
+        data: Payload::Shared(Box::new(DataBytes(data.into_bytes()))),
     })
+}
+
+/// A backend's tensor bytes, handed to the checkpoint writer without another copy.
+struct DataBytes(burn::tensor::Bytes);
+
+impl AsRef<[u8]> for DataBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The tensors each file of a checkpoint must hold for this model and optimizer: name → shape.
@@ -260,7 +269,7 @@ pub fn restore<B: AutodiffBackend>(
 }
 
 fn device_data(t: &HostTensor, shape: Vec<usize>) -> TensorData {
-    TensorData::from_bytes_vec(t.data.clone(), shape, DType::F32)
+    TensorData::from_bytes_vec(t.data.to_vec(), shape, DType::F32)
 }
 
 /// Replaces parameter values by id, keeping each parameter's id and gradient requirement.
