@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use kiln_core::config::{Activation, ModelKind, ModelSection, OptimizerSection, Pooling};
 use kiln_core::{dispatch, BackendKind, BackendTask};
-use kiln_models::Classifier;
+use kiln_models::Model;
 use kiln_train::optim::Optim;
 use kiln_train::step::train_step;
 
@@ -73,7 +73,7 @@ impl BackendTask for Bench {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output {
         let spec = model_section(&self.model)?;
-        let mut model = Classifier::<B>::new(&spec, &[1, 28, 28], 10, 0, &device)?;
+        let mut model = Model::<B>::new(&spec, &[1, 28, 28], 10, 0, &device)?;
         let mut optim = Optim::<B>::new(&OptimizerSection::default());
         let n = self.batch;
         let x_host: Vec<f32> = (0..n * 784)
@@ -84,7 +84,7 @@ impl BackendTask for Bench {
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
 
         // Like the reference, the loss is read (a device sync) only after the last step.
-        let run_steps = |count: usize, mut m: Classifier<B>, optim: &mut Optim<B>| {
+        let run_steps = |count: usize, mut m: Model<B>, optim: &mut Optim<B>| {
             let mut loss = None;
             for _ in 0..count {
                 let (next, stats) = train_step(m, optim, x.clone(), y.clone(), 1e-3, None);

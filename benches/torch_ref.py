@@ -1,18 +1,38 @@
 #!/usr/bin/env python3
-"""PyTorch (CPU) reference for Kiln's training-step throughput benchmark.
+"""PyTorch reference for Kiln's training-step throughput benchmark.
 
 Usage:
     python benches/torch_ref.py --model mlp|cnn --batch 64 --threads N \
-        --warmup W --steps S
+        --warmup W --steps S [--device cpu|cuda]
+    python benches/torch_ref.py --model gpt --batch 32 --threads N \
+        --warmup W --steps S [--vocab 65 --n-layer 4 --n-head 4 --n-embd 128 \
+        --block 64 --dropout 0.0 --bias 1 --tie 1] [--precision f32|bf16|f16] \
+        [--device cpu|cuda] [--peak-flops 989e12]
 
 Prints exactly one JSON line to stdout:
     {"framework": "pytorch", "torch_version": ..., "model": ..., "batch": ...,
-     "threads": ..., "steps": ..., "seconds": ..., "steps_per_sec": ...,
-     "samples_per_sec": ...}
+     "threads": ..., "device": ..., "precision": ..., "steps": ..., "seconds": ...,
+     "steps_per_sec": ..., "samples_per_sec": ...}
+gpt adds "tokens_per_sec" (steps * batch * block / seconds), "params" (tied
+weights counted once), "flops_per_token" and the model's shape; on cuda every
+model adds "gpu" and "peak_mem_bytes" (torch.cuda.max_memory_allocated()), and
+gpt adds "mfu" (tokens_per_sec * flops_per_token / peak_flops) and "peak_flops".
 
-One step = forward, cross-entropy loss, zero_grad(set_to_none=True),
+mlp / cnn: one step = forward, cross-entropy loss, zero_grad(set_to_none=True),
 backward, AdamW step (lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
 weight_decay=0.0) on a fixed random batch created once before timing.
+
+gpt: a decoder-only transformer with the architecture of Kiln's `Gpt`
+(crates/kiln-models/src/gpt.rs; GPT-2 / nanoGPT): token + position embeddings,
+dropout, n_layer pre-LayerNorm blocks (x + attn(ln_1(x)), x + mlp(ln_2(x))),
+causal multi-head attention via F.scaled_dot_product_attention, GELU (erf) MLP
+4x wide, ln_f, LM head (tied to wte with --tie 1). GPT-2 init. Loss: mean
+cross-entropy over all batch*block positions of a fixed random [batch, block]
+token batch. AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.1 on
+Linear weights only (not on biases, LayerNorms, wte, wpe); fused on CUDA.
+bf16 / f16: torch.autocast around forward + loss with f32 master weights, and
+a GradScaler for f16 on CUDA.
+
 Set up the environment with benches/setup-torch.sh.
 """
 
@@ -21,6 +41,7 @@ import json
 import math
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -58,16 +79,155 @@ def input_shape(name: str, batch: int):
     return (batch, 784) if name == "mlp" else (batch, 1, 28, 28)
 
 
+# ----------------------------------------------------------------------------- GPT
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd, n_head, dropout, bias):
+        super().__init__()
+        assert n_embd % n_head == 0
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head = n_head
+        self.dropout = dropout
+
+    def forward(self, x):
+        b, t, c = x.size()
+        q, k, v = self.c_attn(x).split(c, dim=2)
+        hd = c // self.n_head
+        q = q.view(b, t, self.n_head, hd).transpose(1, 2)
+        k = k.view(b, t, self.n_head, hd).transpose(1, 2)
+        v = v.view(b, t, self.n_head, hd).transpose(1, 2)
+        # scale defaults to 1/sqrt(head_dim); dropout on the attention probabilities.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd, dropout, bias):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()  # exact (erf), like Kiln's burn::tensor::activation::gelu
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head, dropout, bias):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab, n_layer, n_head, n_embd, block, dropout, bias, tie):
+        super().__init__()
+        self.block = block
+        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        self.wte = nn.Embedding(vocab, n_embd)
+        self.wpe = nn.Embedding(block, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.h = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.lm_head = nn.Linear(n_embd, vocab, bias=False)
+        if tie:
+            self.lm_head.weight = self.wte.weight
+        # GPT-2 init: normal(0, 0.02) weights, zero biases (LayerNorms default to one/zero),
+        # residual projections normal(0, 0.02 / sqrt(2 n_layer)).
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def num_params(self, non_embedding=False):
+        # parameters() yields a tied weight once.
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self):
+        # nanoGPT's estimate_mfu (PaLM appendix B): forward + backward per token.
+        n = self.num_params(non_embedding=True)
+        return 6 * n + 12 * self.n_layer * self.n_embd * self.block
+
+    def forward(self, idx):
+        b, t = idx.size()
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for blk in self.h:
+            x = blk(x)
+        return self.lm_head(self.ln_f(x))
+
+    def param_groups(self, weight_decay):
+        """Decay only Linear weights (incl. an untied lm_head); no decay on biases, LayerNorms,
+        wte, wpe (a tied lm_head is wte). Matches Kiln's Model::no_decay."""
+        no_decay = {id(self.wte.weight), id(self.wpe.weight)}
+        decay, other = [], []
+        for p in self.parameters():
+            (decay if p.dim() >= 2 and id(p) not in no_decay else other).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": other, "weight_decay": 0.0},
+        ]
+
+
+# ----------------------------------------------------------------------------- main
+
+DTYPES = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["mlp", "cnn"], required=True)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--model", choices=["mlp", "cnn", "gpt"], required=True)
+    p.add_argument("--batch", type=int, default=None,
+                   help="samples (mlp/cnn, default 64) or sequences (gpt, default 32)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=list(DTYPES), default="f32")
+    # GPT shape (CPU config defaults).
+    p.add_argument("--vocab", type=int, default=65)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--block", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--bias", type=int, choices=[0, 1], default=1)
+    p.add_argument("--tie", type=int, choices=[0, 1], default=1)
+    p.add_argument("--peak-flops", type=float, default=989e12,
+                   help="peak FLOP/s for MFU on cuda (default 989e12: H100 SXM bf16 dense)")
     args = p.parse_args()
+    if args.batch is None:
+        args.batch = 32 if args.model == "gpt" else 64
     if args.batch < 1 or args.threads < 1 or args.warmup < 0 or args.steps < 1:
         p.error("--batch, --threads and --steps must be >= 1, --warmup >= 0")
+    if args.model == "gpt" and args.n_embd % args.n_head != 0:
+        p.error("--n-embd must be divisible by --n-head")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False")
 
     try:
         torch.set_num_threads(args.threads)
@@ -79,33 +239,53 @@ def main() -> int:
     except Exception as e:  # pragma: no cover
         print(f"torch_ref: set_num_interop_threads(1) failed: {e}", file=sys.stderr)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
+    cuda = args.device == "cuda"
 
-    model = build_model(args.model)
+    if args.model == "gpt":
+        model = GPT(args.vocab, args.n_layer, args.n_head, args.n_embd, args.block,
+                    args.dropout, bool(args.bias), bool(args.tie)).to(dev)
+        groups = model.param_groups(0.1)
+        x = torch.randint(0, args.vocab, (args.batch, args.block), dtype=torch.int64, device=dev)
+        y = torch.randint(0, args.vocab, (args.batch, args.block), dtype=torch.int64, device=dev)
+    else:
+        model = build_model(args.model).to(dev)
+        groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+        x = torch.randn(*input_shape(args.model, args.batch), dtype=torch.float32, device=dev)
+        y = torch.randint(0, NUM_CLASSES, (args.batch,), dtype=torch.int64, device=dev)
     model.train()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
-    )
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, fused=cuda)
 
-    x = torch.randn(*input_shape(args.model, args.batch), dtype=torch.float32)
-    y = torch.randint(0, NUM_CLASSES, (args.batch,), dtype=torch.int64)
+    amp_dtype = DTYPES[args.precision]
+    autocast = (lambda: torch.autocast(device_type=args.device, dtype=amp_dtype)) \
+        if amp_dtype is not None else nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and args.precision == "f16")
 
     def step() -> torch.Tensor:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     loss = None
     for _ in range(args.warmup):
         loss = step()
     if loss is not None:
         loss.item()  # sync before starting the clock
+    sync()
 
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
+    sync()
     final_loss = loss.item()
     seconds = time.perf_counter() - t0
 
@@ -113,22 +293,37 @@ def main() -> int:
         print(f"torch_ref: non-finite final loss {final_loss}", file=sys.stderr)
         return 1
 
-    print(
-        json.dumps(
-            {
-                "framework": "pytorch",
-                "torch_version": torch.__version__,
-                "model": args.model,
-                "batch": args.batch,
-                "threads": args.threads,
-                "steps": args.steps,
-                "seconds": seconds,
-                "steps_per_sec": args.steps / seconds,
-                "samples_per_sec": args.steps * args.batch / seconds,
-            }
-        ),
-        flush=True,
-    )
+    out = {
+        "framework": "pytorch",
+        "torch_version": torch.__version__,
+        "model": args.model,
+        "batch": args.batch,
+        "threads": args.threads,
+        "device": args.device,
+        "precision": args.precision,
+        "steps": args.steps,
+        "seconds": seconds,
+        "steps_per_sec": args.steps / seconds,
+        "samples_per_sec": args.steps * args.batch / seconds,
+    }
+    if args.model == "gpt":
+        out.update({
+            "vocab": args.vocab, "n_layer": args.n_layer, "n_head": args.n_head,
+            "n_embd": args.n_embd, "block": args.block, "dropout": args.dropout,
+            "bias": args.bias, "tie": args.tie,
+            "tokens_per_sec": args.steps * args.batch * args.block / seconds,
+            "params": model.num_params(),
+            "flops_per_token": model.flops_per_token(),
+        })
+    else:
+        out["params"] = sum(p.numel() for p in model.parameters())
+    if cuda:
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev)
+        if args.model == "gpt":
+            out["peak_flops"] = args.peak_flops
+            out["mfu"] = out["tokens_per_sec"] * out["flops_per_token"] / args.peak_flops
+    print(json.dumps(out), flush=True)
     print(f"torch_ref: final loss {final_loss:.6f}", file=sys.stderr)
     return 0
 

@@ -1,4 +1,4 @@
-//! `kiln`: train and evaluate models from config files.
+//! `kiln`: train, evaluate and sample models from config files.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln_core::config::RESUMABLE_KEYS;
 use kiln_core::rundir::{find_run_config, resolve_weights};
 use kiln_core::{dispatch, BackendKind, BackendTask, Config};
-use kiln_models::Classifier;
+use kiln_models::Model;
 use kiln_train::checkpoint::is_checkpoint_dir;
-use kiln_train::{evaluate, weights, ResumeFrom, Splits, TrainOptions};
+use kiln_train::generate::{generate, Sampling};
+use kiln_train::{evaluate, weights, ResumeFrom, RunData, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +63,41 @@ enum Command {
         split: Split,
         #[command(flatten)]
         backend: BackendArg,
+    },
+    /// Generate text with a trained GPT, streamed to stdout.
+    Generate {
+        /// A run directory (its latest checkpoint), a step-<N> directory or a .safetensors file
+        /// inside a run directory.
+        run: PathBuf,
+        /// Text to continue (default: start a new text).
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Number of tokens (characters) to generate.
+        #[arg(long, default_value_t = 500)]
+        max_tokens: usize,
+        /// Sampling temperature: below 1 is more conservative, 0 always picks the likeliest.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k likeliest tokens only.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Seed of the sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        backend: BackendArg,
+    },
+    /// Tokenize a UTF-8 text file by characters into a token file (little-endian u16/u32 ids)
+    /// plus a .json sidecar with the vocabulary, for `data.format = "tokens"`.
+    Tokenize {
+        /// The text file.
+        input: PathBuf,
+        /// The token file to write, e.g. datasets/text/shakespeare.bin (the sidecar is .json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Element type of the token file.
+        #[arg(long, default_value = "u16")]
+        dtype: String,
     },
 }
 
@@ -153,6 +189,44 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )??;
             println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Generate {
+            run,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            seed,
+            backend,
+        } => {
+            let backend = backend.kind()?;
+            let file = resolve_weights(&run)?;
+            let config_path = find_run_config(&file)?;
+            let config = Config::load(&config_path, &[])
+                .with_context(|| format!("reading the run config of {}", run.display()))?;
+            let sampling = Sampling {
+                prompt,
+                max_tokens,
+                temperature,
+                top_k,
+                seed,
+            };
+            dispatch(
+                backend,
+                GenerateTask {
+                    config,
+                    run_dir: config_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                    file,
+                    sampling,
+                },
+            )??;
+        }
+        Command::Tokenize { input, out, dtype } => {
+            let dtype = dtype
+                .parse::<kiln_data::TokenDtype>()
+                .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+            let summary = kiln_data::tokenize_file(&input, &out, dtype)?;
+            println!("{}", serde_json::to_string(&summary)?);
         }
     }
     Ok(())
@@ -250,6 +324,29 @@ impl BackendTask for TrainTask {
     }
 }
 
+struct GenerateTask {
+    config: Config,
+    run_dir: PathBuf,
+    file: PathBuf,
+    sampling: Sampling,
+}
+
+impl BackendTask for GenerateTask {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Self::Output {
+        let mut out = std::io::stdout().lock();
+        generate::<B::InnerBackend>(
+            &self.config,
+            &self.run_dir,
+            &self.file,
+            &self.sampling,
+            &device,
+            &mut out,
+        )?;
+        Ok(())
+    }
+}
+
 struct EvalTask {
     config: Config,
     file: PathBuf,
@@ -264,25 +361,25 @@ impl BackendTask for EvalTask {
 }
 
 fn eval<B: Backend>(task: EvalTask, device: B::Device) -> Result<serde_json::Value> {
-    let splits = Splits::load(&task.config)?;
-    let (name, data) = match task.split {
-        Split::Test => ("test", &splits.test),
-        Split::Valid => ("valid", &splits.valid),
+    let data = RunData::load(&task.config)?;
+    let (name, split) = match task.split {
+        Split::Test => ("test", kiln_train::Split::Test),
+        Split::Valid => ("valid", kiln_train::Split::Valid),
     };
-    let model = Classifier::<B>::new(
+    if !data.has(split) {
+        bail!(
+            "the run's data has no {name} split (text and token data hold out a validation split only: use --split valid)"
+        );
+    }
+    let model = Model::<B>::new(
         &task.config.model,
-        &splits.train.sample_shape,
-        splits.train.num_classes,
+        &data.shape(),
+        task.config.train.precision,
         task.config.run.seed,
         &device,
     )?;
     let model = weights::load(model, &task.file)?;
-    let batch = task
-        .config
-        .data
-        .eval_batch_size
-        .unwrap_or(task.config.data.batch_size);
-    let r = evaluate(&model, data, batch, &device);
+    let r = evaluate(&model, data.eval_batches(split, &task.config), &device);
     Ok(serde_json::json!({
         "split": name, "loss": r.loss, "accuracy": r.accuracy, "samples": r.samples,
         "weights": task.file,

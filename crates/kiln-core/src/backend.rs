@@ -10,6 +10,8 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::config::Precision;
+
 /// A backend as the user names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -90,6 +92,23 @@ impl FromStr for BackendKind {
     }
 }
 
+/// Checks that `backend` (resolved) can train in `precision`: the CPU backends compute in f32
+/// only, and WebGPU shaders have f16 but no bf16.
+pub fn check_precision(backend: BackendKind, precision: Precision) -> Result<()> {
+    match (backend, precision) {
+        (_, Precision::F32) | (BackendKind::Cuda, _) | (BackendKind::Wgpu, Precision::F16) => Ok(()),
+        (BackendKind::Wgpu, _) => bail!(
+            "train.precision = \"{}\": the wgpu backend has no bf16 (WebGPU shaders support f16 only); use train.precision = \"f16\", or --backend cuda",
+            precision.name()
+        ),
+        (cpu, _) => bail!(
+            "train.precision = \"{}\" needs a GPU backend (cuda, or wgpu for f16): the {} backend computes in f32 only; set train.precision = \"f32\" (--set train.precision=f32) or choose --backend cuda",
+            precision.name(),
+            cpu.name()
+        ),
+    }
+}
+
 /// The NVIDIA driver exposes these once a GPU is usable; checking them cannot crash, unlike
 /// initializing a CUDA context on a machine without one.
 fn nvidia_gpu_present() -> bool {
@@ -144,6 +163,18 @@ mod tests {
             e.contains("unknown backend 'tpu'") && e.contains("flex"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn half_precision_is_refused_on_cpu_backends_and_bf16_on_wgpu() {
+        for cpu in [BackendKind::Flex, BackendKind::Ndarray] {
+            assert!(check_precision(cpu, Precision::F32).is_ok());
+            let e = check_precision(cpu, Precision::Bf16).unwrap_err().to_string();
+            assert!(e.contains("f32 only") && e.contains(cpu.name()), "{e}");
+        }
+        assert!(check_precision(BackendKind::Wgpu, Precision::F16).is_ok());
+        assert!(check_precision(BackendKind::Wgpu, Precision::Bf16).is_err());
+        assert!(check_precision(BackendKind::Cuda, Precision::Bf16).is_ok());
     }
 
     #[test]

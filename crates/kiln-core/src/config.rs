@@ -46,6 +46,39 @@ pub enum DataFormat {
     Idx,
     /// A scikit-learn layout CSV table.
     Csv,
+    /// A UTF-8 text file, tokenized by characters (the vocabulary is saved in the run directory).
+    Text,
+    /// A pre-tokenized token file (`kiln tokenize`): little-endian u16 or u32 ids, memory-mapped.
+    Tokens,
+}
+
+/// Element type of a token file.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenDtype {
+    U16,
+    U32,
+}
+
+/// Arithmetic of the forward and backward passes. Weights and optimizer state stay f32; with
+/// f16/bf16 the matrix products run in that type (mixed precision, like `torch.autocast`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -60,8 +93,13 @@ pub struct DataSection {
     /// IDX: number of classes (labels must lie in 0..num_classes).
     #[serde(default = "default_num_classes")]
     pub num_classes: usize,
-    // CSV: one file, the test split held out from it.
+    // CSV: one file, the test split held out from it. Text/tokens: the text or token file, the
+    // validation split held out from its end.
     pub path: Option<PathBuf>,
+    /// Tokens: the element type of the token file (defaults to its `.json` sidecar, else u16).
+    pub token_dtype: Option<TokenDtype>,
+    /// Text/tokens: evaluate on at most this many batches of the validation split (all if unset).
+    pub eval_max_batches: Option<usize>,
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
     /// Fraction of the training data held out for validation.
@@ -89,6 +127,8 @@ pub struct DataSection {
 pub enum ModelKind {
     Mlp,
     Cnn,
+    /// Decoder-only transformer language model (text or tokens data).
+    Gpt,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,6 +174,27 @@ pub struct ModelSection {
     pub pool_every: usize,
     #[serde(default)]
     pub batch_norm: bool,
+    /// GPT: transformer blocks.
+    #[serde(default = "default_n_layer")]
+    pub n_layer: usize,
+    /// GPT: attention heads per block (must divide n_embd).
+    #[serde(default = "default_n_head")]
+    pub n_head: usize,
+    /// GPT: width of the residual stream.
+    #[serde(default = "default_n_embd")]
+    pub n_embd: usize,
+    /// GPT: context length in tokens; training windows hold block_size + 1 tokens.
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// GPT: biases in the linear layers and LayerNorms.
+    #[serde(default = "default_true")]
+    pub bias: bool,
+    /// GPT: the LM head shares the token embedding matrix.
+    #[serde(default = "default_true")]
+    pub tie_weights: bool,
+    /// GPT: vocabulary size of the embedding and head; defaults to the tokenizer's, may be
+    /// larger (padding to a multiple of 64 speeds up GPU matmuls).
+    pub vocab_size: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -230,6 +291,13 @@ pub struct TrainSection {
     pub log_every: usize,
     /// Clip gradients to this global L2 norm (like `torch.nn.utils.clip_grad_norm_`).
     pub grad_clip_norm: Option<f64>,
+    /// Micro-batches of `data.batch_size` whose gradients are summed into one optimizer step:
+    /// the effective batch is batch_size x grad_accum_steps.
+    #[serde(default = "default_one")]
+    pub grad_accum_steps: usize,
+    /// "f32", or "f16"/"bf16" mixed precision on the GPU backends.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -332,6 +400,21 @@ fn default_gamma() -> f64 {
 fn default_log_every() -> usize {
     50
 }
+fn default_one() -> usize {
+    1
+}
+fn default_n_layer() -> usize {
+    4
+}
+fn default_n_head() -> usize {
+    4
+}
+fn default_n_embd() -> usize {
+    128
+}
+fn default_block_size() -> usize {
+    64
+}
 
 impl Config {
     /// Reads the config of a run being resumed (its `config.toml`) and applies `overrides`.
@@ -421,6 +504,18 @@ impl Config {
                 }
                 check(d.num_classes >= 2, "data.num_classes", "must be at least 2")?;
             }
+            DataFormat::Text | DataFormat::Tokens => {
+                check(
+                    d.path.is_some(),
+                    "data.path",
+                    "is required when data.format = \"text\" or \"tokens\"",
+                )?;
+                check(
+                    self.model.kind == ModelKind::Gpt,
+                    "model.kind",
+                    "text and token data train a language model: use model.kind = \"gpt\"",
+                )?;
+            }
             DataFormat::Csv => {
                 check(
                     d.path.is_some(),
@@ -464,6 +559,37 @@ impl Config {
                 "model.kind",
                 "\"cnn\" needs image data (data.format = \"idx\")",
             )?;
+        }
+
+        if m.kind == ModelKind::Gpt {
+            check(
+                matches!(d.format, DataFormat::Text | DataFormat::Tokens),
+                "model.kind",
+                "\"gpt\" needs text or token data (data.format = \"text\" or \"tokens\")",
+            )?;
+            for (key, v) in [
+                ("model.n_layer", m.n_layer),
+                ("model.n_head", m.n_head),
+                ("model.n_embd", m.n_embd),
+                ("model.block_size", m.block_size),
+            ] {
+                check(v > 0, key, "must be at least 1")?;
+            }
+            if m.n_embd % m.n_head != 0 {
+                bail!(
+                    "model.n_embd = {} is not divisible by model.n_head = {}: each head gets n_embd / n_head dimensions; choose e.g. n_embd = {} or an n_head that divides {}",
+                    m.n_embd,
+                    m.n_head,
+                    m.n_embd.div_ceil(m.n_head) * m.n_head,
+                    m.n_embd
+                );
+            }
+            if let Some(v) = m.vocab_size {
+                check(v > 0, "model.vocab_size", "must be at least 1")?;
+            }
+        }
+        if let Some(b) = d.eval_max_batches {
+            check(b > 0, "data.eval_max_batches", "must be at least 1")?;
         }
 
         let o = &self.optimizer;
@@ -530,6 +656,11 @@ impl Config {
             _ => {}
         }
         check(t.log_every > 0, "train.log_every", "must be at least 1")?;
+        check(
+            t.grad_accum_steps > 0,
+            "train.grad_accum_steps",
+            "must be at least 1",
+        )?;
         if let Some(c) = t.grad_clip_norm {
             check(c > 0.0, "train.grad_clip_norm", "must be > 0")?;
         }

@@ -2,8 +2,13 @@
 //! scikit-learn CSV files, deterministic train/validation splits, feature
 //! standardization, and a background batch loader.
 //!
-//! Everything here works on host memory (`Vec<f32>`) and knows nothing about
-//! tensors or backends; a [`Batch`] is turned into a tensor by the caller.
+//! The [`text`] module adds language-model data: UTF-8 text files and a
+//! character-level tokenizer, memory-mapped pre-tokenized token files, and
+//! deterministic random and evaluation windows over token streams.
+//!
+//! Everything here works on host memory (`Vec<f32>`, token ids as `u32` and
+//! `i64`) and knows nothing about tensors or backends; a [`Batch`] or
+//! [`TokenBatch`] is turned into a tensor by the caller.
 
 mod batch;
 mod csv;
@@ -12,6 +17,7 @@ mod idx;
 mod loader;
 mod read;
 mod standardize;
+pub mod text;
 
 pub use batch::{eval_batches, Batch};
 pub use csv::load_sklearn_csv;
@@ -19,6 +25,11 @@ pub use dataset::{split, Dataset};
 pub use idx::load_idx;
 pub use loader::{Loader, LoaderConfig};
 pub use standardize::Standardizer;
+pub use text::{
+    check_span, eval_window_count, eval_windows, meta_path, random_windows, read_meta, read_text,
+    tokenize_file, write_token_file, CharTokenizer, TokenBatch, TokenDtype, TokenFile, TokenMeta,
+    TokenSource, TokenSpan, TokenizeSummary,
+};
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,52 @@ impl HostInit {
             .collect()
     }
 
+    /// `n` values from a normal distribution with mean 0 and standard deviation `std`
+    /// (Box-Muller on the seeded stream, so identical on every platform).
+    fn normal(&mut self, n: usize, std: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            // u1 in (0, 1] keeps ln(u1) finite.
+            let u1: f64 = 1.0 - self.rng.random::<f64>();
+            let u2: f64 = self.rng.random::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let theta = std::f64::consts::TAU * u2;
+            out.push((r * theta.cos()) as f32 * std);
+            out.push((r * theta.sin()) as f32 * std);
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// A tensor of normal values with standard deviation `std`.
+    pub fn normal_tensor<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        std: f32,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        Tensor::from_data(TensorData::new(self.normal(n, std), shape), device)
+    }
+
+    /// A linear layer `d_in -> d_out` initialized the GPT-2 way: weights normal with
+    /// standard deviation `std`, biases (if any) zero.
+    pub fn linear_normal<B: Backend>(
+        &mut self,
+        d_in: usize,
+        d_out: usize,
+        std: f32,
+        bias: bool,
+        device: &B::Device,
+    ) -> Linear<B> {
+        let mut layer = LinearConfig::new(d_in, d_out)
+            .with_bias(bias)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        layer.weight = Param::from_tensor(self.normal_tensor([d_in, d_out], std, device));
+        layer
+    }
+
     fn tensor<B: Backend, const D: usize>(
         &mut self,
         shape: [usize; D],
@@ -98,5 +144,15 @@ mod tests {
         assert_ne!(wa, c.weight.val().into_data().to_vec::<f32>().unwrap());
         assert!(wa.iter().all(|w| w.abs() <= 0.1));
         assert!(wa.iter().any(|w| w.abs() > 0.05));
+    }
+
+    #[test]
+    fn normal_values_have_the_requested_spread() {
+        let v = HostInit::new(3).normal(20_001, 0.02);
+        assert_eq!(v.len(), 20_001);
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.001, "mean {mean}");
+        assert!((var.sqrt() - 0.02).abs() < 0.0005, "std {}", var.sqrt());
     }
 }

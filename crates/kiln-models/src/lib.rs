@@ -3,61 +3,144 @@
 
 pub mod cnn;
 pub mod dropout;
+pub mod gpt;
 pub mod init;
 pub mod mlp;
+pub mod precision;
+
+use std::collections::HashSet;
 
 use anyhow::{bail, Result};
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
-use kiln_core::config::{ModelKind, ModelSection};
+use burn::tensor::{Int, Tensor};
+use kiln_core::config::{ModelKind, ModelSection, Precision};
 
 pub use cnn::Cnn;
+pub use gpt::{Gpt, GptShape};
 pub use init::HostInit;
 pub use mlp::Mlp;
 
-/// A classifier over fixed-size inputs; the training loop sees only this type, so each backend
-/// instantiates the loop once whatever the model.
-#[derive(Module, Debug)]
-pub enum Classifier<B: Backend> {
-    Mlp(Mlp<B>),
-    Cnn(Cnn<B>),
+/// What the data looks like to a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataShape {
+    /// Fixed-size samples (features or images) with one class label each.
+    Samples {
+        sample_shape: Vec<usize>,
+        num_classes: usize,
+    },
+    /// Token sequences; the targets are the next tokens.
+    Tokens { vocab_size: usize },
 }
 
-impl<B: Backend> Classifier<B> {
-    /// Builds the model of `spec` for samples of `sample_shape` and `num_classes` classes.
+/// A batch of model inputs on the device.
+pub enum Input<B: Backend> {
+    /// `[batch, features]` (images flattened).
+    Features(Tensor<B, 2>),
+    /// `[batch, t]` token ids.
+    Tokens(Tensor<B, 2, Int>),
+}
+
+/// Every model Kiln trains. The training loop sees only this type, so each backend instantiates
+/// the loop once whatever the model. Each maps its input to `[targets, classes]` logits: one row
+/// per sample for classifiers, one per position (next-token prediction) for language models.
+#[derive(Module, Debug)]
+pub enum Model<B: Backend> {
+    Mlp(Mlp<B>),
+    Cnn(Cnn<B>),
+    Gpt(Gpt<B>),
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the model of `spec` for data of `shape`.
     pub fn new(
         spec: &ModelSection,
-        sample_shape: &[usize],
-        num_classes: usize,
+        shape: &DataShape,
+        precision: Precision,
         seed: u64,
         device: &B::Device,
     ) -> Result<Self> {
         let mut init = HostInit::new(seed);
-        Ok(match spec.kind {
-            ModelKind::Mlp => Classifier::Mlp(Mlp::new(
-                sample_shape.iter().product(),
-                &spec.hidden,
-                num_classes,
-                spec.activation,
+        Ok(match (spec.kind, shape) {
+            (
+                ModelKind::Mlp,
+                DataShape::Samples {
+                    sample_shape,
+                    num_classes,
+                },
+            ) => Model::Mlp(
+                Mlp::new(
+                    sample_shape.iter().product(),
+                    &spec.hidden,
+                    *num_classes,
+                    spec.activation,
+                    spec.dropout,
+                    &mut init,
+                    device,
+                )
+                .with_precision(precision),
+            ),
+            (
+                ModelKind::Cnn,
+                DataShape::Samples {
+                    sample_shape,
+                    num_classes,
+                },
+            ) => {
+                let &[c, h, w] = sample_shape.as_slice() else {
+                    bail!("model.kind = \"cnn\" needs images of shape [channels, height, width], the data has samples of shape {sample_shape:?}");
+                };
+                let mut cnn = Cnn::new(spec, [c, h, w], *num_classes, &mut init, device)?;
+                cnn.head = cnn.head.with_precision(precision);
+                Model::Cnn(cnn)
+            }
+            (ModelKind::Gpt, DataShape::Tokens { vocab_size }) => Model::Gpt(Gpt::new(
+                GptShape::new(spec, *vocab_size)?,
                 spec.dropout,
+                precision,
                 &mut init,
                 device,
             )),
-            ModelKind::Cnn => {
-                let &[c, h, w] = sample_shape else {
-                    bail!("model.kind = \"cnn\" needs images of shape [channels, height, width], the data has samples of shape {sample_shape:?}");
-                };
-                Classifier::Cnn(Cnn::new(spec, [c, h, w], num_classes, &mut init, device)?)
+            (kind, shape) => {
+                bail!("model.kind = {kind:?} cannot train on this data ({shape:?})")
             }
         })
     }
 
-    /// `[batch, features] -> [batch, classes]` logits; images arrive flattened.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self {
-            Classifier::Mlp(m) => m.forward(x),
-            Classifier::Cnn(m) => m.forward(x),
+    /// `[targets, classes]` logits.
+    ///
+    /// # Panics
+    /// If the input kind does not match the model (features for a GPT, tokens for a classifier).
+    pub fn forward(&self, input: Input<B>) -> Tensor<B, 2> {
+        match (self, input) {
+            (Model::Mlp(m), Input::Features(x)) => m.forward(x),
+            (Model::Cnn(m), Input::Features(x)) => m.forward(x),
+            (Model::Gpt(m), Input::Tokens(x)) => {
+                let logits = m.forward(x);
+                let [batch, t, vocab] = logits.dims();
+                logits.reshape([batch * t, vocab])
+            }
+            _ => panic!("the input kind does not match the model"),
         }
+    }
+
+    /// Parameters that weight decay must not touch: biases, normalization parameters (every
+    /// parameter of rank 1) and embeddings.
+    pub fn no_decay(&self) -> HashSet<ParamId> {
+        struct RankOne(HashSet<ParamId>);
+        impl<B: Backend> ModuleVisitor<B> for RankOne {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if D == 1 {
+                    self.0.insert(param.id);
+                }
+            }
+        }
+        let mut v = RankOne(HashSet::new());
+        self.visit(&mut v);
+        if let Model::Gpt(g) = self {
+            v.0.insert(g.wte.weight.id);
+            v.0.insert(g.wpe.weight.id);
+        }
+        v.0
     }
 }

@@ -5,10 +5,11 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kiln_core::config::Activation;
+use kiln_core::config::{Activation, Precision};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
+use crate::precision::linear;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -18,6 +19,8 @@ pub struct Mlp<B: Backend> {
     pub activation: Activation,
     #[module(skip)]
     pub dropout: f64,
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -42,7 +45,14 @@ impl<B: Backend> Mlp<B> {
             layers,
             activation,
             dropout,
+            precision: Precision::F32,
         }
+    }
+
+    /// Runs the linear layers in `precision` (see [`crate::precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// `[batch, d_in] -> [batch, d_out]` logits.
@@ -52,9 +62,10 @@ impl<B: Backend> Mlp<B> {
             .split_last()
             .expect("an MLP has an output layer");
         let x = hidden.iter().fold(x, |x, layer| {
-            dropout(activate(layer.forward(x), self.activation), self.dropout)
+            let x = linear(layer, x, self.precision);
+            dropout(activate(x, self.activation), self.dropout)
         });
-        last.forward(x)
+        linear(last, x, self.precision)
     }
 }
 

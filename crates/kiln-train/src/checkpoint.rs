@@ -10,7 +10,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
 use kiln_checkpoint::{HostTensor, Payload, Verified};
-use kiln_models::Classifier;
+use kiln_models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::EvalResult;
@@ -91,7 +91,7 @@ pub struct ParamTable {
 }
 
 impl ParamTable {
-    pub fn of<B: Backend>(model: &Classifier<B>) -> Self {
+    pub fn of<B: Backend>(model: &Model<B>) -> Self {
         let entries = model
             .collect(None, None, true)
             .into_iter()
@@ -102,7 +102,7 @@ impl ParamTable {
 }
 
 /// Copies the model's parameters to host memory.
-pub fn model_to_host<B: Backend>(model: &Classifier<B>) -> Result<Vec<HostTensor>> {
+pub fn model_to_host<B: Backend>(model: &Model<B>) -> Result<Vec<HostTensor>> {
     model
         .collect(None, None, true)
         .into_iter()
@@ -239,10 +239,10 @@ pub fn check_fits<B: AutodiffBackend>(
 pub fn restore<B: AutodiffBackend>(
     v: &Verified,
     table: &ParamTable,
-    model: Classifier<B>,
+    model: Model<B>,
     optim: &mut Optim<B>,
     device: &B::Device,
-) -> Classifier<B> {
+) -> Model<B> {
     let by_name = |file: &str| -> HashMap<&str, &HostTensor> {
         v.files[file].iter().map(|t| (t.name.as_str(), t)).collect()
     };

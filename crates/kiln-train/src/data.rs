@@ -1,20 +1,285 @@
-//! Turns the `[data]` section into train/validation/test datasets.
+//! Turns the `[data]` section into what the loop consumes: a reproducible stream of training
+//! micro-batches and the evaluation splits, for sample data (IDX, CSV) and token data (text,
+//! token files) alike.
 //!
 //! The preparation is a pure function of the config (splits and standardization statistics come
-//! from the seed and the training split), so `kiln eval` rebuilds exactly the data a run saw.
+//! from the seed and the training split; token windows from the seed and the micro-batch index),
+//! so `kiln eval` rebuilds exactly the data a run saw and a resumed run continues the same stream.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use kiln_core::config::{DataFormat, DataSection};
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use kiln_core::config::{DataFormat, DataSection, TokenDtype};
 use kiln_core::Config;
-use kiln_data::{load_idx, load_sklearn_csv, split, Dataset, Standardizer};
+use kiln_data::{
+    check_span, eval_batches, eval_windows, load_idx, load_sklearn_csv, random_windows, read_meta,
+    read_text, split, CharTokenizer, Dataset, Loader, LoaderConfig, Standardizer, TokenFile,
+    TokenSource, TokenSpan,
+};
+use kiln_models::{DataShape, Input};
 
-/// The three splits of a run, standardized with statistics of the training split.
+/// Name of the tokenizer file in a run directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A batch in host memory: model inputs and one target class per output row.
+pub struct HostBatch {
+    pub input: HostInput,
+    pub y: Vec<i64>,
+}
+
+pub enum HostInput {
+    /// `[rows, features]`.
+    Features { x: Vec<f32>, rows: usize },
+    /// `[rows, t]` token ids.
+    Tokens { x: Vec<i64>, rows: usize, t: usize },
+}
+
+impl HostBatch {
+    /// Number of targets (samples, or token positions).
+    pub fn targets(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Moves the batch onto `device`.
+    pub fn to_device<B: Backend>(self, device: &B::Device) -> (Input<B>, Tensor<B, 1, Int>) {
+        let n = self.y.len();
+        let y = Tensor::from_data(TensorData::new(self.y, [n]), device);
+        let input = match self.input {
+            HostInput::Features { x, rows } => {
+                let features = x.len() / rows.max(1);
+                Input::Features(Tensor::from_data(TensorData::new(x, [rows, features]), device))
+            }
+            HostInput::Tokens { x, rows, t } => {
+                Input::Tokens(Tensor::from_data(TensorData::new(x, [rows, t]), device))
+            }
+        };
+        (input, y)
+    }
+}
+
+impl From<kiln_data::Batch> for HostBatch {
+    fn from(b: kiln_data::Batch) -> Self {
+        HostBatch {
+            input: HostInput::Features {
+                x: b.x,
+                rows: b.y.len(),
+            },
+            y: b.y,
+        }
+    }
+}
+
+impl From<kiln_data::TokenBatch> for HostBatch {
+    fn from(b: kiln_data::TokenBatch) -> Self {
+        HostBatch {
+            input: HostInput::Tokens {
+                x: b.x,
+                rows: b.rows,
+                t: b.block_size,
+            },
+            y: b.y,
+        }
+    }
+}
+
+/// The three splits of a sample-data run, standardized with statistics of the training split.
 pub struct Splits {
-    pub train: Dataset,
+    pub train: Arc<Dataset>,
     pub valid: Dataset,
     pub test: Dataset,
+}
+
+/// A token-data run: the training and validation spans (validation = the end of the data).
+pub struct TextData {
+    pub train: TokenSpan,
+    pub valid: TokenSpan,
+    pub block_size: usize,
+    /// The character tokenizer (for text, or a token file whose sidecar names one).
+    pub tokenizer: Option<CharTokenizer>,
+    pub vocab_size: usize,
+    /// Where the tokens came from, for messages.
+    pub origin: PathBuf,
+}
+
+/// Everything a run trains and evaluates on.
+pub enum RunData {
+    Samples(Splits),
+    Text(TextData),
+}
+
+/// A split to evaluate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Valid,
+    Test,
+}
+
+impl RunData {
+    pub fn load(config: &Config) -> Result<RunData> {
+        Ok(match config.data.format {
+            DataFormat::Idx | DataFormat::Csv => RunData::Samples(Splits::load(config)?),
+            DataFormat::Text | DataFormat::Tokens => RunData::Text(TextData::load(config)?),
+        })
+    }
+
+    /// What the model sees.
+    pub fn shape(&self) -> DataShape {
+        match self {
+            RunData::Samples(s) => DataShape::Samples {
+                sample_shape: s.train.sample_shape.clone(),
+                num_classes: s.train.num_classes,
+            },
+            RunData::Text(t) => DataShape::Tokens {
+                vocab_size: t.vocab_size,
+            },
+        }
+    }
+
+    /// One line for the log: split sizes.
+    pub fn describe(&self) -> String {
+        match self {
+            RunData::Samples(s) => format!(
+                "{} train / {} valid / {} test samples",
+                s.train.len(),
+                s.valid.len(),
+                s.test.len()
+            ),
+            RunData::Text(t) => format!(
+                "{}: {} train / {} valid tokens, vocabulary {}",
+                t.origin.display(),
+                t.train.len(),
+                t.valid.len(),
+                t.vocab_size
+            ),
+        }
+    }
+
+    /// Micro-batches in one pass over the training data (for token data: how many micro-batches
+    /// of windows hold as many tokens as the training split).
+    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
+        match self {
+            RunData::Samples(s) => s.train.len().div_ceil(batch_size),
+            RunData::Text(t) => (t.train.len() / (batch_size * t.block_size)).max(1),
+        }
+    }
+
+    /// The training stream, starting at micro-batch `start` (0 for a fresh run).
+    pub fn train_stream(&self, config: &Config, start: usize) -> TrainStream {
+        let d = &config.data;
+        match self {
+            RunData::Samples(s) => {
+                let bpe = self.batches_per_epoch(d.batch_size);
+                TrainStream::Samples(Loader::new(
+                    s.train.clone(),
+                    LoaderConfig {
+                        batch_size: d.batch_size,
+                        threads: d.loader_threads,
+                        prefetch: d.prefetch,
+                        shuffle: d.shuffle,
+                        seed: config.run.seed,
+                    },
+                    start / bpe,
+                    start % bpe,
+                ))
+            }
+            RunData::Text(t) => TrainStream::Windows {
+                span: t.train.clone(),
+                block_size: t.block_size,
+                rows: d.batch_size,
+                seed: config.run.seed,
+                next: start as u64,
+            },
+        }
+    }
+
+    /// Whether `split` holds any data.
+    pub fn has(&self, split: Split) -> bool {
+        match (self, split) {
+            (RunData::Samples(s), Split::Valid) => !s.valid.is_empty(),
+            (RunData::Samples(s), Split::Test) => !s.test.is_empty(),
+            (RunData::Text(t), Split::Valid) => t.valid.len() > t.block_size,
+            (RunData::Text(_), Split::Test) => false,
+        }
+    }
+
+    /// The evaluation batches of `split`, in a fixed order.
+    pub fn eval_batches<'a>(
+        &'a self,
+        split: Split,
+        config: &Config,
+    ) -> Box<dyn Iterator<Item = HostBatch> + 'a> {
+        let d = &config.data;
+        let batch = d.eval_batch_size.unwrap_or(d.batch_size);
+        match (self, split) {
+            (RunData::Samples(s), Split::Valid) => {
+                Box::new(eval_batches(&s.valid, batch).map(HostBatch::from))
+            }
+            (RunData::Samples(s), Split::Test) => {
+                Box::new(eval_batches(&s.test, batch).map(HostBatch::from))
+            }
+            (RunData::Text(t), Split::Valid) => Box::new(
+                eval_windows(&t.valid, t.block_size, batch, d.eval_max_batches)
+                    .map(HostBatch::from),
+            ),
+            (RunData::Text(_), Split::Test) => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// Saves what generation needs besides the weights (the tokenizer) into the run directory.
+    pub fn save_artifacts(&self, run_dir: &Path) -> Result<()> {
+        if let RunData::Text(TextData {
+            tokenizer: Some(tok),
+            ..
+        }) = self
+        {
+            tok.save(&run_dir.join(TOKENIZER_FILE))?;
+        }
+        Ok(())
+    }
+}
+
+/// The endless stream of training micro-batches.
+pub enum TrainStream {
+    Samples(Loader),
+    /// Random windows; micro-batch `i` is a pure function of (seed, i).
+    Windows {
+        span: TokenSpan,
+        block_size: usize,
+        rows: usize,
+        seed: u64,
+        next: u64,
+    },
+}
+
+impl TrainStream {
+    pub fn next_batch(&mut self) -> HostBatch {
+        match self {
+            TrainStream::Samples(loader) => loader.next_batch().into(),
+            TrainStream::Windows {
+                span,
+                block_size,
+                rows,
+                seed,
+                next,
+            } => {
+                let b = random_windows(span, *block_size, *rows, *seed, *next);
+                *next += 1;
+                b.into()
+            }
+        }
+    }
+
+    /// Time spent waiting for data since the last call.
+    pub fn take_wait_time(&mut self) -> Duration {
+        match self {
+            TrainStream::Samples(loader) => loader.take_wait_time(),
+            TrainStream::Windows { .. } => Duration::ZERO,
+        }
+    }
 }
 
 impl Splits {
@@ -44,11 +309,14 @@ impl Splits {
                 // valid_fraction never moves a sample in or out of the test split.
                 split(&all, d.test_fraction, seed ^ 0x7E57)
             }
+            DataFormat::Text | DataFormat::Tokens => {
+                bail!("data.format: text and token data have no sample splits")
+            }
         };
         let (mut train, mut valid) = split(&train_full, d.valid_fraction, seed);
         let mut test = test;
         if train.is_empty() {
-            anyhow::bail!(
+            bail!(
                 "data: the training split is empty ({} samples, valid_fraction = {}); use more data or a smaller data.valid_fraction",
                 train_full.len(),
                 d.valid_fraction
@@ -56,14 +324,87 @@ impl Splits {
         }
         if d.standardize {
             let stats = match d.format {
-                DataFormat::Idx => Standardizer::global(&train),
                 DataFormat::Csv => Standardizer::per_feature(&train),
+                _ => Standardizer::global(&train),
             };
             for ds in [&mut train, &mut valid, &mut test] {
                 stats.apply(ds);
             }
         }
-        Ok(Splits { train, valid, test })
+        Ok(Splits {
+            train: Arc::new(train),
+            valid,
+            test,
+        })
+    }
+}
+
+impl TextData {
+    pub fn load(config: &Config) -> Result<TextData> {
+        let d = &config.data;
+        let path = required(d, &d.path, "path")?;
+        let block_size = config.model.block_size;
+        let (source, tokenizer, vocab) = match d.format {
+            DataFormat::Text => {
+                let text = read_text(path).context("data.path")?;
+                let tok = CharTokenizer::from_text(&text)
+                    .with_context(|| format!("data.path {}", path.display()))?;
+                let ids = tok.encode(&text)?;
+                let vocab = tok.vocab_size();
+                (TokenSource::Memory(Arc::new(ids)), Some(tok), vocab)
+            }
+            _ => {
+                let meta = read_meta(path)?;
+                let dtype = match (d.token_dtype, &meta) {
+                    (Some(TokenDtype::U16), _) => kiln_data::TokenDtype::U16,
+                    (Some(TokenDtype::U32), _) => kiln_data::TokenDtype::U32,
+                    (None, Some(m)) => m.dtype,
+                    (None, None) => kiln_data::TokenDtype::U16,
+                };
+                let file = TokenFile::open(path, dtype)?;
+                let tokenizer = match meta.as_ref().and_then(|m| m.tokenizer.as_ref()) {
+                    Some(v) => Some(CharTokenizer::from_json(v, &kiln_data::meta_path(path))?),
+                    None => None,
+                };
+                let vocab = match (&meta, config.model.vocab_size) {
+                    (Some(m), _) => m.vocab_size,
+                    (None, Some(v)) => v,
+                    (None, None) => bail!(
+                        "data.path {}: no {} sidecar says how large the vocabulary is; set model.vocab_size (or write the file with `kiln tokenize`)",
+                        path.display(),
+                        kiln_data::meta_path(path).display()
+                    ),
+                };
+                let limit = config.model.vocab_size.unwrap_or(vocab).max(vocab);
+                file.check_vocab(limit, 1 << 20)?;
+                (TokenSource::File(Arc::new(file)), tokenizer, vocab)
+            }
+        };
+        let (train, valid) = TokenSpan::whole(source).split_tail(d.valid_fraction);
+        check_span(
+            &train,
+            block_size,
+            &format!("the training split of {}", path.display()),
+        )?;
+        if d.valid_fraction > 0.0 {
+            check_span(
+                &valid,
+                block_size,
+                &format!(
+                    "the validation split (the last {} of {})",
+                    d.valid_fraction,
+                    path.display()
+                ),
+            )?;
+        }
+        Ok(TextData {
+            train,
+            valid,
+            block_size,
+            tokenizer,
+            vocab_size: vocab,
+            origin: path.to_path_buf(),
+        })
     }
 }
 
@@ -76,15 +417,12 @@ fn required<'a>(
     let path = value.as_deref().with_context(|| {
         format!(
             "data.{key} is required when data.format = \"{}\"",
-            match d.format {
-                DataFormat::Idx => "idx",
-                DataFormat::Csv => "csv",
-            }
+            format!("{:?}", d.format).to_lowercase()
         )
     })?;
     if !path.exists() {
         let base = std::env::current_dir().unwrap_or_default();
-        anyhow::bail!(
+        bail!(
             "data.{key}: {} does not exist (relative paths are resolved from the current directory, {}); fix the path in the config or with --set data.{key}=...",
             path.display(),
             base.display()

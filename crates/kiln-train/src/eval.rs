@@ -1,9 +1,11 @@
-//! Evaluation of a classifier on a dataset split: mean cross-entropy and accuracy.
+//! Evaluation on a split: mean cross-entropy and accuracy per target (per sample for
+//! classifiers, per token position for language models).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use kiln_data::{eval_batches, Batch, Dataset};
-use kiln_models::Classifier;
+use burn::tensor::{ElementConversion, Int, Tensor};
+use kiln_models::Model;
+
+use crate::data::HostBatch;
 use serde::{Deserialize, Serialize};
 
 /// Loss and accuracy over a whole split.
@@ -12,18 +14,6 @@ pub struct EvalResult {
     pub loss: f64,
     pub accuracy: f64,
     pub samples: usize,
-}
-
-/// Moves a host batch onto `device` as `([batch, features], [batch])` tensors.
-pub fn batch_tensors<B: Backend>(
-    batch: Batch,
-    device: &B::Device,
-) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    let n = batch.y.len();
-    let features = batch.x.len() / n.max(1);
-    let x = Tensor::from_data(TensorData::new(batch.x, [n, features]), device);
-    let y = Tensor::from_data(TensorData::new(batch.y, [n]), device);
-    (x, y)
 }
 
 /// Sum of per-sample losses and number of correct predictions of one batch, left on the device.
@@ -72,22 +62,22 @@ pub fn cross_entropy_sum<B: Backend>(
     surrogate + constant
 }
 
-/// Evaluates `model` on every sample of `data`.
+/// Evaluates `model` on every batch of `batches`.
 pub fn evaluate<B: Backend>(
-    model: &Classifier<B>,
-    data: &Dataset,
-    batch_size: usize,
+    model: &Model<B>,
+    batches: impl Iterator<Item = HostBatch>,
     device: &B::Device,
 ) -> EvalResult {
     let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
     let mut correct = Tensor::<B, 1, Int>::zeros([1], device);
-    for batch in eval_batches(data, batch_size) {
-        let (x, y) = batch_tensors::<B>(batch, device);
+    let mut samples = 0;
+    for batch in batches {
+        samples += batch.targets();
+        let (x, y) = batch.to_device::<B>(device);
         let (l, c) = batch_sums(model.forward(x), y);
         loss_sum = loss_sum + l;
         correct = correct + c;
     }
-    let samples = data.len();
     let denom = samples.max(1) as f64;
     EvalResult {
         loss: loss_sum.into_scalar().elem::<f64>() / denom,
@@ -101,6 +91,7 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::activation::{log_softmax, softmax};
+    use burn::tensor::TensorData;
 
     type B = Autodiff<Flex>;
 

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod data;
 pub mod eval;
+pub mod generate;
 pub mod optim;
 pub mod progress;
 pub mod saver;
@@ -13,6 +14,6 @@ pub mod step;
 pub mod trainer;
 pub mod weights;
 
-pub use data::Splits;
+pub use data::{RunData, Split, Splits};
 pub use eval::{evaluate, EvalResult};
 pub use trainer::{train, ResumeFrom, TrainOptions, TrainSummary};

@@ -6,7 +6,7 @@
 //! (SGD's momentum velocity is private). Here the state of each parameter is plain data:
 //! a step count and named buffers (`exp_avg`, `exp_avg_sq`, `momentum_buffer`, PyTorch's names).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use burn::module::{AutodiffModule, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -30,6 +30,26 @@ enum Rule {
     },
 }
 
+impl Rule {
+    fn without_decay(self) -> Rule {
+        match self {
+            Rule::AdamW { beta1, beta2, eps, .. } => Rule::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: 0.0,
+            },
+            Rule::Sgd {
+                momentum, nesterov, ..
+            } => Rule::Sgd {
+                momentum,
+                nesterov,
+                weight_decay: 0.0,
+            },
+        }
+    }
+}
+
 /// The optimizer state of one parameter: how many updates it has had and its buffers, in the
 /// order of [`Optim::buffer_names`], each with the parameter's shape.
 #[derive(Clone, Debug)]
@@ -42,6 +62,8 @@ pub struct ParamState<B: Backend> {
 pub struct Optim<B: AutodiffBackend> {
     rule: Rule,
     state: HashMap<ParamId, ParamState<B::InnerBackend>>,
+    /// Parameters updated without weight decay (biases, norms, embeddings).
+    no_decay: HashSet<ParamId>,
 }
 
 impl<B: AutodiffBackend> Optim<B> {
@@ -62,7 +84,14 @@ impl<B: AutodiffBackend> Optim<B> {
         Self {
             rule,
             state: HashMap::new(),
+            no_decay: HashSet::new(),
         }
+    }
+
+    /// Exempts `params` from weight decay (PyTorch users get this with two parameter groups).
+    pub fn without_decay(mut self, params: HashSet<ParamId>) -> Self {
+        self.no_decay = params;
+        self
     }
 
     /// Names of the per-parameter buffers, as PyTorch names them.
@@ -83,6 +112,7 @@ impl<B: AutodiffBackend> Optim<B> {
     ) -> M {
         model.map(&mut Update::<B> {
             rule: self.rule,
+            no_decay: &self.no_decay,
             state: &mut self.state,
             grads: &mut grads,
             lr,
@@ -101,6 +131,7 @@ impl<B: AutodiffBackend> Optim<B> {
 
 struct Update<'a, B: AutodiffBackend> {
     rule: Rule,
+    no_decay: &'a HashSet<ParamId>,
     state: &'a mut HashMap<ParamId, ParamState<B::InnerBackend>>,
     grads: &'a mut GradientsParams,
     lr: f64,
@@ -114,7 +145,12 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         };
         let require_grad = tensor.is_require_grad();
         let old = self.state.remove(&id);
-        let (value, state) = update(self.rule, self.lr, tensor.inner(), grad, old);
+        let rule = if self.no_decay.contains(&id) {
+            self.rule.without_decay()
+        } else {
+            self.rule
+        };
+        let (value, state) = update(rule, self.lr, tensor.inner(), grad, old);
         if let Some(state) = state {
             self.state.insert(id, state);
         }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_checkpoint::{Pending, Writer, Written};
 use kiln_core::{Config, RunDir};
-use kiln_models::Classifier;
+use kiln_models::Model;
 use serde_json::json;
 
 use crate::checkpoint::{
@@ -46,7 +46,7 @@ impl Saver {
     pub fn save<B: AutodiffBackend>(
         &mut self,
         step: usize,
-        model: &Classifier<B>,
+        model: &Model<B>,
         optim: &Optim<B>,
         table: &ParamTable,
         state: TrainState,

@@ -1,10 +1,11 @@
-//! One optimizer step: forward, loss, backward, optional clipping, update. The training loop and
-//! the throughput benchmark both run exactly this.
+//! One optimizer step: forward, loss and backward over each micro-batch (gradients summed),
+//! optional clipping, update. The training loop and the throughput benchmark both run exactly
+//! this.
 
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
-use kiln_models::Classifier;
+use kiln_models::{Input, Model};
 
 use crate::clip::clip_grad_norm;
 use crate::eval::batch_sums;
@@ -12,32 +13,51 @@ use crate::optim::Optim;
 
 /// What a step leaves behind besides the updated model: its statistics, still on the device.
 pub struct StepStats<B: AutodiffBackend> {
-    /// Sum of the per-sample losses of the batch.
+    /// Sum of the per-target losses of all micro-batches.
     pub loss_sum: Tensor<B::InnerBackend, 1>,
-    /// Number of correct predictions in the batch.
+    /// Number of correct predictions.
     pub correct: Tensor<B::InnerBackend, 1, Int>,
     /// Global gradient norm before clipping (only computed when clipping).
     pub grad_norm: Option<f64>,
 }
 
-/// Trains `model` on one batch (`x`: `[n, features]`, `y`: `[n]`) with learning rate `lr`.
+/// Trains `model` on the micro-batches `micro` (inputs and `[n]` targets) as one batch: each
+/// micro-batch's loss is its summed loss divided by the targets of all of them, so the summed
+/// gradients are those of the mean loss over the whole batch, as if it were one batch.
 pub fn train_step<B: AutodiffBackend>(
-    model: Classifier<B>,
+    model: Model<B>,
     optim: &mut Optim<B>,
-    x: Tensor<B, 2>,
-    y: Tensor<B, 1, Int>,
+    micro: Vec<(Input<B>, Tensor<B, 1, Int>)>,
     lr: f64,
     clip_norm: Option<f64>,
-) -> (Classifier<B>, StepStats<B>) {
-    let n = y.dims()[0];
-    let (loss_sum, correct) = batch_sums(model.forward(x), y);
-    let loss = loss_sum.clone().div_scalar(n as f64);
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+) -> (Model<B>, StepStats<B>) {
+    let total: usize = micro.iter().map(|(_, y)| y.dims()[0]).sum();
+    let single = micro.len() == 1;
+    let mut accumulator = GradientsAccumulator::<Model<B>>::new();
+    let mut grads = GradientsParams::new();
+    let mut loss_total: Option<Tensor<B::InnerBackend, 1>> = None;
+    let mut correct_total: Option<Tensor<B::InnerBackend, 1, Int>> = None;
+    for (x, y) in micro {
+        let (loss_sum, correct) = batch_sums(model.forward(x), y);
+        let loss = loss_sum.clone().div_scalar(total as f64);
+        let g = GradientsParams::from_grads(loss.backward(), &model);
+        if single {
+            grads = g;
+        } else {
+            accumulator.accumulate(&model, g);
+        }
+        let (l, c) = (loss_sum.inner(), correct.inner());
+        loss_total = Some(loss_total.map_or(l.clone(), |t| t + l));
+        correct_total = Some(correct_total.map_or(c.clone(), |t| t + c));
+    }
+    if !single {
+        grads = accumulator.grads();
+    }
     let grad_norm = clip_norm.map(|max| clip_grad_norm(&model, &mut grads, max));
     let model = optim.step(lr, model, grads);
     let stats = StepStats {
-        loss_sum: loss_sum.inner(),
-        correct: correct.inner(),
+        loss_sum: loss_total.expect("a step has at least one micro-batch"),
+        correct: correct_total.expect("a step has at least one micro-batch"),
         grad_norm,
     };
     (model, stats)

@@ -14,8 +14,7 @@ use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
 use kiln_core::config::BestMetric;
 use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
-use kiln_data::{Loader, LoaderConfig};
-use kiln_models::Classifier;
+use kiln_models::Model;
 use serde::Serialize;
 use serde_json::json;
 
@@ -23,8 +22,8 @@ use crate::checkpoint::{
     check_fits, restore, train_state, Best, DataPosition, OptimizerInfo, ParamTable, RngState,
     ScheduleState, TrainState, WindowState,
 };
-use crate::data::Splits;
-use crate::eval::{batch_tensors, evaluate, EvalResult};
+use crate::data::{RunData, Split};
+use crate::eval::{evaluate, EvalResult};
 use crate::optim::Optim;
 use crate::progress::Progress;
 use crate::saver::Saver;
@@ -82,7 +81,7 @@ pub struct TrainSummary {
 /// Where a run begins: step 0 of a fresh run, or a verified checkpoint.
 struct Start<B: AutodiffBackend> {
     run: RunDir,
-    model: Classifier<B>,
+    model: Model<B>,
     optim: Optim<B>,
     step: usize,
     state: Option<TrainState>,
@@ -97,22 +96,23 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     let seed = config.run.seed;
-    let splits = Splits::load(config)?;
+    kiln_core::backend::check_precision(backend, config.train.precision)?;
+    let data = RunData::load(config)?;
     B::seed(&device, seed);
-    let train_set = Arc::new(splits.train);
-    let model = Classifier::<B>::new(
+    let model = Model::<B>::new(
         &config.model,
-        &train_set.sample_shape,
-        train_set.num_classes,
+        &data.shape(),
+        config.train.precision,
         seed,
         &device,
     )?;
-    let optim = Optim::<B>::new(&config.optimizer);
+    let optim = Optim::<B>::new(&config.optimizer).without_decay(model.no_decay());
     let table = ParamTable::of(&model);
     let mut start = match &options.resume {
         None => {
             let info = RunInfo::new(backend.name(), &format!("{device:?}"), seed);
             let run = RunDir::create(config, &info)?;
+            data.save_artifacts(run.path())?;
             Start {
                 run,
                 model,
@@ -124,20 +124,24 @@ pub fn train<B: AutodiffBackend>(
         Some(from) => resume(config, &options, from, &table, model, optim, &device)?,
     };
     tracing::info!(
-        "run {} on {backend} ({device:?}): {} train / {} valid / {} test samples; model: {} parameters",
+        "run {} on {backend} ({device:?}, {}): {}; model: {} parameters",
         start.run.path().display(),
-        train_set.len(),
-        splits.valid.len(),
-        splits.test.len(),
+        config.train.precision.name(),
+        data.describe(),
         start.model.num_params()
     );
 
     let d = &config.data;
-    let batches_per_epoch = train_set.len().div_ceil(d.batch_size);
+    let batches_per_epoch = data.batches_per_epoch(d.batch_size);
     let t = &config.train;
-    let total_steps = t
-        .max_steps
-        .unwrap_or_else(|| t.epochs.unwrap_or(1) * batches_per_epoch);
+    let accum = t.grad_accum_steps;
+    let total_steps = t.max_steps.unwrap_or_else(|| {
+        (t.epochs.unwrap_or(1) * batches_per_epoch).div_ceil(accum)
+    });
+    let unit = match data {
+        RunData::Samples(_) => "samples",
+        RunData::Text(_) => "tokens",
+    };
     let st = start.state.take();
     let position = st.as_ref().map_or(
         DataPosition {
@@ -171,19 +175,8 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
-    let mut loader = Loader::new(
-        train_set.clone(),
-        LoaderConfig {
-            batch_size: d.batch_size,
-            threads: d.loader_threads,
-            prefetch: d.prefetch,
-            shuffle: d.shuffle,
-            seed,
-        },
-        position.epoch,
-        position.batch_in_epoch,
-    );
-    let eval_batch = d.eval_batch_size.unwrap_or(d.batch_size);
+    let mut micro_done = position.epoch * position.batches_per_epoch + position.batch_in_epoch;
+    let mut loader = data.train_stream(config, micro_done);
     let mut window = Window::<B>::new(&device);
     if let Some(s) = &st {
         window.restore(&s.window);
@@ -207,20 +200,25 @@ pub fn train<B: AutodiffBackend>(
     let mut status = "completed";
     while step < stop_at {
         step += 1;
-        let batch = loader.next_batch();
-        let epoch = batch.epoch as f64 + (batch.index + 1) as f64 / batch.batches_in_epoch as f64;
+        let mut micro = Vec::with_capacity(accum);
+        let mut n = 0;
+        for _ in 0..accum {
+            let batch = loader.next_batch();
+            n += batch.targets();
+            micro_done += 1;
+            micro.push(batch.to_device::<B>(&device));
+        }
         position = DataPosition {
-            epoch: batch.epoch + (batch.index + 1) / batch.batches_in_epoch,
-            batch_in_epoch: (batch.index + 1) % batch.batches_in_epoch,
-            batches_per_epoch: batch.batches_in_epoch,
-            samples_seen: position.samples_seen + batch.y.len() as u64,
+            epoch: micro_done / batches_per_epoch,
+            batch_in_epoch: micro_done % batches_per_epoch,
+            batches_per_epoch,
+            samples_seen: position.samples_seen + n as u64,
         };
-        let n = batch.y.len();
-        let (x, y) = batch_tensors::<B>(batch, &device);
+        let epoch = micro_done as f64 / batches_per_epoch as f64;
 
         kiln_models::dropout::reseed(seed, step as u64);
         lr = schedule.next_lr();
-        let (next, stats) = train_step(model, &mut optim, x, y, lr, t.grad_clip_norm);
+        let (next, stats) = train_step(model, &mut optim, micro, lr, t.grad_clip_norm);
         model = next;
         window.add(stats, n);
 
@@ -238,9 +236,12 @@ pub fn train<B: AutodiffBackend>(
             if let Some(g) = stats.grad_norm {
                 event["grad_norm"] = json!(g);
             }
+            if unit == "tokens" {
+                event["tokens_per_sec"] = json!(stats.samples_per_sec);
+            }
             run.log_event(&event)?;
             Some(format!(
-                "loss {:.4} acc {:.3} lr {lr:.2e} {:.0} samples/s",
+                "loss {:.4} acc {:.3} lr {lr:.2e} {:.0} {unit}/s",
                 stats.loss, stats.accuracy, stats.samples_per_sec
             ))
         } else {
@@ -250,8 +251,12 @@ pub fn train<B: AutodiffBackend>(
 
         let mut new_best = false;
         if (t.eval_every > 0 && step % t.eval_every == 0) || last {
-            if !splits.valid.is_empty() {
-                let r = evaluate(&model.valid(), &splits.valid, eval_batch, &device);
+            if data.has(Split::Valid) {
+                let r = evaluate(
+                    &model.valid(),
+                    data.eval_batches(Split::Valid, config),
+                    &device,
+                );
                 run.log_event(&eval_event(step, epoch, "valid", &r))?;
                 progress.message(&format!(
                     "step {step}: valid loss {:.4} accuracy {:.4}",
@@ -321,8 +326,12 @@ pub fn train<B: AutodiffBackend>(
         status = "paused";
     }
 
-    let test = if status == "completed" {
-        let r = evaluate(&model.valid(), &splits.test, eval_batch, &device);
+    let test = if status == "completed" && data.has(Split::Test) {
+        let r = evaluate(
+            &model.valid(),
+            data.eval_batches(Split::Test, config),
+            &device,
+        );
         let epoch = position.epoch as f64
             + position.batch_in_epoch as f64 / position.batches_per_epoch as f64;
         run.log_event(&eval_event(total_steps, epoch, "test", &r))?;
@@ -336,6 +345,9 @@ pub fn train<B: AutodiffBackend>(
         .as_ref()
         .map_or("no checkpoint".to_string(), |c| c.display().to_string());
     match (status, &test) {
+        ("completed", None) => tracing::info!(
+            "done in {seconds:.1} s; weights in {where_}"
+        ),
         ("completed", Some(test)) => tracing::info!(
             "done in {seconds:.1} s: test loss {:.4} accuracy {:.4}; waited {:.2} s for data in total; weights in {where_}",
             test.loss,
@@ -367,7 +379,7 @@ fn resume<B: AutodiffBackend>(
     options: &TrainOptions,
     from: &ResumeFrom,
     table: &ParamTable,
-    model: Classifier<B>,
+    model: Model<B>,
     mut optim: Optim<B>,
     device: &B::Device,
 ) -> Result<Start<B>> {

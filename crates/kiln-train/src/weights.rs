@@ -6,10 +6,10 @@ use anyhow::{bail, Result};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
-use kiln_models::Classifier;
+use kiln_models::Model;
 
 /// Loads parameters from `path` into `model`, which must have exactly the same tensors.
-pub fn load<B: Backend>(model: Classifier<B>, path: &Path) -> Result<Classifier<B>> {
+pub fn load<B: Backend>(model: Model<B>, path: &Path) -> Result<Model<B>> {
     if !path.is_file() {
         bail!("weights file {} does not exist", path.display());
     }

@@ -1,0 +1,301 @@
+//! GPT: a decoder-only transformer language model (GPT-2's architecture).
+//!
+//! Token and position embeddings, then `n_layer` pre-LayerNorm blocks
+//! (`x + attn(ln_1(x))`, `x + mlp(ln_2(x))`) with causal multi-head self-attention and a GELU MLP
+//! four times as wide, a final LayerNorm and the LM head, optionally tied to the token embedding.
+//! Initialization is GPT-2's: weights normal(0, 0.02), the residual projections normal(0,
+//! 0.02 / sqrt(2 n_layer)), biases zero, LayerNorms one/zero. Parameter names follow GPT-2's
+//! (`wte`, `wpe`, `h.N.attn.c_attn`, ...).
+
+use anyhow::{ensure, Result};
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use kiln_core::config::{ModelSection, Precision};
+
+use crate::dropout::dropout;
+use crate::init::HostInit;
+use crate::precision::{linear, matmul};
+
+/// The shape of a GPT, from the `[model]` section and the tokenizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GptShape {
+    pub vocab_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub block_size: usize,
+    pub bias: bool,
+    pub tie_weights: bool,
+}
+
+impl GptShape {
+    /// The shape of `spec` for a tokenizer of `vocab` tokens (`model.vocab_size` may pad it).
+    pub fn new(spec: &ModelSection, vocab: usize) -> Result<Self> {
+        let vocab_size = spec.vocab_size.unwrap_or(vocab);
+        ensure!(
+            vocab_size >= vocab,
+            "model.vocab_size = {vocab_size} is smaller than the tokenizer's vocabulary ({vocab} tokens); remove it or set at least {vocab}"
+        );
+        ensure!(
+            spec.n_embd % spec.n_head == 0,
+            "model.n_embd = {} is not divisible by model.n_head = {}",
+            spec.n_embd,
+            spec.n_head
+        );
+        Ok(Self {
+            vocab_size,
+            n_layer: spec.n_layer,
+            n_head: spec.n_head,
+            n_embd: spec.n_embd,
+            block_size: spec.block_size,
+            bias: spec.bias,
+            tie_weights: spec.tie_weights,
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query, key and value projections in one matrix.
+    pub c_attn: Linear<B>,
+    pub c_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct MlpBlock<B: Backend> {
+    pub c_fc: Linear<B>,
+    pub c_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub ln_2: LayerNorm<B>,
+    pub mlp: MlpBlock<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    pub wte: Embedding<B>,
+    pub wpe: Embedding<B>,
+    pub h: Vec<Block<B>>,
+    pub ln_f: LayerNorm<B>,
+    /// `[n_embd, vocab]`; absent when the head is tied to `wte`.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    pub n_head: usize,
+    #[module(skip)]
+    pub block_size: usize,
+    #[module(skip)]
+    pub vocab_size: usize,
+    #[module(skip)]
+    pub dropout: f64,
+    #[module(skip)]
+    pub precision: Precision,
+}
+
+impl<B: Backend> Gpt<B> {
+    pub fn new(
+        shape: GptShape,
+        dropout: f64,
+        precision: Precision,
+        init: &mut HostInit,
+        device: &B::Device,
+    ) -> Self {
+        let GptShape {
+            vocab_size,
+            n_layer,
+            n_embd,
+            block_size,
+            bias,
+            ..
+        } = shape;
+        const STD: f32 = 0.02;
+        let residual_std = STD / ((2 * n_layer) as f32).sqrt();
+        let embedding = |rows: usize, init: &mut HostInit| {
+            let mut e = EmbeddingConfig::new(rows, n_embd).init(device);
+            e.weight = Param::from_tensor(init.normal_tensor([rows, n_embd], STD, device));
+            e
+        };
+        let wte = embedding(vocab_size, init);
+        let wpe = embedding(block_size, init);
+        let norm = || {
+            LayerNormConfig::new(n_embd)
+                .with_epsilon(1e-5)
+                .with_bias(bias)
+                .init(device)
+        };
+        let h = (0..n_layer)
+            .map(|_| Block {
+                ln_1: norm(),
+                attn: Attention {
+                    c_attn: init.linear_normal(n_embd, 3 * n_embd, STD, bias, device),
+                    c_proj: init.linear_normal(n_embd, n_embd, residual_std, bias, device),
+                },
+                ln_2: norm(),
+                mlp: MlpBlock {
+                    c_fc: init.linear_normal(n_embd, 4 * n_embd, STD, bias, device),
+                    c_proj: init.linear_normal(4 * n_embd, n_embd, residual_std, bias, device),
+                },
+            })
+            .collect();
+        let lm_head = (!shape.tie_weights)
+            .then(|| Param::from_tensor(init.normal_tensor([n_embd, vocab_size], STD, device)));
+        Self {
+            wte,
+            wpe,
+            h,
+            ln_f: norm(),
+            lm_head,
+            n_head: shape.n_head,
+            block_size,
+            vocab_size,
+            dropout,
+            precision,
+        }
+    }
+
+    /// `[batch, t]` token ids (t <= block_size) -> `[batch, t, vocab]` next-token logits.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, t] = tokens.dims();
+        assert!(
+            t <= self.block_size,
+            "a GPT with block_size {} got a sequence of {t} tokens",
+            self.block_size
+        );
+        let device = tokens.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+        let x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        let mut x = dropout(x, self.dropout);
+        let mask = causal_mask::<B>(t, &device);
+        for block in &self.h {
+            x = x.clone() + self.attention(&block.attn, block.ln_1.forward(x), mask.clone());
+            let m = &block.mlp;
+            let hidden = gelu(linear(&m.c_fc, block.ln_2.forward(x.clone()), self.precision));
+            x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
+        }
+        let x = self.ln_f.forward(x);
+        let n_embd = x.dims()[2];
+        let head = match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.wte.weight.val().transpose(),
+        };
+        matmul(x.reshape([batch * t, n_embd]), head, self.precision).reshape([
+            batch,
+            t,
+            self.vocab_size,
+        ])
+    }
+
+    /// Causal multi-head self-attention of `x` (`[batch, t, n_embd]`).
+    fn attention(
+        &self,
+        attn: &Attention<B>,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let [batch, t, n_embd] = x.dims();
+        let (heads, head_dim) = (self.n_head, n_embd / self.n_head);
+        let mut qkv = linear(&attn.c_attn, x, self.precision)
+            .chunk(3, 2)
+            .into_iter()
+            .map(|p| p.reshape([batch, t, heads, head_dim]).swap_dims(1, 2));
+        let (q, k, v) = (
+            qkv.next().expect("q"),
+            qkv.next().expect("k"),
+            qkv.next().expect("v"),
+        );
+        let scores = matmul(q, k.swap_dims(2, 3), self.precision)
+            .mul_scalar(1.0 / (head_dim as f64).sqrt())
+            .mask_fill(mask.expand([batch, heads, t, t]), f32::NEG_INFINITY);
+        let weights = dropout(softmax(scores, 3), self.dropout);
+        let y = matmul(weights, v, self.precision)
+            .swap_dims(1, 2)
+            .reshape([batch, t, n_embd]);
+        dropout(linear(&attn.c_proj, y, self.precision), self.dropout)
+    }
+}
+
+/// `[1, 1, t, t]`, true where a position would see a later one.
+fn causal_mask<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let later: Vec<bool> = (0..t * t).map(|i| i % t > i / t).collect();
+    Tensor::from_data(TensorData::new(later, [1, 1, t, t]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn tiny(tie: bool) -> Gpt<Flex> {
+        let shape = GptShape {
+            vocab_size: 11,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 8,
+            block_size: 6,
+            bias: true,
+            tie_weights: tie,
+        };
+        Gpt::new(
+            shape,
+            0.0,
+            Precision::F32,
+            &mut HostInit::new(5),
+            &Default::default(),
+        )
+    }
+
+    fn logits(model: &Gpt<Flex>, ids: &[i64]) -> Vec<f32> {
+        let t = Tensor::from_data(
+            TensorData::new(ids.to_vec(), [1, ids.len()]),
+            &Default::default(),
+        );
+        model.forward(t).into_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn changing_a_later_token_never_changes_earlier_logits() {
+        for tie in [true, false] {
+            let model = tiny(tie);
+            let base = [3i64, 1, 4, 1, 5, 9];
+            let a = logits(&model, &base);
+            for changed in 1..base.len() {
+                let mut other = base;
+                other[changed] = (other[changed] + 3) % 11;
+                let b = logits(&model, &other);
+                let v = 11;
+                // Positions before `changed` are identical, bit for bit; the changed one differs.
+                assert_eq!(a[..changed * v], b[..changed * v], "tie {tie}, changed {changed}");
+                assert_ne!(
+                    a[changed * v..(changed + 1) * v],
+                    b[changed * v..(changed + 1) * v]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shorter_sequences_give_the_same_prefix_logits() {
+        let model = tiny(true);
+        let full = logits(&model, &[3, 1, 4, 1, 5, 9]);
+        let short = logits(&model, &[3, 1, 4]);
+        for (x, y) in short.iter().zip(&full) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn parameter_count_matches_gpt2_formula() {
+        // wte 11x8 + wpe 6x8 + per block (ln 2x2x8, c_attn 8x24+24, c_proj 8x8+8, c_fc 8x32+32,
+        // c_proj 32x8+8) + ln_f 16; the tied head adds nothing, the untied one 8x11.
+        let per_block = 2 * 16 + (8 * 24 + 24) + (8 * 8 + 8) + (8 * 32 + 32) + (32 * 8 + 8);
+        let tied = 11 * 8 + 6 * 8 + 2 * per_block + 16;
+        assert_eq!(tiny(true).num_params(), tied);
+        assert_eq!(tiny(false).num_params(), tied + 8 * 11);
+    }
+}

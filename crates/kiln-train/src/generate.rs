@@ -1,0 +1,180 @@
+//! Text generation from a trained GPT: autoregressive sampling with temperature and top-k,
+//! streaming each token as soon as it is drawn.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use kiln_core::Config;
+use kiln_data::CharTokenizer;
+use kiln_models::{DataShape, Model};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::TOKENIZER_FILE;
+use crate::weights;
+
+/// How to sample.
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    pub prompt: String,
+    pub max_tokens: usize,
+    /// Divides the logits; 0 picks the most likely token every time.
+    pub temperature: f64,
+    /// Sample only among the k most likely tokens.
+    pub top_k: Option<usize>,
+    pub seed: u64,
+}
+
+/// Loads the GPT of a run (weights `weights_file`, the run's config and tokenizer) and streams
+/// `sampling.max_tokens` generated characters to `out`. Returns the generated text.
+pub fn generate<B: Backend>(
+    config: &Config,
+    run_dir: &Path,
+    weights_file: &Path,
+    sampling: &Sampling,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<String> {
+    if sampling.temperature < 0.0 || !sampling.temperature.is_finite() {
+        bail!(
+            "--temperature {}: must be a number >= 0 (0 = always the most likely token)",
+            sampling.temperature
+        );
+    }
+    if sampling.top_k == Some(0) {
+        bail!("--top-k 0: must be at least 1");
+    }
+    let tok_path = run_dir.join(TOKENIZER_FILE);
+    if !tok_path.is_file() {
+        bail!(
+            "{} has no {TOKENIZER_FILE}: generation needs the tokenizer the run was trained with (runs on text data, or on token files written by `kiln tokenize`, save one)",
+            run_dir.display()
+        );
+    }
+    let tokenizer = CharTokenizer::load(&tok_path)?;
+    let shape = DataShape::Tokens {
+        vocab_size: tokenizer.vocab_size(),
+    };
+    let model = Model::<B>::new(
+        &config.model,
+        &shape,
+        config.train.precision,
+        config.run.seed,
+        device,
+    )?;
+    let Model::Gpt(_) = &model else {
+        bail!(
+            "{}: the run trained a {:?} model; kiln generate needs a GPT (model.kind = \"gpt\")",
+            run_dir.display(),
+            config.model.kind
+        );
+    };
+    let model = weights::load(model, weights_file)?;
+    let Model::Gpt(gpt) = model else {
+        unreachable!("checked above")
+    };
+
+    let mut context: Vec<i64> = if sampling.prompt.is_empty() {
+        // Start from a line break, as a text begins, when the vocabulary has one.
+        let start = tokenizer.encode("\n").map_or(0, |ids| ids[0]);
+        vec![i64::from(start)]
+    } else {
+        tokenizer
+            .encode(&sampling.prompt)
+            .context("--prompt")?
+            .into_iter()
+            .map(i64::from)
+            .collect()
+    };
+    write!(out, "{}", sampling.prompt)?;
+    let usable = tokenizer.vocab_size();
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let mut text = String::new();
+    for _ in 0..sampling.max_tokens {
+        let window = &context[context.len().saturating_sub(gpt.block_size)..];
+        let t = window.len();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(window.to_vec(), [1, t]), device);
+        let logits = gpt
+            .forward(ids)
+            .slice([0..1, t - 1..t])
+            .reshape([gpt.vocab_size]);
+        let logits: Vec<f32> = logits
+            .into_data()
+            .to_vec()
+            .map_err(|e| anyhow::anyhow!("cannot read logits: {e:?}"))?;
+        // Padded vocabulary entries (model.vocab_size larger than the tokenizer's) never appear.
+        let next = sample(&logits[..usable], sampling, &mut rng);
+        context.push(next as i64);
+        let c = tokenizer
+            .token_str(next as u32)
+            .expect("sampled ids lie in the vocabulary");
+        text.push(c);
+        write!(out, "{c}")?;
+        out.flush()?;
+    }
+    writeln!(out)?;
+    Ok(text)
+}
+
+/// Draws a token index from `logits` with temperature and top-k.
+fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> usize {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i)
+    };
+    if s.temperature == 0.0 {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order.truncate(s.top_k.unwrap_or(logits.len()).min(logits.len()));
+    let max = logits[order[0]] as f64;
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / s.temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut u = rng.random::<f64>() * total;
+    for (&i, w) in order.iter().zip(&weights) {
+        if u < *w {
+            return i;
+        }
+        u -= w;
+    }
+    *order.last().expect("at least one candidate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(temperature: f64, top_k: Option<usize>) -> Sampling {
+        Sampling {
+            prompt: String::new(),
+            max_tokens: 0,
+            temperature,
+            top_k,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn zero_temperature_is_greedy_and_top_k_limits_the_candidates() {
+        let logits = [0.1f32, 3.0, 2.9, -1.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(sample(&logits, &sampling(0.0, None), &mut rng), 1);
+        let mut seen = [0usize; 4];
+        for _ in 0..2000 {
+            seen[sample(&logits, &sampling(1.0, Some(2)), &mut rng)] += 1;
+        }
+        assert_eq!((seen[0], seen[3]), (0, 0), "{seen:?}");
+        // exp(3.0) : exp(2.9) is about 52.5% : 47.5%.
+        assert!(seen[1] > 950 && seen[2] > 850, "{seen:?}");
+    }
+}
