@@ -1,16 +1,21 @@
-//! Kiln's side of the CPU training-step benchmark (the PyTorch side is `torch_ref.py`; `run.py`
+//! Kiln's side of the training-step benchmark (the PyTorch side is `torch_ref.py`; `run.py`
 //! runs both and writes benches/results/).
 //!
-//! `kiln-bench --backend flex|ndarray --model mlp|cnn [--batch 64] [--warmup 5] [--steps 30]`
-//! prints one JSON line. The step is Kiln's own `train_step` (forward, cross-entropy, backward,
-//! AdamW) on a fixed random batch, the same work as the reference.
+//! `kiln-bench --backend flex|ndarray|wgpu|cuda --model mlp|cnn|gpt [--batch 64] [--warmup 5]
+//! [--steps 30]`, and for the GPT `[--vocab 65] [--n-layer 4] [--n-head 4] [--n-embd 128]
+//! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, prints one JSON
+//! line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
+//! batch, the same work as the reference.
 
 use anyhow::{bail, Context, Result};
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use kiln_core::config::{Activation, ModelKind, ModelSection, OptimizerSection, Pooling};
+use kiln_core::config::{
+    Activation, ModelKind, ModelSection, OptimizerSection, Pooling, Precision,
+};
 use kiln_core::{dispatch, BackendKind, BackendTask};
-use kiln_models::Model;
+use kiln_models::{DataShape, Input, Model};
 use kiln_train::optim::Optim;
 use kiln_train::step::train_step;
 
@@ -19,6 +24,9 @@ struct Bench {
     batch: usize,
     warmup: usize,
     steps: usize,
+    gpt: ModelSection,
+    vocab: usize,
+    precision: Precision,
 }
 
 fn main() -> Result<()> {
@@ -29,13 +37,37 @@ fn main() -> Result<()> {
             .and_then(|i| args.get(i + 1).cloned())
             .unwrap_or_else(|| default.to_string())
     };
+    let num = |flag: &str, default: &str| -> Result<usize> {
+        get(flag, default)
+            .parse()
+            .with_context(|| format!("{flag}: expected a whole number"))
+    };
     let backend: BackendKind = get("--backend", "flex").parse()?;
+    let mut gpt = model_section("mlp")?;
+    gpt.kind = ModelKind::Gpt;
+    gpt.n_layer = num("--n-layer", "4")?;
+    gpt.n_head = num("--n-head", "4")?;
+    gpt.n_embd = num("--n-embd", "128")?;
+    gpt.block_size = num("--block", "64")?;
+    gpt.dropout = get("--dropout", "0").parse().context("--dropout")?;
+    gpt.bias = num("--bias", "1")? == 1;
+    gpt.tie_weights = num("--tie", "1")? == 1;
+    let precision = match get("--precision", "f32").as_str() {
+        "f32" => Precision::F32,
+        "f16" => Precision::F16,
+        "bf16" => Precision::Bf16,
+        other => bail!("--precision {other}: choose f32, f16 or bf16"),
+    };
     let bench = Bench {
         model: get("--model", "mlp"),
-        batch: get("--batch", "64").parse().context("--batch")?,
-        warmup: get("--warmup", "5").parse().context("--warmup")?,
-        steps: get("--steps", "30").parse().context("--steps")?,
+        batch: num("--batch", "64")?,
+        warmup: num("--warmup", "5")?,
+        steps: num("--steps", "30")?,
+        gpt,
+        vocab: num("--vocab", "65")?,
+        precision,
     };
+    kiln_core::backend::check_precision(backend.resolve()?, precision)?;
     let out = dispatch(backend, bench)??;
     println!("{out}");
     Ok(())
@@ -55,6 +87,13 @@ fn model_section(name: &str) -> Result<ModelSection> {
         pooling: Pooling::Max,
         pool_every: 2,
         batch_norm: false,
+        n_layer: 4,
+        n_head: 4,
+        n_embd: 128,
+        block_size: 64,
+        bias: true,
+        tie_weights: true,
+        vocab_size: None,
     };
     match name {
         "mlp" => {}
@@ -63,7 +102,7 @@ fn model_section(name: &str) -> Result<ModelSection> {
             m.channels = vec![32, 64];
             m.hidden = vec![128];
         }
-        other => bail!("--model {other}: choose mlp or cnn"),
+        other => bail!("--model {other}: choose mlp, cnn or gpt"),
     }
     Ok(m)
 }
@@ -72,26 +111,64 @@ impl BackendTask for Bench {
     type Output = Result<serde_json::Value>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output {
-        let spec = model_section(&self.model)?;
-        let mut model = Model::<B>::new(&spec, &[1, 28, 28], 10, 0, &device)?;
-        let mut optim = Optim::<B>::new(&OptimizerSection::default());
         let n = self.batch;
-        let x_host: Vec<f32> = (0..n * 784)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
-            .collect();
-        let y_host: Vec<i64> = (0..n).map(|i| (i * 31 % 10) as i64).collect();
-        let x = Tensor::<B, 2>::from_data(TensorData::new(x_host, [n, 784]), &device);
-        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
+        let (spec, shape, optimizer) = if self.model == "gpt" {
+            let shape = DataShape::Tokens {
+                vocab_size: self.vocab,
+            };
+            // The reference's AdamW: weight decay 0.1 on the linear weights only.
+            let optimizer = OptimizerSection {
+                weight_decay: 0.1,
+                ..OptimizerSection::default()
+            };
+            (self.gpt.clone(), shape, optimizer)
+        } else {
+            let shape = DataShape::Samples {
+                sample_shape: vec![1, 28, 28],
+                num_classes: 10,
+            };
+            (model_section(&self.model)?, shape, OptimizerSection::default())
+        };
+        let mut model = Model::<B>::new(&spec, &shape, self.precision, 0, &device)?;
+        let params = model.num_params();
+        let mut optim = Optim::<B>::new(&optimizer).without_decay(model.no_decay());
+        let t = spec.block_size;
+        let (input, y, targets) = if self.model == "gpt" {
+            let stream: Vec<i64> = (0..n * (t + 1))
+                .map(|i| ((i * 7919) % self.vocab) as i64)
+                .collect();
+            let rows = |offset: usize| -> Vec<i64> {
+                (0..n)
+                    .flat_map(|r| stream[r * (t + 1) + offset..r * (t + 1) + offset + t].to_vec())
+                    .collect()
+            };
+            let x = Tensor::<B, 2, Int>::from_data(TensorData::new(rows(0), [n, t]), &device);
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(rows(1), [n * t]), &device);
+            (Input::Tokens(x), y, n * t)
+        } else {
+            let x_host: Vec<f32> = (0..n * 784)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                .collect();
+            let y_host: Vec<i64> = (0..n).map(|i| (i * 31 % 10) as i64).collect();
+            let x = Tensor::<B, 2>::from_data(TensorData::new(x_host, [n, 784]), &device);
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
+            (Input::Features(x), y, n)
+        };
+        let input_of = || match &input {
+            Input::Features(x) => Input::Features(x.clone()),
+            Input::Tokens(x) => Input::Tokens(x.clone()),
+        };
 
         // Like the reference, the loss is read (a device sync) only after the last step.
         let run_steps = |count: usize, mut m: Model<B>, optim: &mut Optim<B>| {
             let mut loss = None;
             for _ in 0..count {
-                let (next, stats) = train_step(m, optim, x.clone(), y.clone(), 1e-3, None);
+                let micro = vec![(input_of(), y.clone())];
+                let (next, stats) = train_step(m, optim, micro, 1e-3, None);
                 m = next;
                 loss = Some(stats.loss_sum);
             }
-            let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / n as f64);
+            let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / targets as f64);
             (m, loss)
         };
         (model, _) = run_steps(self.warmup, model, &mut optim);
@@ -101,12 +178,18 @@ impl BackendTask for Bench {
         if !last_loss.is_finite() {
             bail!("loss diverged: {last_loss}");
         }
-        Ok(serde_json::json!({
+        let mut out = serde_json::json!({
             "framework": "kiln", "backend": backend.name(), "model": self.model,
             "batch": n, "steps": self.steps, "seconds": seconds,
             "steps_per_sec": self.steps as f64 / seconds,
             "samples_per_sec": (self.steps * n) as f64 / seconds,
+            "params": params,
+            "precision": self.precision.name(),
             "final_loss": last_loss,
-        }))
+        });
+        if self.model == "gpt" {
+            out["tokens_per_sec"] = serde_json::json!((self.steps * n * t) as f64 / seconds);
+        }
+        Ok(out)
     }
 }

@@ -57,12 +57,13 @@ CPU_MODELS = {
 CPU_RUNNERS = ["flex", "ndarray", "pytorch"]
 
 # (warmup, timed steps) per model and runner: ndarray's convolution is ~100x slower than the
-# others', so it gets fewer steps to keep the run short. gpt: PyTorch does ~3 steps/s on 2 cores
-# (batch 32 x 64 tokens, f32), so 40 steps are ~13 s; ndarray's matmuls are much slower.
+# others', so it gets fewer steps to keep the run short. gpt (batch 32 x 64 tokens, f32): PyTorch
+# does ~7 steps/s on 1 thread (~0.13 CPU-s/step), ~10-14 expected on 2 idle cores, so 150 steps
+# take ~10-20 s; ndarray may be 10-50x slower, so it gets 5.
 STEPS = {
     ("mlp", "flex"): (20, 300), ("mlp", "ndarray"): (20, 300), ("mlp", "pytorch"): (20, 300),
     ("cnn", "flex"): (2, 20), ("cnn", "ndarray"): (1, 3), ("cnn", "pytorch"): (3, 30),
-    ("gpt", "flex"): (3, 40), ("gpt", "ndarray"): (1, 3), ("gpt", "pytorch"): (3, 40),
+    ("gpt", "flex"): (5, 150), ("gpt", "ndarray"): (1, 5), ("gpt", "pytorch"): (5, 150),
 }
 
 GPU_MODELS = {

@@ -12,6 +12,7 @@ Usage:
 Prints exactly one JSON line to stdout:
     {"framework": "pytorch", "torch_version": ..., "model": ..., "batch": ...,
      "threads": ..., "device": ..., "precision": ..., "steps": ..., "seconds": ...,
+     "cpu_seconds": ...,
      "steps_per_sec": ..., "samples_per_sec": ...}
 gpt adds "tokens_per_sec" (steps * batch * block / seconds), "params" (tied
 weights counted once), "flops_per_token" and the model's shape; on cuda every
@@ -282,12 +283,13 @@ def main() -> int:
         loss.item()  # sync before starting the clock
     sync()
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         loss = step()
     sync()
     final_loss = loss.item()
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
 
     if not math.isfinite(final_loss):
         print(f"torch_ref: non-finite final loss {final_loss}", file=sys.stderr)
@@ -303,6 +305,9 @@ def main() -> int:
         "precision": args.precision,
         "steps": args.steps,
         "seconds": seconds,
+        # Process CPU time over the timed steps (all threads): cpu_seconds / seconds well below
+        # --threads means the machine was busy with something else.
+        "cpu_seconds": cpu_seconds,
         "steps_per_sec": args.steps / seconds,
         "samples_per_sec": args.steps * args.batch / seconds,
     }
