@@ -127,7 +127,11 @@ impl BackendTask for Bench {
                 sample_shape: vec![1, 28, 28],
                 num_classes: 10,
             };
-            (model_section(&self.model)?, shape, OptimizerSection::default())
+            (
+                model_section(&self.model)?,
+                shape,
+                OptimizerSection::default(),
+            )
         };
         let mut model = Model::<B>::new(&spec, &shape, self.precision, 0, &device)?;
         let params = model.num_params();

@@ -63,7 +63,7 @@ CPU_RUNNERS = ["flex", "ndarray", "pytorch"]
 STEPS = {
     ("mlp", "flex"): (20, 300), ("mlp", "ndarray"): (20, 300), ("mlp", "pytorch"): (20, 300),
     ("cnn", "flex"): (2, 20), ("cnn", "ndarray"): (1, 3), ("cnn", "pytorch"): (3, 30),
-    ("gpt", "flex"): (5, 150), ("gpt", "ndarray"): (1, 5), ("gpt", "pytorch"): (5, 150),
+    ("gpt", "flex"): (3, 60), ("gpt", "ndarray"): (1, 5), ("gpt", "pytorch"): (3, 60),
 }
 
 GPU_MODELS = {

@@ -68,7 +68,10 @@ fn gpt_trains_on_text_and_generates_from_its_run() {
     };
     let a = generate("1");
     assert!(a.starts_with("ROMEO:"), "{a}");
-    assert_eq!(a.trim_end_matches('\n').chars().count(), "ROMEO:".len() + 120);
+    assert_eq!(
+        a.trim_end_matches('\n').chars().count(),
+        "ROMEO:".len() + 120
+    );
     assert_eq!(a, generate("1"), "same seed, same text");
     assert_ne!(a, generate("2"), "another seed, another text");
 
@@ -77,7 +80,10 @@ fn gpt_trains_on_text_and_generates_from_its_run() {
     assert!(out.status.success(), "{}", stderr(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let logged = valid[1]["loss"].as_f64().unwrap();
-    assert!((r["loss"].as_f64().unwrap() - logged).abs() < 1e-5, "{r} vs {logged}");
+    assert!(
+        (r["loss"].as_f64().unwrap() - logged).abs() < 1e-5,
+        "{r} vs {logged}"
+    );
     fails_with(
         &["eval", run_s, "--split", "test", "--backend", "flex"],
         &["no test split", "--split valid"],
@@ -100,7 +106,12 @@ fn a_token_file_trains_exactly_like_the_text_it_came_from() {
     assert_eq!(summary["vocab_size"], 66);
     assert_eq!(std::fs::metadata(&bin).unwrap().len(), 2 * 1_008_759);
 
-    let text_run = train(SMOKE_GPT, "flex", &dir.path().join("a"), &["train.max_steps=10"]);
+    let text_run = train(
+        SMOKE_GPT,
+        "flex",
+        &dir.path().join("a"),
+        &["train.max_steps=10"],
+    );
     let path = format!("data.path=\"{}\"", bin.display());
     let token_run = train(
         SMOKE_GPT,
@@ -149,7 +160,11 @@ fn gradient_accumulation_equals_a_larger_batch() {
     let wa = tensors(&big.join("step-20/model.safetensors"));
     let wb = tensors(&accumulated.join("step-20/model.safetensors"));
     for ((name, x), (_, y)) in wa.iter().zip(&wb) {
-        let worst = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
         assert!(worst < 1e-4, "{name}: max difference {worst}");
     }
 }
@@ -217,24 +232,33 @@ fn bad_text_and_token_inputs_are_clear_errors() {
     let empty = write(dir.path(), "empty.txt", b"");
     fails(&smoke_gpt_with(&empty, &[]), &["empty.txt", "empty"]);
     let latin1 = write(dir.path(), "latin1.txt", b"caf\xe9 au lait\n");
-    fails(&smoke_gpt_with(&latin1, &[]), &["latin1.txt", "UTF-8", "byte offset 3"]);
-    let short = write(dir.path(), "short.txt", b"To be, or not to be.\n");
     fails(
-        &smoke_gpt_with(&short, &[]),
-        &["short.txt", "block_size"],
+        &smoke_gpt_with(&latin1, &[]),
+        &["latin1.txt", "UTF-8", "byte offset 3"],
     );
+    let short = write(dir.path(), "short.txt", b"To be, or not to be.\n");
+    fails(&smoke_gpt_with(&short, &[]), &["short.txt", "block_size"]);
     fails(
-        &smoke_gpt_with("datasets/text/shakespeare.txt", &["model.n_embd=30", "model.n_head=4"]),
+        &smoke_gpt_with(
+            "datasets/text/shakespeare.txt",
+            &["model.n_embd=30", "model.n_head=4"],
+        ),
         &["model.n_embd = 30", "not divisible", "model.n_head = 4"],
     );
     fails(
-        &smoke_gpt_with("datasets/text/shakespeare.txt", &["train.precision=\"bf16\""]),
+        &smoke_gpt_with(
+            "datasets/text/shakespeare.txt",
+            &["train.precision=\"bf16\""],
+        ),
         &["train.precision", "bf16", "flex", "f32"],
     );
 
     // A token file holding an id beyond the vocabulary its sidecar declares.
     let bin = dir.path().join("t.bin");
-    let ids: Vec<u8> = (0..200u16).flat_map(|i| (i % 10).to_le_bytes()).chain(12u16.to_le_bytes()).collect();
+    let ids: Vec<u8> = (0..200u16)
+        .flat_map(|i| (i % 10).to_le_bytes())
+        .chain(12u16.to_le_bytes())
+        .collect();
     std::fs::write(&bin, ids).unwrap();
     std::fs::write(
         dir.path().join("t.json"),
@@ -243,5 +267,30 @@ fn bad_text_and_token_inputs_are_clear_errors() {
     .unwrap();
     let mut args = smoke_gpt_with(bin.to_str().unwrap(), &["data.format=\"tokens\""]);
     args.extend(["--set".into(), "model.block_size=8".into()]);
-    fails(&args, &["t.bin", "token id 12", "position 200", "beyond the vocabulary"]);
+    fails(
+        &args,
+        &[
+            "t.bin",
+            "token id 12",
+            "position 200",
+            "beyond the vocabulary",
+        ],
+    );
+}
+
+#[test]
+fn gpt_trains_alike_on_wgpu_and_flex() {
+    // No dropout: each backend draws its own random masks. Same initial weights (drawn on the
+    // host) and the same windows, so the losses differ only by float rounding of the kernels.
+    let dir = tempdir().unwrap();
+    let extra = ["model.dropout=0.0", "train.max_steps=10"];
+    let flex = losses(&train(SMOKE_GPT, "flex", &dir.path().join("flex"), &extra));
+    let wgpu = losses(&train(SMOKE_GPT, "wgpu", &dir.path().join("wgpu"), &extra));
+    assert_eq!(flex.len(), wgpu.len());
+    for (a, b) in flex.iter().zip(&wgpu) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs(),
+            "flex {flex:?} vs wgpu {wgpu:?}"
+        );
+    }
 }

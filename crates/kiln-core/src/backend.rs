@@ -169,7 +169,9 @@ mod tests {
     fn half_precision_is_refused_on_cpu_backends_and_bf16_on_wgpu() {
         for cpu in [BackendKind::Flex, BackendKind::Ndarray] {
             assert!(check_precision(cpu, Precision::F32).is_ok());
-            let e = check_precision(cpu, Precision::Bf16).unwrap_err().to_string();
+            let e = check_precision(cpu, Precision::Bf16)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("f32 only") && e.contains(cpu.name()), "{e}");
         }
         assert!(check_precision(BackendKind::Wgpu, Precision::F16).is_ok());

@@ -575,7 +575,7 @@ impl Config {
             ] {
                 check(v > 0, key, "must be at least 1")?;
             }
-            if m.n_embd % m.n_head != 0 {
+            if !m.n_embd.is_multiple_of(m.n_head) {
                 bail!(
                     "model.n_embd = {} is not divisible by model.n_head = {}: each head gets n_embd / n_head dimensions; choose e.g. n_embd = {} or an n_head that divides {}",
                     m.n_embd,

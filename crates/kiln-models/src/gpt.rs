@@ -40,7 +40,7 @@ impl GptShape {
             "model.vocab_size = {vocab_size} is smaller than the tokenizer's vocabulary ({vocab} tokens); remove it or set at least {vocab}"
         );
         ensure!(
-            spec.n_embd % spec.n_head == 0,
+            spec.n_embd.is_multiple_of(spec.n_head),
             "model.n_embd = {} is not divisible by model.n_head = {}",
             spec.n_embd,
             spec.n_head
@@ -175,7 +175,11 @@ impl<B: Backend> Gpt<B> {
         for block in &self.h {
             x = x.clone() + self.attention(&block.attn, block.ln_1.forward(x), mask.clone());
             let m = &block.mlp;
-            let hidden = gelu(linear(&m.c_fc, block.ln_2.forward(x.clone()), self.precision));
+            let hidden = gelu(linear(
+                &m.c_fc,
+                block.ln_2.forward(x.clone()),
+                self.precision,
+            ));
             x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
         }
         let x = self.ln_f.forward(x);
@@ -270,7 +274,11 @@ mod tests {
                 let b = logits(&model, &other);
                 let v = 11;
                 // Positions before `changed` are identical, bit for bit; the changed one differs.
-                assert_eq!(a[..changed * v], b[..changed * v], "tie {tie}, changed {changed}");
+                assert_eq!(
+                    a[..changed * v],
+                    b[..changed * v],
+                    "tie {tie}, changed {changed}"
+                );
                 assert_ne!(
                     a[changed * v..(changed + 1) * v],
                     b[changed * v..(changed + 1) * v]

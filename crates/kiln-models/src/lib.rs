@@ -44,6 +44,9 @@ pub enum Input<B: Backend> {
 /// Every model Kiln trains. The training loop sees only this type, so each backend instantiates
 /// the loop once whatever the model. Each maps its input to `[targets, classes]` logits: one row
 /// per sample for classifiers, one per position (next-token prediction) for language models.
+// One model per run: moving the larger GPT variant (a few hundred bytes of handles) by value each
+// step costs nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model<B: Backend> {
     Mlp(Mlp<B>),

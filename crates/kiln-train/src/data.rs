@@ -51,7 +51,10 @@ impl HostBatch {
         let input = match self.input {
             HostInput::Features { x, rows } => {
                 let features = x.len() / rows.max(1);
-                Input::Features(Tensor::from_data(TensorData::new(x, [rows, features]), device))
+                Input::Features(Tensor::from_data(
+                    TensorData::new(x, [rows, features]),
+                    device,
+                ))
             }
             HostInput::Tokens { x, rows, t } => {
                 Input::Tokens(Tensor::from_data(TensorData::new(x, [rows, t]), device))
@@ -375,8 +378,7 @@ impl TextData {
                         kiln_data::meta_path(path).display()
                     ),
                 };
-                let limit = config.model.vocab_size.unwrap_or(vocab).max(vocab);
-                file.check_vocab(limit, 1 << 20)?;
+                file.check_vocab(vocab, 1 << 20)?;
                 (TokenSource::File(Arc::new(file)), tokenizer, vocab)
             }
         };

@@ -33,7 +33,9 @@ enum Rule {
 impl Rule {
     fn without_decay(self) -> Rule {
         match self {
-            Rule::AdamW { beta1, beta2, eps, .. } => Rule::AdamW {
+            Rule::AdamW {
+                beta1, beta2, eps, ..
+            } => Rule::AdamW {
                 beta1,
                 beta2,
                 eps,

@@ -135,9 +135,9 @@ pub fn train<B: AutodiffBackend>(
     let batches_per_epoch = data.batches_per_epoch(d.batch_size);
     let t = &config.train;
     let accum = t.grad_accum_steps;
-    let total_steps = t.max_steps.unwrap_or_else(|| {
-        (t.epochs.unwrap_or(1) * batches_per_epoch).div_ceil(accum)
-    });
+    let total_steps = t
+        .max_steps
+        .unwrap_or_else(|| (t.epochs.unwrap_or(1) * batches_per_epoch).div_ceil(accum));
     let unit = match data {
         RunData::Samples(_) => "samples",
         RunData::Text(_) => "tokens",
