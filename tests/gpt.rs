@@ -279,7 +279,7 @@ fn bad_text_and_token_inputs_are_clear_errors() {
 }
 
 #[test]
-fn gpt_trains_alike_on_wgpu_and_flex() {
+fn gpt_trains_alike_on_wgpu_and_flex_and_in_f16_on_wgpu() {
     // No dropout: each backend draws its own random masks. Same initial weights (drawn on the
     // host) and the same windows, so the losses differ only by float rounding of the kernels.
     let dir = tempdir().unwrap();
@@ -292,5 +292,16 @@ fn gpt_trains_alike_on_wgpu_and_flex() {
             (a - b).abs() <= 1e-3 * a.abs(),
             "flex {flex:?} vs wgpu {wgpu:?}"
         );
+    }
+
+    // Mixed precision: the matrix products in f16 (f32 weights). It must train like f32 to
+    // within f16's rounding (11-bit mantissa, ~5e-4 relative per product, accumulated over
+    // 10 steps: 2% allowed), and must actually differ from the f32 run.
+    let mut half_extra = extra.to_vec();
+    half_extra.push("train.precision=\"f16\"");
+    let half = losses(&train(SMOKE_GPT, "wgpu", &dir.path().join("f16"), &half_extra));
+    assert_ne!(half, wgpu, "f16 gave exactly the f32 losses: no half precision happened");
+    for (a, b) in wgpu.iter().zip(&half) {
+        assert!((a - b).abs() <= 2e-2 * a.abs(), "f32 {wgpu:?} vs f16 {half:?}");
     }
 }
