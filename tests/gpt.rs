@@ -299,9 +299,20 @@ fn gpt_trains_alike_on_wgpu_and_flex_and_in_f16_on_wgpu() {
     // 10 steps: 2% allowed), and must actually differ from the f32 run.
     let mut half_extra = extra.to_vec();
     half_extra.push("train.precision=\"f16\"");
-    let half = losses(&train(SMOKE_GPT, "wgpu", &dir.path().join("f16"), &half_extra));
-    assert_ne!(half, wgpu, "f16 gave exactly the f32 losses: no half precision happened");
+    let half = losses(&train(
+        SMOKE_GPT,
+        "wgpu",
+        &dir.path().join("f16"),
+        &half_extra,
+    ));
+    assert_ne!(
+        half, wgpu,
+        "f16 gave exactly the f32 losses: no half precision happened"
+    );
     for (a, b) in wgpu.iter().zip(&half) {
-        assert!((a - b).abs() <= 2e-2 * a.abs(), "f32 {wgpu:?} vs f16 {half:?}");
+        assert!(
+            (a - b).abs() <= 2e-2 * a.abs(),
+            "f32 {wgpu:?} vs f16 {half:?}"
+        );
     }
 }
