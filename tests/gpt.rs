@@ -316,3 +316,33 @@ fn gpt_trains_alike_on_wgpu_and_flex_and_in_f16_on_wgpu() {
         );
     }
 }
+
+#[test]
+fn generate_refuses_a_classifier_run_and_bad_sampling_settings() {
+    let dir = tempdir().unwrap();
+    let mlp = train(
+        "configs/smoke.toml",
+        "flex",
+        dir.path(),
+        &["train.max_steps=1"],
+    );
+    let mlp = mlp.to_str().unwrap();
+    fails_with(
+        &["generate", mlp, "--backend", "flex"],
+        &["tokenizer.json", "generation needs the tokenizer"],
+    );
+    let gpt = train(SMOKE_GPT, "flex", dir.path(), &["train.max_steps=1"]);
+    let gpt = gpt.to_str().unwrap();
+    fails_with(
+        &["generate", gpt, "--temperature=-1", "--backend", "flex"],
+        &["--temperature -1", ">= 0"],
+    );
+    fails_with(
+        &["generate", gpt, "--top-k", "0", "--backend", "flex"],
+        &["--top-k 0", "at least 1"],
+    );
+    fails_with(
+        &["generate", gpt, "--prompt", "naïve €", "--backend", "flex"],
+        &["--prompt", "'ï'"],
+    );
+}
