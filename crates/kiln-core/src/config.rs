@@ -859,6 +859,20 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 8, "only {seen} configs in {}", dir.display());
+    }
+
+    #[test]
     fn defaults_fill_in() {
         let c = load(&[]).unwrap();
         assert_eq!(c.run.seed, 42);
