@@ -17,6 +17,7 @@ use kiln_core::config::{
 use kiln_core::{dispatch, BackendKind, BackendTask};
 use kiln_models::{DataShape, Input, Model};
 use kiln_train::optim::Optim;
+use kiln_train::scaler::LossScale;
 use kiln_train::step::train_step;
 
 struct Bench {
@@ -164,11 +165,12 @@ impl BackendTask for Bench {
         };
 
         // Like the reference, the loss is read (a device sync) only after the last step.
-        let run_steps = |count: usize, mut m: Model<B>, optim: &mut Optim<B>| {
+        let mut scaler = (self.precision == Precision::F16).then(LossScale::default);
+        let mut run_steps = |count: usize, mut m: Model<B>, optim: &mut Optim<B>| {
             let mut loss = None;
             for _ in 0..count {
                 let micro = vec![(input_of(), y.clone())];
-                let (next, stats) = train_step(m, optim, micro, 1e-3, None);
+                let (next, stats) = train_step(m, optim, micro, 1e-3, None, scaler.as_mut());
                 m = next;
                 loss = Some(stats.loss_sum);
             }

@@ -299,12 +299,13 @@ fn gpt_trains_alike_on_wgpu_and_flex_and_in_f16_on_wgpu() {
     // 10 steps: 2% allowed), and must actually differ from the f32 run.
     let mut half_extra = extra.to_vec();
     half_extra.push("train.precision=\"f16\"");
-    let half = losses(&train(
-        SMOKE_GPT,
-        "wgpu",
-        &dir.path().join("f16"),
-        &half_extra,
-    ));
+    let half_run = train(SMOKE_GPT, "wgpu", &dir.path().join("f16"), &half_extra);
+    let half = losses(&half_run);
+    // f16 runs with dynamic loss scaling; its state is logged with every train event.
+    for e in events(&half_run, "train") {
+        assert!(e["loss_scale"].as_f64().unwrap() >= 1.0, "{e}");
+        assert!(e["skipped_steps"].as_u64().is_some(), "{e}");
+    }
     assert_ne!(
         half, wgpu,
         "f16 gave exactly the f32 losses: no half precision happened"

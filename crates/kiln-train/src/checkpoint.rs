@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::EvalResult;
 use crate::optim::{Optim, ParamState};
+use crate::scaler::LossScale;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -36,6 +37,9 @@ pub struct TrainState {
     /// The latest validation result.
     pub last_valid: Option<EvalResult>,
     pub data_wait_secs: f64,
+    /// The f16 loss scaler (absent in f32/bf16 runs).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]

@@ -36,6 +36,25 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     }
 }
 
+/// The sum of squares of all gradients (inf or NaN when any gradient is), read back to the host.
+pub fn grad_squared_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut v = SquaredNorm::<B> { grads, total: None };
+    model.visit(&mut v);
+    v.total.map_or(0.0, |t| t.into_scalar().elem::<f64>())
+}
+
+/// Multiplies every gradient by `factor`.
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    factor: f64,
+) {
+    model.visit(&mut Scale { grads, factor });
+}
+
 /// Scales `grads` so that their global norm is at most `max_norm`; returns the norm before
 /// clipping.
 pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(

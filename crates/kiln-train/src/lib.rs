@@ -9,6 +9,7 @@ pub mod generate;
 pub mod optim;
 pub mod progress;
 pub mod saver;
+pub mod scaler;
 pub mod schedule;
 pub mod step;
 pub mod trainer;

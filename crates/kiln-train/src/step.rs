@@ -7,9 +7,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
 use kiln_models::{Input, Model};
 
-use crate::clip::clip_grad_norm;
+use crate::clip::{clip_grad_norm, grad_squared_norm, scale_grads};
 use crate::eval::batch_sums;
 use crate::optim::Optim;
+use crate::scaler::LossScale;
 
 /// What a step leaves behind besides the updated model: its statistics, still on the device.
 pub struct StepStats<B: AutodiffBackend> {
@@ -24,13 +25,18 @@ pub struct StepStats<B: AutodiffBackend> {
 /// Trains `model` on the micro-batches `micro` (inputs and `[n]` targets) as one batch: each
 /// micro-batch's loss is its summed loss divided by the targets of all of them, so the summed
 /// gradients are those of the mean loss over the whole batch, as if it were one batch.
+///
+/// With a `scaler` (f16), the loss is scaled before the backward pass and the gradients unscaled
+/// after it; a step whose gradients overflowed leaves the model and optimizer untouched.
 pub fn train_step<B: AutodiffBackend>(
     model: Model<B>,
     optim: &mut Optim<B>,
     micro: Vec<(Input<B>, Tensor<B, 1, Int>)>,
     lr: f64,
     clip_norm: Option<f64>,
+    scaler: Option<&mut LossScale>,
 ) -> (Model<B>, StepStats<B>) {
+    let loss_factor = scaler.as_ref().map_or(1.0, |s| s.scale);
     let total: usize = micro.iter().map(|(_, y)| y.dims()[0]).sum();
     let single = micro.len() == 1;
     let mut accumulator = GradientsAccumulator::<Model<B>>::new();
@@ -39,7 +45,7 @@ pub fn train_step<B: AutodiffBackend>(
     let mut correct_total: Option<Tensor<B::InnerBackend, 1, Int>> = None;
     for (x, y) in micro {
         let (loss_sum, correct) = batch_sums(model.forward(x), y);
-        let loss = loss_sum.clone().div_scalar(total as f64);
+        let loss = loss_sum.clone().mul_scalar(loss_factor / total as f64);
         let g = GradientsParams::from_grads(loss.backward(), &model);
         if single {
             grads = g;
@@ -53,12 +59,19 @@ pub fn train_step<B: AutodiffBackend>(
     if !single {
         grads = accumulator.grads();
     }
-    let grad_norm = clip_norm.map(|max| clip_grad_norm(&model, &mut grads, max));
-    let model = optim.step(lr, model, grads);
-    let stats = StepStats {
+    let stats = |grad_norm| StepStats {
         loss_sum: loss_total.expect("a step has at least one micro-batch"),
         correct: correct_total.expect("a step has at least one micro-batch"),
         grad_norm,
     };
-    (model, stats)
+    if let Some(scaler) = scaler {
+        let finite = grad_squared_norm(&model, &grads).is_finite();
+        if !scaler.update(finite) {
+            return (model, stats(None));
+        }
+        scale_grads(&model, &mut grads, 1.0 / loss_factor);
+    }
+    let grad_norm = clip_norm.map(|max| clip_grad_norm(&model, &mut grads, max));
+    let model = optim.step(lr, model, grads);
+    (model, stats(grad_norm))
 }

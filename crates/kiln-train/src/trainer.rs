@@ -11,7 +11,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
-use kiln_core::config::BestMetric;
+use kiln_core::config::{BestMetric, Precision};
 use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_models::Model;
@@ -181,6 +181,9 @@ pub fn train<B: AutodiffBackend>(
     if let Some(s) = &st {
         window.restore(&s.window);
     }
+    // f16 needs loss scaling (bf16 has f32's range); a resumed run continues its scaler.
+    let mut loss_scale = (t.precision == Precision::F16)
+        .then(|| st.as_ref().and_then(|s| s.loss_scale).unwrap_or_default());
     let mut best = st.as_ref().and_then(|s| s.best.clone());
     let mut last_valid = st.as_ref().and_then(|s| s.last_valid);
     let mut data_wait_total =
@@ -218,7 +221,14 @@ pub fn train<B: AutodiffBackend>(
 
         kiln_models::dropout::reseed(seed, step as u64);
         lr = schedule.next_lr();
-        let (next, stats) = train_step(model, &mut optim, micro, lr, t.grad_clip_norm);
+        let (next, stats) = train_step(
+            model,
+            &mut optim,
+            micro,
+            lr,
+            t.grad_clip_norm,
+            loss_scale.as_mut(),
+        );
         model = next;
         window.add(stats, n);
 
@@ -238,6 +248,10 @@ pub fn train<B: AutodiffBackend>(
             }
             if unit == "tokens" {
                 event["tokens_per_sec"] = json!(stats.samples_per_sec);
+            }
+            if let Some(s) = &loss_scale {
+                event["loss_scale"] = json!(s.scale);
+                event["skipped_steps"] = json!(s.skipped_steps);
             }
             run.log_event(&event)?;
             Some(format!(
@@ -310,6 +324,7 @@ pub fn train<B: AutodiffBackend>(
                 best: best.clone(),
                 last_valid,
                 data_wait_secs: data_wait_total.as_secs_f64(),
+                loss_scale,
             };
             saver.save(step, &model, &optim, &table, state, new_best, &mut run)?;
             window.restart_clock();
