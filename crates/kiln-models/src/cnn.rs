@@ -8,10 +8,11 @@ use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kiln_core::config::{Activation, ModelSection, Pooling};
+use kiln_core::config::{Activation, ModelSection, Pooling, Precision};
 
 use crate::init::HostInit;
 use crate::mlp::{activate, Mlp};
+use crate::precision::conv2d;
 
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
@@ -30,6 +31,11 @@ pub struct Cnn<B: Backend> {
     pub input_shape: [usize; 3],
     #[module(skip)]
     pub activation: Activation,
+    /// Zero padding of every convolution.
+    #[module(skip)]
+    pub padding: usize,
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl<B: Backend> Cnn<B> {
@@ -97,7 +103,16 @@ impl<B: Backend> Cnn<B> {
             head,
             input_shape,
             activation: spec.activation,
+            padding: spec.padding,
+            precision: Precision::F32,
         })
+    }
+
+    /// Runs the convolutions and the head's linear layers in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self.head = self.head.with_precision(precision);
+        self
     }
 
     /// `[batch, channels*height*width] -> [batch, classes]` logits.
@@ -106,7 +121,7 @@ impl<B: Backend> Cnn<B> {
         let batch = x.dims()[0];
         let mut x: Tensor<B, 4> = x.reshape([batch, c, h, w]);
         for block in &self.blocks {
-            x = block.conv.forward(x);
+            x = conv2d(&block.conv, x, self.padding, self.precision);
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
             }

@@ -93,9 +93,10 @@ impl<B: Backend> Model<B> {
                 let &[c, h, w] = sample_shape.as_slice() else {
                     bail!("model.kind = \"cnn\" needs images of shape [channels, height, width], the data has samples of shape {sample_shape:?}");
                 };
-                let mut cnn = Cnn::new(spec, [c, h, w], *num_classes, &mut init, device)?;
-                cnn.head = cnn.head.with_precision(precision);
-                Model::Cnn(cnn)
+                Model::Cnn(
+                    Cnn::new(spec, [c, h, w], *num_classes, &mut init, device)?
+                        .with_precision(precision),
+                )
             }
             (ModelKind::Gpt, DataShape::Tokens { vocab_size }) => Model::Gpt(Gpt::new(
                 GptShape::new(spec, *vocab_size)?,

@@ -3,8 +3,10 @@
 //! sums) in f32 — the policy of `torch.autocast`. burn's `cast` is differentiable, so gradients
 //! flow back to the f32 weights in f32.
 
+use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor};
 use kiln_core::config::Precision;
 
@@ -43,5 +45,30 @@ pub fn matmul<B: Backend, const D: usize>(
     match compute_dtype(precision) {
         None => a.matmul(b),
         Some(dt) => a.cast(dt).matmul(b.cast(dt)).cast(FloatDType::F32),
+    }
+}
+
+/// `layer(x)` for a convolution with symmetric zero `padding`, with the convolution in
+/// `precision`; the result is f32.
+pub fn conv2d<B: Backend>(
+    layer: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    padding: usize,
+    precision: Precision,
+) -> Tensor<B, 4> {
+    match compute_dtype(precision) {
+        None => layer.forward(x),
+        Some(dt) => burn::tensor::module::conv2d(
+            x.cast(dt),
+            layer.weight.val().cast(dt),
+            layer.bias.as_ref().map(|b| b.val().cast(dt)),
+            ConvOptions::new(
+                layer.stride,
+                [padding, padding],
+                layer.dilation,
+                layer.groups,
+            ),
+        )
+        .cast(FloatDType::F32),
     }
 }
