@@ -176,10 +176,7 @@ fn run(cli: Cli) -> Result<()> {
             backend,
         } => {
             let backend = backend.kind()?;
-            let file = resolve_weights(&weights)?;
-            let config_path = find_run_config(&file)?;
-            let config = Config::load(&config_path, &[])
-                .with_context(|| format!("reading the run config of {}", weights.display()))?;
+            let (file, _, config) = trained_run(&weights)?;
             let result = dispatch(
                 backend,
                 EvalTask {
@@ -200,10 +197,7 @@ fn run(cli: Cli) -> Result<()> {
             backend,
         } => {
             let backend = backend.kind()?;
-            let file = resolve_weights(&run)?;
-            let config_path = find_run_config(&file)?;
-            let config = Config::load(&config_path, &[])
-                .with_context(|| format!("reading the run config of {}", run.display()))?;
+            let (file, run_dir, config) = trained_run(&run)?;
             let sampling = Sampling {
                 prompt,
                 max_tokens,
@@ -215,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
                 backend,
                 GenerateTask {
                     config,
-                    run_dir: config_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                    run_dir,
                     file,
                     sampling,
                 },
@@ -230,6 +224,17 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The weights file that `path` (a run, a step directory or a weights file) names, the run
+/// directory holding it and the run's config.
+fn trained_run(path: &Path) -> Result<(PathBuf, PathBuf, Config)> {
+    let file = resolve_weights(path)?;
+    let config_path = find_run_config(&file)?;
+    let config = Config::load(&config_path, &[])
+        .with_context(|| format!("reading the run config of {}", path.display()))?;
+    let run_dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    Ok((file, run_dir, config))
 }
 
 /// The config of a run being resumed from `path`, with `overrides` checked against the keys

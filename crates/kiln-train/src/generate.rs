@@ -65,16 +65,9 @@ pub fn generate<B: Backend>(
         config.run.seed,
         device,
     )?;
-    let Model::Gpt(_) = &model else {
-        bail!(
-            "{}: the run trained a {:?} model; kiln generate needs a GPT (model.kind = \"gpt\")",
-            run_dir.display(),
-            config.model.kind
-        );
-    };
-    let model = weights::load(model, weights_file)?;
-    let Model::Gpt(gpt) = model else {
-        unreachable!("checked above")
+    // Model::new builds only a GPT from token data, so any other kind has failed above.
+    let Model::Gpt(gpt) = weights::load(model, weights_file)? else {
+        unreachable!("token data builds a GPT")
     };
 
     let mut context: Vec<i64> = if sampling.prompt.is_empty() {
