@@ -111,7 +111,12 @@ fn model_section(name: &str) -> Result<ModelSection> {
 impl BackendTask for Bench {
     type Output = Result<serde_json::Value>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output {
+    fn run<B: AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        backend: BackendKind,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("dispatch gives a device");
         let n = self.batch;
         let (spec, shape, optimizer) = if self.model == "gpt" {
             let shape = DataShape::Tokens {
@@ -170,7 +175,9 @@ impl BackendTask for Bench {
             let mut loss = None;
             for _ in 0..count {
                 let micro = vec![(input_of(), y.clone())];
-                let (next, stats) = train_step(m, optim, micro, 1e-3, None, scaler.as_mut());
+                let (next, stats) =
+                    train_step(m, optim, micro, None, 1e-3, None, scaler.as_mut(), None)
+                        .expect("a step without a communicator cannot fail");
                 m = next;
                 loss = Some(stats.loss_sum);
             }

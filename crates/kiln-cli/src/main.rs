@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_core::config::RESUMABLE_KEYS;
 use kiln_core::rundir::{find_run_config, resolve_weights};
-use kiln_core::{dispatch, BackendKind, BackendTask, Config};
+use kiln_core::{dispatch, dispatch_on, BackendKind, BackendTask, Config};
 use kiln_models::Model;
 use kiln_train::checkpoint::is_checkpoint_dir;
 use kiln_train::generate::{generate, Sampling};
@@ -48,10 +49,35 @@ enum Command {
         until_step: Option<usize>,
         #[command(flatten)]
         backend: BackendArg,
+        /// Train data-parallel on these devices of this machine, one worker thread each
+        /// (burn-collective): cuda:0,cuda:1 / wgpu:0,wgpu:1 / cpu,cpu. The effective batch is
+        /// data.batch_size x devices.
+        #[arg(long, value_name = "DEVICE,...", value_delimiter = ',')]
+        devices: Vec<String>,
         /// Override a config value: --set optimizer.lr=3e-4 (repeatable). With --resume only
         /// keys that do not change the maths, unless --force.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Train on this machine as N data-parallel MPI processes: runs `mpirun -np N kiln train
+    /// ...` (needs a kiln built with --features mpi and OpenMPI's mpirun). On a cluster, launch
+    /// `kiln train` with mpirun or srun instead.
+    Launch {
+        /// Number of processes (workers).
+        #[arg(long, value_name = "N")]
+        nproc: usize,
+        /// An extra argument for mpirun (repeatable), e.g. --mpirun-arg=--host=a:2,b:2.
+        #[arg(long = "mpirun-arg", value_name = "ARG", allow_hyphen_values = true)]
+        mpirun_args: Vec<String>,
+        /// The arguments of `kiln train`: CONFIG [--set KEY=VALUE ...] [--backend ...] or
+        /// --resume RUN_DIR.
+        #[arg(
+            value_name = "TRAIN_ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true
+        )]
+        train: Vec<String>,
     },
     /// Evaluate trained weights; prints one JSON object with loss and accuracy.
     Eval {
@@ -124,10 +150,13 @@ enum Split {
 }
 
 fn main() -> ExitCode {
+    // Data-parallel workers other than rank 0 only report warnings and errors.
+    let rank = kiln_dist::launcher_rank(|k| std::env::var(k).ok()).unwrap_or(0);
+    let level = if rank == 0 { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -150,9 +179,10 @@ fn run(cli: Cli) -> Result<()> {
             force,
             until_step,
             backend,
+            devices,
             set,
         } => {
-            let backend = backend.kind()?;
+            let backend = backend.kind()?.resolve()?;
             let (config, resume) = match (config, resume) {
                 (_, Some(path)) => resume_config(&path, &set, force)?,
                 (Some(path), None) => (Config::load(&path, &set)?, None),
@@ -161,15 +191,43 @@ fn run(cli: Cli) -> Result<()> {
             if until_step == Some(0) {
                 bail!("--until-step: must be at least 1");
             }
+            let stop = stop_on_signals()?;
+            let timeout = Duration::from_secs_f64(config.distributed.timeout_secs);
+            let mpi = join_mpi_job(timeout, &stop)?;
+            let mut devices = devices;
+            if mpi.is_some() {
+                if devices.len() > 1 {
+                    bail!(
+                        "--devices {}: this process is one rank of an MPI job, which trains one device per process; give each rank one device (or none: a CUDA rank takes cuda:<local rank>), or run one process with several --devices",
+                        devices.join(",")
+                    );
+                }
+                if devices.is_empty() && backend == BackendKind::Cuda {
+                    let local = kiln_dist::local_rank(|k| std::env::var(k).ok()).unwrap_or(0);
+                    devices.push(format!("cuda:{local}"));
+                }
+            }
             let options = TrainOptions {
                 resume,
                 force,
-                stop: stop_on_signals()?,
+                stop,
                 until_step,
             };
-            let summary = dispatch(backend, TrainTask { config, options })??;
-            println!("{}", serde_json::to_string(&summary)?);
+            let task = TrainTask {
+                config,
+                options,
+                mpi,
+            };
+            let (summary, lead) = dispatch_on(backend, &devices, task)??;
+            if lead {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
         }
+        Command::Launch {
+            nproc,
+            mpirun_args,
+            train,
+        } => return launch(nproc, &mpirun_args, &train),
         Command::Eval {
             weights,
             split,
@@ -320,13 +378,165 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 struct TrainTask {
     config: Config,
     options: TrainOptions,
+    mpi: Option<MpiJob>,
 }
 
 impl BackendTask for TrainTask {
-    type Output = Result<kiln_train::TrainSummary>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output {
-        kiln_train::train::<B>(&self.config, device, backend, self.options)
+    /// The summary, and whether this worker is rank 0 (the one that reports).
+    type Output = Result<(kiln_train::TrainSummary, bool)>;
+    fn run<B: AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        backend: BackendKind,
+    ) -> Self::Output {
+        match self.mpi {
+            None => {
+                let summary = kiln_train::train_on_devices::<B>(
+                    &self.config,
+                    devices,
+                    backend,
+                    self.options,
+                )?;
+                Ok((summary, true))
+            }
+            Some(job) => train_in_mpi_job::<B>(job, &self.config, devices, backend, self.options),
+        }
     }
+}
+
+/// This process's place in an MPI job.
+#[cfg(feature = "mpi")]
+type MpiJob = Arc<kiln_dist::mpi::MpiSession>;
+#[cfg(not(feature = "mpi"))]
+type MpiJob = std::convert::Infallible;
+
+/// Joins the MPI job this process was launched into (mpirun, srun, an MPI operator), if any;
+/// refuses launches that cannot work.
+fn join_mpi_job(timeout: Duration, stop: &Arc<AtomicBool>) -> Result<Option<MpiJob>> {
+    let env = |k: &str| std::env::var(k).ok();
+    let launcher = kiln_dist::MpiEnv::detect();
+    let slurm_tasks = kiln_dist::slurm_step_tasks(env).unwrap_or(1);
+    let Some(launcher) = launcher else {
+        if slurm_tasks > 1 {
+            bail!(
+                "srun started {slurm_tasks} tasks, but no MPI process manager connects them, so each would train alone: run srun --mpi=pmix (srun --mpi=list shows the plugins), or mpirun inside the allocation"
+            );
+        }
+        return Ok(None);
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let session = kiln_dist::mpi::MpiSession::init(timeout, Some(stop.clone()))?;
+        if session.size() == 1 && slurm_tasks > 1 {
+            bail!(
+                "srun started {slurm_tasks} tasks, but MPI sees each alone ({} = {:?}): run srun --mpi=pmix (srun --mpi=list shows the plugins), or mpirun inside the allocation",
+                launcher.var,
+                launcher.size
+            );
+        }
+        if session.size() == 1 {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(session)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = (timeout, stop);
+        let size = launcher.size.unwrap_or(slurm_tasks);
+        if size > 1 || launcher.size.is_none() {
+            bail!(
+                "this process is one of {} processes of an MPI job ({} is set), but this kiln was built without the `mpi` feature; rebuild with cargo build --release -p kiln-cli --features mpi (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev)",
+                launcher.size.map_or("several".to_string(), |s| s.to_string()),
+                launcher.var
+            );
+        }
+        Ok(None)
+    }
+}
+
+/// Trains as one rank of an MPI job; an error stops the whole job at once.
+#[cfg(feature = "mpi")]
+fn train_in_mpi_job<B: AutodiffBackend>(
+    job: MpiJob,
+    config: &Config,
+    devices: Vec<B::Device>,
+    backend: BackendKind,
+    options: TrainOptions,
+) -> Result<(kiln_train::TrainSummary, bool)> {
+    use kiln_core::config::Engine;
+    let device = devices.into_iter().next().expect("one device");
+    let nccl = match config.distributed.engine {
+        Engine::Auto => None,
+        Engine::Mpi => Some(false),
+        Engine::Nccl => Some(true),
+    };
+    let rank = job.rank();
+    let result =
+        kiln_dist::mpi::process_communicator::<B::InnerBackend>(job.clone(), &device, nccl)
+            .and_then(|mut comm| {
+                kiln_train::train::<B>(config, device, backend, options, comm.as_mut())
+            });
+    match result {
+        Ok(summary) => Ok((summary, rank == 0)),
+        Err(e) => {
+            eprintln!("error: rank {rank} of {}: {e:#}", job.size());
+            job.abort(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn train_in_mpi_job<B: AutodiffBackend>(
+    job: MpiJob,
+    _config: &Config,
+    _devices: Vec<B::Device>,
+    _backend: BackendKind,
+    _options: TrainOptions,
+) -> Result<(kiln_train::TrainSummary, bool)> {
+    match job {}
+}
+
+/// `kiln launch`: runs `mpirun -np N <this kiln> train ...` and exits with its status.
+fn launch(nproc: usize, mpirun_args: &[String], train: &[String]) -> Result<()> {
+    if nproc == 0 {
+        bail!("--nproc: must be at least 1");
+    }
+    if !cfg!(feature = "mpi") {
+        bail!(
+            "kiln launch runs data-parallel MPI processes, but this kiln was built without the `mpi` feature; rebuild with cargo build --release -p kiln-cli --features mpi (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev)"
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find the path of this kiln binary")?;
+    let mut cmd = std::process::Command::new("mpirun");
+    // One core per process is OpenMPI's default binding for small jobs, which would leave each
+    // worker's compute threads on a single core; --oversubscribe allows more processes than cores.
+    cmd.args([
+        "-np",
+        &nproc.to_string(),
+        "--bind-to",
+        "none",
+        "--oversubscribe",
+    ])
+    .args(mpirun_args)
+    .arg(&exe)
+    .arg("train")
+    .args(train)
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    tracing::info!("running {:?}", cmd);
+    // Ctrl-C reaches mpirun and the workers; this process waits for them to stop.
+    let _ = stop_on_signals()?;
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "kiln launch needs OpenMPI's mpirun on the PATH (Debian: apt-get install openmpi-bin)"
+        ),
+        Err(e) => return Err(e).context("cannot run mpirun"),
+    };
+    if status.success() {
+        return Ok(());
+    }
+    bail!("mpirun -np {nproc} kiln train ... failed ({status}); the workers' errors are above")
 }
 
 struct GenerateTask {
@@ -338,7 +548,12 @@ struct GenerateTask {
 
 impl BackendTask for GenerateTask {
     type Output = Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Self::Output {
+    fn run<B: AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        _backend: BackendKind,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("dispatch gives a device");
         let mut out = std::io::stdout().lock();
         generate::<B::InnerBackend>(
             &self.config,
@@ -360,7 +575,12 @@ struct EvalTask {
 
 impl BackendTask for EvalTask {
     type Output = Result<serde_json::Value>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Self::Output {
+    fn run<B: AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        _backend: BackendKind,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("dispatch gives a device");
         eval::<B::InnerBackend>(self, device)
     }
 }

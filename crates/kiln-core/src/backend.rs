@@ -119,33 +119,90 @@ fn nvidia_gpu_present() -> bool {
 /// Work that is generic over the autodiff backend.
 pub trait BackendTask {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Self::Output;
+    /// `devices` holds at least one device; single-device work uses the first.
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, backend: BackendKind)
+        -> Self::Output;
 }
 
-/// Runs `task` on the (resolved) backend `kind`.
+/// Runs `task` on the default device of the (resolved) backend `kind`.
 pub fn dispatch<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
+    dispatch_on(kind, &[], task)
+}
+
+/// Runs `task` on the (resolved) backend `kind` with the devices named by `specs` (`--devices`:
+/// `cpu` for flex and ndarray, `wgpu:N`/`wgpu:cpu`/`wgpu:default` for wgpu, `cuda:N` for
+/// cuda); no specs means the backend's default device.
+#[allow(unused_variables, unreachable_code)] // without any backend feature
+pub fn dispatch_on<T: BackendTask>(
+    kind: BackendKind,
+    specs: &[String],
+    task: T,
+) -> Result<T::Output> {
     let kind = kind.resolve()?;
     #[allow(unreachable_patterns)]
     let out = match kind {
         #[cfg(feature = "flex")]
         BackendKind::Flex => {
-            task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), kind)
+            let devices = parse_devices(kind, specs, "cpu", |s| {
+                (s == "cpu").then_some(Default::default())
+            })?;
+            task.run::<burn::backend::Autodiff<burn::backend::Flex>>(devices, kind)
         }
         #[cfg(feature = "ndarray")]
         BackendKind::Ndarray => {
-            task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default(), kind)
+            let devices = parse_devices(kind, specs, "cpu", |s| {
+                (s == "cpu").then_some(Default::default())
+            })?;
+            task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(devices, kind)
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
-            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(Default::default(), kind)
+            use burn::backend::wgpu::WgpuDevice;
+            let devices =
+                parse_devices(kind, specs, "wgpu:N, wgpu:cpu or wgpu:default", |s| match s
+                    .strip_prefix("wgpu:")?
+                {
+                    "cpu" => Some(WgpuDevice::Cpu),
+                    "default" => Some(WgpuDevice::DefaultDevice),
+                    n => n.parse().ok().map(WgpuDevice::DiscreteGpu),
+                })?;
+            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(devices, kind)
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(Default::default(), kind)
+            use burn::backend::cuda::CudaDevice;
+            let devices = parse_devices(kind, specs, "cuda:N", |s| {
+                s.strip_prefix("cuda:")?.parse().ok().map(CudaDevice::new)
+            })?;
+            task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(devices, kind)
         }
         _ => unreachable!("resolve() only returns compiled-in backends"),
     };
     Ok(out)
+}
+
+/// The devices `specs` name, or the default device when there are none.
+#[allow(dead_code)]
+fn parse_devices<D: Default>(
+    kind: BackendKind,
+    specs: &[String],
+    form: &str,
+    parse: impl Fn(&str) -> Option<D>,
+) -> Result<Vec<D>> {
+    if specs.is_empty() {
+        return Ok(vec![D::default()]);
+    }
+    specs
+        .iter()
+        .map(|s| {
+            parse(s.trim()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--devices: '{s}' is not a {} device; write {form} (comma-separated, one per worker)",
+                    kind.name()
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct Config {
     pub train: TrainSection,
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub distributed: DistributedSection,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -313,6 +315,43 @@ pub struct CheckpointSection {
     pub best_metric: Option<BestMetric>,
 }
 
+/// Data-parallel training (how many workers is up to the launcher: `mpirun -np`, `srun -n`,
+/// `kiln launch --nproc`, `--devices`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSection {
+    /// A collective (all-reduce, joining the job) that waits longer than this for the other
+    /// workers stops the run with an error: a worker died, hung or never joined.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: f64,
+    /// How processes exchange gradients: "auto" (NCCL for CUDA builds on the cuda backend,
+    /// otherwise MPI), "mpi" (host buffers, any backend) or "nccl".
+    #[serde(default)]
+    pub engine: Engine,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        DistributedSection {
+            timeout_secs: default_timeout_secs(),
+            engine: Engine::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Auto,
+    Mpi,
+    Nccl,
+}
+
+fn default_timeout_secs() -> f64 {
+    300.0
+}
+
 /// A validation metric that selects the `best` checkpoint.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum BestMetric {
@@ -478,6 +517,11 @@ impl Config {
             "must be a plain directory name (no slashes)",
         )?;
         check(d.batch_size > 0, "data.batch_size", "must be at least 1")?;
+        check(
+            self.distributed.timeout_secs >= 1.0 && self.distributed.timeout_secs.is_finite(),
+            "distributed.timeout_secs",
+            "must be at least 1 (seconds)",
+        )?;
         if let Some(b) = d.eval_batch_size {
             check(b > 0, "data.eval_batch_size", "must be at least 1")?;
         }
@@ -730,6 +774,8 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "data.loader_threads",
     "data.prefetch",
     "data.eval_batch_size",
+    "distributed.timeout_secs",
+    "distributed.engine",
 ];
 
 fn remove_key(table: &mut toml::Table, dotted: &str) {

@@ -4,7 +4,7 @@ pub mod backend;
 pub mod config;
 pub mod rundir;
 
-pub use backend::{dispatch, BackendKind, BackendTask};
+pub use backend::{dispatch, dispatch_on, BackendKind, BackendTask};
 pub use config::Config;
 pub use rundir::RunDir;
 

@@ -17,6 +17,8 @@ pub struct Batch {
     pub index: usize,
     /// Number of batches in the epoch.
     pub batches_in_epoch: usize,
+    /// Samples of the whole batch this one is a shard of (its own length without sharding).
+    pub global_len: usize,
 }
 
 impl Batch {
@@ -51,6 +53,7 @@ impl Batch {
             epoch,
             index,
             batches_in_epoch,
+            global_len: indices.len(),
         }
     }
 }

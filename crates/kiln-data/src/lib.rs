@@ -23,12 +23,12 @@ pub use batch::{eval_batches, Batch};
 pub use csv::load_sklearn_csv;
 pub use dataset::{split, Dataset};
 pub use idx::load_idx;
-pub use loader::{Loader, LoaderConfig};
+pub use loader::{Loader, LoaderConfig, Shard};
 pub use standardize::Standardizer;
 pub use text::{
-    check_span, eval_window_count, eval_windows, meta_path, random_windows, read_meta, read_text,
-    tokenize_file, write_token_file, CharTokenizer, TokenBatch, TokenDtype, TokenFile, TokenMeta,
-    TokenSource, TokenSpan, TokenizeSummary,
+    check_span, eval_window_count, eval_windows, meta_path, random_windows, random_windows_from,
+    read_meta, read_text, tokenize_file, write_token_file, CharTokenizer, TokenBatch, TokenDtype,
+    TokenFile, TokenMeta, TokenSource, TokenSpan, TokenizeSummary,
 };
 
 #[cfg(test)]

@@ -25,6 +25,34 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Seed of the per-epoch orders.
     pub seed: u64,
+    /// Which part of every batch this loader builds, for data-parallel workers.
+    pub shard: Shard,
+}
+
+/// Worker `rank` of `world` takes the `rank`-th of `world` near-equal contiguous parts of every
+/// batch: with `batch_size` = per-worker batch × `world`, the workers together see exactly the
+/// batches one worker would see, each sample once per epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// One worker: the whole batch.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// The part of `0..len` this shard takes.
+    pub fn range(self, len: usize) -> std::ops::Range<usize> {
+        let part = |r: usize| r * len / self.world;
+        part(self.rank)..part(self.rank + 1)
+    }
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard::WHOLE
+    }
 }
 
 /// An endless stream of training batches, epoch after epoch.
@@ -79,6 +107,7 @@ impl Loader {
             batches_per_epoch,
             shuffle: cfg.shuffle,
             seed: cfg.seed,
+            shard: cfg.shard,
         });
         let (receivers, workers) = (0..cfg.threads)
             .map(|w| {
@@ -152,6 +181,7 @@ struct Schedule {
     batches_per_epoch: usize,
     shuffle: bool,
     seed: u64,
+    shard: Shard,
 }
 
 impl Schedule {
@@ -168,13 +198,15 @@ impl Schedule {
             };
             let start = index * self.batch_size;
             let end = (start + self.batch_size).min(order.len());
-            let batch = Batch::gather(
+            let whole = &order[start..end];
+            let mut batch = Batch::gather(
                 &self.dataset,
-                &order[start..end],
+                &whole[self.shard.range(whole.len())],
                 epoch,
                 index,
                 self.batches_per_epoch,
             );
+            batch.global_len = whole.len();
             cached = Some((epoch, order));
             if sender.send(batch).is_err() {
                 return;
@@ -206,6 +238,7 @@ mod tests {
             prefetch: 2,
             shuffle,
             seed: 9,
+            shard: Shard::WHOLE,
         }
     }
 
@@ -293,5 +326,34 @@ mod tests {
         let started = Instant::now();
         drop(loader);
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn shards_partition_every_batch_of_the_whole_stream() {
+        let whole = stream(23, config(2, true), (1, 2), 9);
+        for world in [2, 3, 5] {
+            let shards: Vec<Vec<Batch>> = (0..world)
+                .map(|rank| {
+                    let cfg = LoaderConfig {
+                        shard: Shard { rank, world },
+                        ..config(2, true)
+                    };
+                    stream(23, cfg, (1, 2), 9)
+                })
+                .collect();
+            for (i, batch) in whole.iter().enumerate() {
+                let parts: Vec<Batch> = shards.iter().map(|s| s[i].clone()).collect();
+                let joined: Vec<usize> = parts
+                    .iter()
+                    .flat_map(|b| ids(std::slice::from_ref(b)))
+                    .collect();
+                assert_eq!(
+                    joined,
+                    ids(std::slice::from_ref(batch)),
+                    "world {world}, batch {i}"
+                );
+                assert!(parts.iter().all(|p| p.global_len == batch.len()));
+            }
+        }
     }
 }

@@ -5,18 +5,21 @@
 //! mask with a value derived from (seed, step, call index); the training loop calls
 //! [`reseed`] once per step.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
-static STEP_SEED: AtomicU64 = AtomicU64::new(0);
-static CALLS: AtomicU64 = AtomicU64::new(0);
+// Per thread: each worker thread of a multi-device run has its own masks.
+thread_local! {
+    static STEP_SEED: Cell<u64> = const { Cell::new(0) };
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
 
 /// Sets the seed of the dropout masks of the coming step.
 pub fn reseed(run_seed: u64, step: u64) {
-    STEP_SEED.store(mix(run_seed ^ mix(step)), Ordering::SeqCst);
-    CALLS.store(0, Ordering::SeqCst);
+    STEP_SEED.set(mix(run_seed ^ mix(step)));
+    CALLS.set(0);
 }
 
 /// splitmix64's finalizer: decorrelates nearby integers.
@@ -34,8 +37,8 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     if prob == 0.0 || !B::ad_enabled(&device) {
         return x;
     }
-    let call = CALLS.fetch_add(1, Ordering::SeqCst);
-    B::seed(&device, mix(STEP_SEED.load(Ordering::SeqCst) ^ call));
+    let call = CALLS.replace(CALLS.get() + 1);
+    B::seed(&device, mix(STEP_SEED.get() ^ call));
     let keep = 1.0 - prob;
     let mask = x.random_like(Distribution::Bernoulli(keep));
     x * mask / keep

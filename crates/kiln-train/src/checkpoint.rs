@@ -40,6 +40,14 @@ pub struct TrainState {
     /// The f16 loss scaler (absent in f32/bf16 runs).
     #[serde(default)]
     pub loss_scale: Option<LossScale>,
+    /// Data-parallel workers that trained the run (the effective batch is data.batch_size x
+    /// workers x train.grad_accum_steps).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]

@@ -16,9 +16,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::config::{DataFormat, DataSection, TokenDtype};
 use kiln_core::Config;
 use kiln_data::{
-    check_span, eval_batches, eval_windows, load_idx, load_sklearn_csv, random_windows, read_meta,
-    read_text, split, CharTokenizer, Dataset, Loader, LoaderConfig, Standardizer, TokenFile,
-    TokenSource, TokenSpan,
+    check_span, eval_batches, eval_windows, load_idx, load_sklearn_csv, random_windows_from,
+    read_meta, read_text, split, CharTokenizer, Dataset, Loader, LoaderConfig, Shard, Standardizer,
+    TokenFile, TokenSource, TokenSpan,
 };
 use kiln_models::{DataShape, Input};
 
@@ -29,6 +29,9 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub struct HostBatch {
     pub input: HostInput,
     pub y: Vec<i64>,
+    /// Targets of the whole batch this one is a data-parallel worker's shard of (its own
+    /// targets when alone).
+    pub whole: usize,
 }
 
 pub enum HostInput {
@@ -71,6 +74,7 @@ impl From<kiln_data::Batch> for HostBatch {
                 x: b.x,
                 rows: b.y.len(),
             },
+            whole: b.global_len,
             y: b.y,
         }
     }
@@ -84,6 +88,7 @@ impl From<kiln_data::TokenBatch> for HostBatch {
                 rows: b.rows,
                 t: b.block_size,
             },
+            whole: b.y.len(),
             y: b.y,
         }
     }
@@ -170,20 +175,25 @@ impl RunData {
         }
     }
 
-    /// The training stream, starting at micro-batch `start` (0 for a fresh run).
-    pub fn train_stream(&self, config: &Config, start: usize) -> TrainStream {
+    /// The training stream of worker `shard.rank` of `shard.world`, starting at micro-batch
+    /// `start` (0 for a fresh run). Every micro-batch of the stream is a whole batch of
+    /// `data.batch_size` x `shard.world` samples (or windows) of which this worker takes its
+    /// shard: together the workers see what one worker with a batch that large would see.
+    pub fn train_stream(&self, config: &Config, start: usize, shard: Shard) -> TrainStream {
         let d = &config.data;
+        let whole = d.batch_size * shard.world;
         match self {
             RunData::Samples(s) => {
-                let bpe = self.batches_per_epoch(d.batch_size);
+                let bpe = self.batches_per_epoch(whole);
                 TrainStream::Samples(Loader::new(
                     s.train.clone(),
                     LoaderConfig {
-                        batch_size: d.batch_size,
+                        batch_size: whole,
                         threads: d.loader_threads,
                         prefetch: d.prefetch,
                         shuffle: d.shuffle,
                         seed: config.run.seed,
+                        shard,
                     },
                     start / bpe,
                     start % bpe,
@@ -193,6 +203,8 @@ impl RunData {
                 span: t.train.clone(),
                 block_size: t.block_size,
                 rows: d.batch_size,
+                skip: d.batch_size * shard.rank,
+                whole: whole * t.block_size,
                 seed: config.run.seed,
                 next: start as u64,
             },
@@ -248,11 +260,15 @@ impl RunData {
 /// The endless stream of training micro-batches.
 pub enum TrainStream {
     Samples(Loader),
-    /// Random windows; micro-batch `i` is a pure function of (seed, i).
+    /// Random windows; micro-batch `i` is a pure function of (seed, i): rows `skip..skip + rows`
+    /// of the whole batch's windows.
     Windows {
         span: TokenSpan,
         block_size: usize,
         rows: usize,
+        skip: usize,
+        /// Targets of the whole batch.
+        whole: usize,
         seed: u64,
         next: u64,
     },
@@ -266,12 +282,17 @@ impl TrainStream {
                 span,
                 block_size,
                 rows,
+                skip,
+                whole,
                 seed,
                 next,
             } => {
-                let b = random_windows(span, *block_size, *rows, *seed, *next);
+                let b = random_windows_from(span, *block_size, *rows, *seed, *next, *skip);
                 *next += 1;
-                b.into()
+                HostBatch {
+                    whole: *whole,
+                    ..b.into()
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Kiln's training: a step-based loop on burn's autodiff, optimizers and LR schedulers, generic
 //! over the backend.
 
+pub mod allreduce;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
@@ -14,7 +15,9 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 pub mod weights;
+pub mod workers;
 
 pub use data::{RunData, Split, Splits};
 pub use eval::{evaluate, EvalResult};
 pub use trainer::{train, ResumeFrom, TrainOptions, TrainSummary};
+pub use workers::train_on_devices;

@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Progress {
     bar: Option<ProgressBar>,
     total: usize,
+    /// Workers other than rank 0 show nothing.
+    quiet: bool,
 }
 
 impl Progress {
@@ -31,11 +33,24 @@ impl Progress {
         Self {
             bar,
             total: total_steps,
+            quiet: false,
+        }
+    }
+
+    /// Shows nothing (data-parallel workers other than rank 0).
+    pub fn quiet() -> Self {
+        Self {
+            bar: None,
+            total: 0,
+            quiet: true,
         }
     }
 
     /// Reports a finished step; `summary` is set on logging steps.
     pub fn step(&self, step: usize, summary: Option<&str>) {
+        if self.quiet {
+            return;
+        }
         match (&self.bar, summary) {
             (Some(bar), Some(s)) => {
                 bar.set_message(s.to_string());
@@ -49,6 +64,9 @@ impl Progress {
 
     /// Logs a message without tearing the bar.
     pub fn message(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.suspend(|| tracing::info!("{text}")),
             None => tracing::info!("{text}"),

@@ -2,11 +2,15 @@
 //! optional clipping, update. The training loop and the throughput benchmark both run exactly
 //! this.
 
+use anyhow::Result;
+use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
+use kiln_dist::Communicator;
 use kiln_models::{Input, Model};
 
+use crate::allreduce::all_reduce_grads;
 use crate::clip::{clip_grad_norm, grad_squared_norm, scale_grads};
 use crate::eval::batch_sums;
 use crate::optim::Optim;
@@ -28,17 +32,27 @@ pub struct StepStats<B: AutodiffBackend> {
 ///
 /// With a `scaler` (f16), the loss is scaled before the backward pass and the gradients unscaled
 /// after it; a step whose gradients overflowed leaves the model and optimizer untouched.
+///
+/// Data-parallel workers pass their `comm`, and as `total` the targets of the whole batch of all
+/// workers (`micro` is this worker's shard, possibly empty); the gradients are summed over the
+/// workers before the overflow check, clipping and the update, so every worker takes the same
+/// step. Alone, `total` is `None` (the targets of `micro`).
+#[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend>(
     model: Model<B>,
     optim: &mut Optim<B>,
     micro: Vec<(Input<B>, Tensor<B, 1, Int>)>,
+    total: Option<usize>,
     lr: f64,
     clip_norm: Option<f64>,
     scaler: Option<&mut LossScale>,
-) -> (Model<B>, StepStats<B>) {
+    comm: Option<&mut dyn Communicator<B::InnerBackend>>,
+) -> Result<(Model<B>, StepStats<B>)> {
     let loss_factor = scaler.as_ref().map_or(1.0, |s| s.scale);
-    let total: usize = micro.iter().map(|(_, y)| y.dims()[0]).sum();
-    let single = micro.len() == 1;
+    let micro: Vec<_> = micro.into_iter().filter(|(_, y)| y.dims()[0] > 0).collect();
+    let total = total.unwrap_or_else(|| micro.iter().map(|(_, y)| y.dims()[0]).sum());
+    let count = micro.len();
+    let single = count == 1;
     let mut accumulator = GradientsAccumulator::<Model<B>>::new();
     let mut grads = GradientsParams::new();
     let mut loss_total: Option<Tensor<B::InnerBackend, 1>> = None;
@@ -56,22 +70,30 @@ pub fn train_step<B: AutodiffBackend>(
         loss_total = Some(loss_total.map_or(l.clone(), |t| t + l));
         correct_total = Some(correct_total.map_or(c.clone(), |t| t + c));
     }
-    if !single {
+    if count > 1 {
         grads = accumulator.grads();
     }
+    if let Some(comm) = comm {
+        grads = all_reduce_grads(&model, grads, comm, "the gradient all-reduce")?;
+    }
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model lives on a device");
     let stats = |grad_norm| StepStats {
-        loss_sum: loss_total.expect("a step has at least one micro-batch"),
-        correct: correct_total.expect("a step has at least one micro-batch"),
+        loss_sum: loss_total.unwrap_or_else(|| Tensor::zeros([1], &device)),
+        correct: correct_total.unwrap_or_else(|| Tensor::zeros([1], &device)),
         grad_norm,
     };
     if let Some(scaler) = scaler {
         let finite = grad_squared_norm(&model, &grads).is_finite();
         if !scaler.update(finite) {
-            return (model, stats(None));
+            return Ok((model, stats(None)));
         }
         scale_grads(&model, &mut grads, 1.0 / loss_factor);
     }
     let grad_norm = clip_norm.map(|max| clip_grad_norm(&model, &mut grads, max));
     let model = optim.step(lr, model, grads);
-    (model, stats(grad_norm))
+    Ok((model, stats(grad_norm)))
 }

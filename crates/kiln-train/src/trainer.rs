@@ -1,6 +1,8 @@
 //! Kiln's step-based training loop, generic over the autodiff backend: fresh or resumed from a
 //! checkpoint, checkpointing in the background, stopping cleanly on a signal.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
 use kiln_core::config::{BestMetric, Precision};
 use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
+use kiln_data::Shard;
+use kiln_dist::Communicator;
 use kiln_models::Model;
 use serde::Serialize;
 use serde_json::json;
@@ -73,6 +77,9 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     pub seconds: f64,
     pub data_wait_seconds: f64,
+    /// Data-parallel workers (1 alone) and how they exchanged gradients.
+    pub workers: usize,
+    pub engine: &'static str,
     pub valid: Option<EvalResult>,
     /// Only when the run completed.
     pub test: Option<EvalResult>,
@@ -80,7 +87,8 @@ pub struct TrainSummary {
 
 /// Where a run begins: step 0 of a fresh run, or a verified checkpoint.
 struct Start<B: AutodiffBackend> {
-    run: RunDir,
+    /// Rank 0's run directory (other workers write nothing).
+    run: Option<RunDir>,
     model: Model<B>,
     optim: Optim<B>,
     step: usize,
@@ -88,14 +96,22 @@ struct Start<B: AutodiffBackend> {
 }
 
 /// Trains the run described by `config` on `device` and evaluates it on the test split.
+///
+/// `comm` connects the data-parallel workers of the run (`Single` alone): each takes its shard
+/// of every batch, gradients and metrics are summed over all of them, and rank 0 alone writes
+/// metrics, progress and checkpoints. Every worker returns the same summary.
 pub fn train<B: AutodiffBackend>(
     config: &Config,
     device: B::Device,
     backend: BackendKind,
     options: TrainOptions,
+    comm: &mut dyn Communicator<B::InnerBackend>,
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     let seed = config.run.seed;
+    let (rank, world) = (comm.rank(), comm.world());
+    let lead = rank == 0;
+    let shard = Shard { rank, world };
     kiln_core::backend::check_precision(backend, config.train.precision)?;
     let data = RunData::load(config)?;
     B::seed(&device, seed);
@@ -110,9 +126,14 @@ pub fn train<B: AutodiffBackend>(
     let table = ParamTable::of(&model);
     let mut start = match &options.resume {
         None => {
-            let info = RunInfo::new(backend.name(), &format!("{device:?}"), seed);
-            let run = RunDir::create(config, &info)?;
-            data.save_artifacts(run.path())?;
+            let run = if lead {
+                let info = RunInfo::new(backend.name(), &format!("{device:?}"), seed);
+                let run = RunDir::create(config, &info)?;
+                data.save_artifacts(run.path())?;
+                Some(run)
+            } else {
+                None
+            };
             Start {
                 run,
                 model,
@@ -121,18 +142,56 @@ pub fn train<B: AutodiffBackend>(
                 state: None,
             }
         }
-        Some(from) => resume(config, &options, from, &table, model, optim, &device)?,
+        Some(from) => resume(config, &options, from, &table, model, optim, &device, lead)?,
     };
-    tracing::info!(
-        "run {} on {backend} ({device:?}, {}): {}; model: {} parameters",
-        start.run.path().display(),
-        config.train.precision.name(),
-        data.describe(),
-        start.model.num_params()
+    agree(comm, config, &data, start.step)?;
+    let saved_workers = start.state.as_ref().map_or(world, |s| s.workers);
+    if saved_workers != world {
+        let b = config.data.batch_size * config.train.grad_accum_steps;
+        if !options.force {
+            bail!(
+                "the checkpoint was written by {saved_workers} data-parallel workers (effective batch {}), and this run has {world} (effective batch {}); resume with {saved_workers} workers, or pass --force to continue with the new effective batch from the same point of the epoch",
+                b * saved_workers,
+                b * world
+            );
+        }
+        tracing::warn!(
+            "resuming a {saved_workers}-worker checkpoint on {world} workers (--force): the effective batch changes from {} to {}",
+            b * saved_workers,
+            b * world
+        );
+    }
+    let run_path = options.resume.as_ref().map_or_else(
+        || config.run.output_dir.join(&config.run.name),
+        |r| r.run_dir().to_path_buf(),
     );
+    if lead {
+        tracing::info!(
+            "run {} on {backend} ({device:?}, {}): {}; model: {} parameters{}",
+            run_path.display(),
+            config.train.precision.name(),
+            data.describe(),
+            start.model.num_params(),
+            if world > 1 {
+                format!(
+                    "; {world} workers ({}), effective batch {} = {} per worker x {world}{}",
+                    comm.engine(),
+                    config.data.batch_size * world * config.train.grad_accum_steps,
+                    config.data.batch_size,
+                    if config.train.grad_accum_steps > 1 {
+                        format!(" x {} accumulation steps", config.train.grad_accum_steps)
+                    } else {
+                        String::new()
+                    }
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
 
     let d = &config.data;
-    let batches_per_epoch = data.batches_per_epoch(d.batch_size);
+    let batches_per_epoch = data.batches_per_epoch(d.batch_size * world);
     let t = &config.train;
     let accum = t.grad_accum_steps;
     let total_steps = t
@@ -143,7 +202,7 @@ pub fn train<B: AutodiffBackend>(
         RunData::Text(_) => "tokens",
     };
     let st = start.state.take();
-    let position = st.as_ref().map_or(
+    let mut position = st.as_ref().map_or(
         DataPosition {
             epoch: 0,
             batch_in_epoch: 0,
@@ -152,10 +211,17 @@ pub fn train<B: AutodiffBackend>(
         },
         |s| s.data,
     );
+    if position.batches_per_epoch != batches_per_epoch {
+        // A different number of workers (--force): the same point of the epoch, in whole batches.
+        let done = position.batch_in_epoch * position.batches_per_epoch.max(1);
+        position.batch_in_epoch = done / batches_per_epoch.max(1) * batches_per_epoch.max(1)
+            / position.batches_per_epoch.max(1);
+        position.batches_per_epoch = batches_per_epoch;
+    }
     let horizon = st
         .as_ref()
         .map_or(total_steps, |s| s.schedule.horizon_steps);
-    if horizon != total_steps {
+    if horizon != total_steps && lead {
         tracing::info!(
             "the run now ends at step {total_steps}; its learning-rate schedule keeps the horizon of {horizon} steps it started with"
         );
@@ -176,9 +242,10 @@ pub fn train<B: AutodiffBackend>(
     }
 
     let mut micro_done = position.epoch * position.batches_per_epoch + position.batch_in_epoch;
-    let mut loader = data.train_stream(config, micro_done);
+    let mut loader = data.train_stream(config, micro_done, shard);
     let mut window = Window::<B>::new(&device);
-    if let Some(s) = &st {
+    // The saved window holds the sums of all workers: rank 0 carries them on.
+    if let Some(s) = st.as_ref().filter(|_| lead) {
         window.restore(&s.window);
     }
     // f16 needs loss scaling (bf16 has f32's range); a resumed run continues its scaler.
@@ -188,8 +255,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_valid = st.as_ref().and_then(|s| s.last_valid);
     let mut data_wait_total =
         Duration::from_secs_f64(st.as_ref().map_or(0.0, |s| s.data_wait_secs));
-    let mut position = position;
-    let mut saver = Saver::new(start.run.path(), config);
+    let mut saver = lead.then(|| Saver::new(&run_path, config));
     let mut run = start.run;
     let mut model = start.model;
     let mut optim = start.optim;
@@ -197,17 +263,24 @@ pub fn train<B: AutodiffBackend>(
     let stop_at = options
         .until_step
         .map_or(total_steps, |u| u.min(total_steps));
-    let progress = Progress::new(total_steps, first_step);
+    let progress = if lead {
+        Progress::new(total_steps, first_step)
+    } else {
+        Progress::quiet()
+    };
+    // Each worker draws its own dropout masks; rank 0's are those of a single-worker run.
+    let dropout_seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
 
     let mut step = first_step;
     let mut status = "completed";
     while step < stop_at {
         step += 1;
         let mut micro = Vec::with_capacity(accum);
-        let mut n = 0;
+        let (mut n, mut whole) = (0, 0);
         for _ in 0..accum {
             let batch = loader.next_batch();
             n += batch.targets();
+            whole += batch.whole;
             micro_done += 1;
             micro.push(batch.to_device::<B>(&device));
         }
@@ -215,20 +288,23 @@ pub fn train<B: AutodiffBackend>(
             epoch: micro_done / batches_per_epoch,
             batch_in_epoch: micro_done % batches_per_epoch,
             batches_per_epoch,
-            samples_seen: position.samples_seen + n as u64,
+            samples_seen: position.samples_seen + whole as u64,
         };
         let epoch = micro_done as f64 / batches_per_epoch as f64;
 
-        kiln_models::dropout::reseed(seed, step as u64);
+        kiln_models::dropout::reseed(dropout_seed, step as u64);
         lr = schedule.next_lr();
+        let parallel = world > 1;
         let (next, stats) = train_step(
             model,
             &mut optim,
             micro,
+            parallel.then_some(whole),
             lr,
             t.grad_clip_norm,
             loss_scale.as_mut(),
-        );
+            if parallel { Some(&mut *comm) } else { None },
+        )?;
         model = next;
         window.add(stats, n);
 
@@ -236,7 +312,7 @@ pub fn train<B: AutodiffBackend>(
         let summary = if step % t.log_every == 0 || last {
             let wait = loader.take_wait_time();
             data_wait_total += wait;
-            let stats = window.take();
+            let stats = window.take(comm)?;
             let mut event = json!({
                 "step": step, "epoch": epoch, "split": "train",
                 "loss": stats.loss, "accuracy": stats.accuracy, "lr": lr,
@@ -253,7 +329,12 @@ pub fn train<B: AutodiffBackend>(
                 event["loss_scale"] = json!(s.scale);
                 event["skipped_steps"] = json!(s.skipped_steps);
             }
-            run.log_event(&event)?;
+            if world > 1 {
+                event["workers"] = json!(world);
+            }
+            if let Some(run) = run.as_mut() {
+                run.log_event(&event)?;
+            }
             Some(format!(
                 "loss {:.4} acc {:.3} lr {lr:.2e} {:.0} {unit}/s",
                 stats.loss, stats.accuracy, stats.samples_per_sec
@@ -266,12 +347,10 @@ pub fn train<B: AutodiffBackend>(
         let mut new_best = false;
         if (t.eval_every > 0 && step % t.eval_every == 0) || last {
             if data.has(Split::Valid) {
-                let r = evaluate(
-                    &model.valid(),
-                    data.eval_batches(Split::Valid, config),
-                    &device,
-                );
-                run.log_event(&eval_event(step, epoch, "valid", &r))?;
+                let r = evaluate_sharded(&model, &data, Split::Valid, config, &device, comm)?;
+                if let Some(run) = run.as_mut() {
+                    run.log_event(&eval_event(step, epoch, "valid", &r))?;
+                }
                 progress.message(&format!(
                     "step {step}: valid loss {:.4} accuracy {:.4}",
                     r.loss, r.accuracy
@@ -295,7 +374,12 @@ pub fn train<B: AutodiffBackend>(
             window.restart_clock();
         }
 
-        let stopping = options.stop.load(Ordering::SeqCst);
+        // Every worker stops at the same step: a signal to any of them stops all.
+        let mut stopping = [f64::from(u8::from(options.stop.load(Ordering::SeqCst)))];
+        if world > 1 {
+            comm.all_reduce_host(&mut stopping, "the stop-flag exchange")?;
+        }
+        let stopping = stopping[0] > 0.0;
         if stopping {
             progress.message(&format!(
                 "stop requested (signal): saving a checkpoint at step {step}, then exiting; signal again to exit at once"
@@ -304,32 +388,38 @@ pub fn train<B: AutodiffBackend>(
         let every = config.checkpoint.every_steps;
         let due = (every > 0 && step % every == 0) || last || new_best || step == stop_at;
         if due || stopping {
-            let state = TrainState {
-                data: position,
-                rng: RngState {
-                    seed,
-                    shuffle_stream: position.epoch,
-                    dropout_next_step: step + 1,
-                },
-                schedule: ScheduleState {
-                    horizon_steps: horizon,
-                    steps_done: step,
-                    last_lr: lr,
-                },
-                optimizer: OptimizerInfo {
-                    kind: format!("{:?}", config.optimizer.kind).to_lowercase(),
-                    buffers: optim.buffer_names().iter().map(|s| s.to_string()).collect(),
-                },
-                window: window.state(),
-                best: best.clone(),
-                last_valid,
-                data_wait_secs: data_wait_total.as_secs_f64(),
-                loss_scale,
-            };
-            saver.save(step, &model, &optim, &table, state, new_best, &mut run)?;
+            let window_state = window.state_of_all(comm)?;
+            if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
+                let state = TrainState {
+                    data: position,
+                    rng: RngState {
+                        seed,
+                        shuffle_stream: position.epoch,
+                        dropout_next_step: step + 1,
+                    },
+                    schedule: ScheduleState {
+                        horizon_steps: horizon,
+                        steps_done: step,
+                        last_lr: lr,
+                    },
+                    optimizer: OptimizerInfo {
+                        kind: format!("{:?}", config.optimizer.kind).to_lowercase(),
+                        buffers: optim.buffer_names().iter().map(|s| s.to_string()).collect(),
+                    },
+                    window: window_state,
+                    best: best.clone(),
+                    last_valid,
+                    data_wait_secs: data_wait_total.as_secs_f64(),
+                    loss_scale,
+                    workers: world,
+                };
+                saver.save(step, &model, &optim, &table, state, new_best, run)?;
+            }
             window.restart_clock();
         }
-        saver.poll(&mut run)?;
+        if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
+            saver.poll(run)?;
+        }
         if stopping {
             status = "interrupted";
             break;
@@ -342,28 +432,30 @@ pub fn train<B: AutodiffBackend>(
     }
 
     let test = if status == "completed" && data.has(Split::Test) {
-        let r = evaluate(
-            &model.valid(),
-            data.eval_batches(Split::Test, config),
-            &device,
-        );
+        let r = evaluate_sharded(&model, &data, Split::Test, config, &device, comm)?;
         let epoch = position.epoch as f64
             + position.batch_in_epoch as f64 / position.batches_per_epoch as f64;
-        run.log_event(&eval_event(total_steps, epoch, "test", &r))?;
+        if let Some(run) = run.as_mut() {
+            run.log_event(&eval_event(total_steps, epoch, "test", &r))?;
+        }
         Some(r)
     } else {
         None
     };
-    let checkpoint = saver.finish(&mut run)?;
+    let checkpoint = match (saver.as_mut(), run.as_mut()) {
+        (Some(saver), Some(run)) => saver.finish(run)?,
+        _ => None,
+    };
     let seconds = started.elapsed().as_secs_f64();
     let where_ = checkpoint
         .as_ref()
         .map_or("no checkpoint".to_string(), |c| c.display().to_string());
-    match (status, &test) {
-        ("completed", None) => tracing::info!(
+    match (status, &test, lead) {
+        (_, _, false) => {}
+        ("completed", None, _) => tracing::info!(
             "done in {seconds:.1} s; weights in {where_}"
         ),
-        ("completed", Some(test)) => tracing::info!(
+        ("completed", Some(test), _) => tracing::info!(
             "done in {seconds:.1} s: test loss {:.4} accuracy {:.4}; waited {:.2} s for data in total; weights in {where_}",
             test.loss,
             test.accuracy,
@@ -371,24 +463,88 @@ pub fn train<B: AutodiffBackend>(
         ),
         _ => tracing::warn!(
             "{status} at step {step} of {total_steps}; saved {where_}; continue with: kiln train --resume {}",
-            run.path().display()
+            run_path.display()
         ),
     }
     Ok(TrainSummary {
         status,
-        run_dir: run.path().to_path_buf(),
+        run_dir: run_path,
         steps: step,
         total_steps,
         resumed_from: (first_step > 0).then_some(first_step),
         checkpoint,
         seconds,
         data_wait_seconds: data_wait_total.as_secs_f64(),
+        workers: world,
+        engine: comm.engine(),
         valid: last_valid,
         test,
     })
 }
 
-/// Opens the run directory, finds and verifies the checkpoint, and loads it.
+/// Checks that every worker runs the same maths on the same data from the same step.
+fn agree<B: burn::tensor::backend::Backend>(
+    comm: &mut dyn Communicator<B>,
+    config: &Config,
+    data: &RunData,
+    step: usize,
+) -> Result<()> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    let mut h = DefaultHasher::new();
+    (config.maths_hash(), data.describe(), step).hash(&mut h);
+    let mine = h.finish();
+    let all = comm.all_gather_u64(mine, "the config check of all workers")?;
+    let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
+    if !differ.is_empty() {
+        bail!(
+            "rank {}: the workers disagree on the run: rank(s) {differ:?} have a different config, data or resume step than rank 0 (fingerprints {:016x} vs {:016x}); every worker must run the same config on the same data (a shared filesystem for --resume)",
+            comm.rank(),
+            all[differ[0]],
+            all[0]
+        );
+    }
+    Ok(())
+}
+
+/// Evaluates `split` with each worker taking every `world`-th batch; the sums are combined.
+fn evaluate_sharded<B: AutodiffBackend>(
+    model: &Model<B>,
+    data: &RunData,
+    split: Split,
+    config: &Config,
+    device: &B::Device,
+    comm: &mut dyn Communicator<B::InnerBackend>,
+) -> Result<EvalResult> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let batches = data
+        .eval_batches(split, config)
+        .enumerate()
+        .filter(move |(i, _)| i % world == rank)
+        .map(|(_, b)| b);
+    let r = evaluate(&model.valid(), batches, device);
+    if world == 1 {
+        return Ok(r);
+    }
+    let n = r.samples as f64;
+    let mut sums = if r.samples == 0 {
+        [0.0; 3]
+    } else {
+        [r.loss * n, r.accuracy * n, n]
+    };
+    comm.all_reduce_host(&mut sums, "the evaluation all-reduce")?;
+    let n = sums[2].max(1.0);
+    Ok(EvalResult {
+        loss: sums[0] / n,
+        accuracy: sums[1] / n,
+        samples: sums[2] as usize,
+    })
+}
+
+/// Opens the run directory, finds and verifies the checkpoint, and loads it. Only the `lead`
+/// worker (rank 0) changes anything on disk or logs.
+#[allow(clippy::too_many_arguments)]
 fn resume<B: AutodiffBackend>(
     config: &Config,
     options: &TrainOptions,
@@ -397,14 +553,17 @@ fn resume<B: AutodiffBackend>(
     model: Model<B>,
     mut optim: Optim<B>,
     device: &B::Device,
+    lead: bool,
 ) -> Result<Start<B>> {
     let run_path = from.run_dir();
     let mut run = RunDir::open(run_path)?;
-    for p in remove_partial(run_path) {
-        tracing::warn!(
-            "removed {}: a checkpoint write that never finished",
-            p.display()
-        );
+    if lead {
+        for p in remove_partial(run_path) {
+            tracing::warn!(
+                "removed {}: a checkpoint write that never finished",
+                p.display()
+            );
+        }
     }
     let hash = config.maths_hash();
     let hash = (!options.force).then_some(hash.as_str());
@@ -412,42 +571,48 @@ fn resume<B: AutodiffBackend>(
     let verified = match from {
         ResumeFrom::Latest(dir) => {
             let (v, skipped) = find_resumable(dir, hash, fits)?;
-            for s in &skipped {
-                tracing::warn!("skipped checkpoint step-{}: {}", s.step, s.reason);
+            if lead {
+                for s in &skipped {
+                    tracing::warn!("skipped checkpoint step-{}: {}", s.step, s.reason);
+                }
+                run.log_event(&json!({
+                    "step": v.step, "event": "resume", "checkpoint": v.dir,
+                    "skipped": skipped.iter().map(|s| json!({"step": s.step, "reason": s.reason})).collect::<Vec<_>>(),
+                }))?;
             }
-            run.log_event(&json!({
-                "step": v.step, "event": "resume", "checkpoint": v.dir,
-                "skipped": skipped.iter().map(|s| json!({"step": s.step, "reason": s.reason})).collect::<Vec<_>>(),
-            }))?;
             v
         }
         ResumeFrom::Checkpoint(dir) => {
             let v = verify(dir, hash).and_then(|v| fits(&v).map(|_| v))?;
-            run.log_event(&json!({"step": v.step, "event": "resume", "checkpoint": v.dir}))?;
+            if lead {
+                run.log_event(&json!({"step": v.step, "event": "resume", "checkpoint": v.dir}))?;
+            }
             v
         }
     };
     let state = train_state(&verified)?;
     let model = restore(&verified, table, model, &mut optim, device);
-    let dropped = run.truncate_metrics(verified.step)?;
-    if dropped > 0 {
+    if lead {
+        let dropped = run.truncate_metrics(verified.step)?;
+        if dropped > 0 {
+            tracing::info!(
+                "dropped {dropped} metrics events after step {} (the resumed run recomputes them)",
+                verified.step
+            );
+        }
+        run.write_config(config)
+            .context("cannot record the resumed run's config")?;
         tracing::info!(
-            "dropped {dropped} metrics events after step {} (the resumed run recomputes them)",
-            verified.step
+            "resuming from {} at step {} (epoch {}, batch {} of {})",
+            verified.dir.display(),
+            verified.step,
+            state.data.epoch,
+            state.data.batch_in_epoch,
+            state.data.batches_per_epoch
         );
     }
-    run.write_config(config)
-        .context("cannot record the resumed run's config")?;
-    tracing::info!(
-        "resuming from {} at step {} (epoch {}, batch {} of {})",
-        verified.dir.display(),
-        verified.step,
-        state.data.epoch,
-        state.data.batch_in_epoch,
-        state.data.batches_per_epoch
-    );
     Ok(Start {
-        run,
+        run: lead.then_some(run),
         model,
         optim,
         step: verified.step,
@@ -521,17 +686,38 @@ impl<B: AutodiffBackend> Window<B> {
         self.since = Instant::now();
     }
 
-    fn take(&mut self) -> WindowStats {
+    /// The accumulators summed over all workers, for rank 0's checkpoint.
+    fn state_of_all(&self, comm: &mut dyn Communicator<B::InnerBackend>) -> Result<WindowState> {
+        let mut s = self.state();
+        if comm.world() > 1 {
+            let mut sums = [f64::from(s.loss_sum), s.correct as f64, s.samples as f64];
+            comm.all_reduce_host(&mut sums, "the metrics all-reduce")?;
+            s.loss_sum = sums[0] as f32;
+            s.correct = sums[1] as i64;
+            s.samples = sums[2] as usize;
+        }
+        Ok(s)
+    }
+
+    /// The statistics of the window over all workers; starts a new window.
+    fn take(&mut self, comm: &mut dyn Communicator<B::InnerBackend>) -> Result<WindowStats> {
         let fresh = Window::<B>::new(&self.device);
         let old = std::mem::replace(self, fresh);
-        let n = old.samples.max(1) as f64;
-        let loss = old.loss_sum.into_scalar().elem::<f64>() / n;
-        let accuracy = old.correct.into_scalar().elem::<f64>() / n;
-        WindowStats {
-            loss,
-            accuracy,
-            samples_per_sec: n / old.since.elapsed().as_secs_f64().max(1e-9),
-            grad_norm: old.grad_norm,
+        let secs = old.since.elapsed().as_secs_f64().max(1e-9);
+        let mut sums = [
+            old.loss_sum.into_scalar().elem::<f64>(),
+            old.correct.into_scalar().elem::<f64>(),
+            old.samples as f64,
+        ];
+        if comm.world() > 1 {
+            comm.all_reduce_host(&mut sums, "the metrics all-reduce")?;
         }
+        let n = sums[2].max(1.0);
+        Ok(WindowStats {
+            loss: sums[0] / n,
+            accuracy: sums[1] / n,
+            samples_per_sec: n / secs,
+            grad_norm: old.grad_norm,
+        })
     }
 }

@@ -24,5 +24,6 @@ pub use tokens::{
     TokenizeSummary,
 };
 pub use windows::{
-    check_span, eval_window_count, eval_windows, random_windows, TokenBatch, TokenSource, TokenSpan,
+    check_span, eval_window_count, eval_windows, random_windows, random_windows_from, TokenBatch,
+    TokenSource, TokenSpan,
 };

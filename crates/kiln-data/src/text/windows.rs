@@ -214,6 +214,20 @@ pub fn random_windows(
     seed: u64,
     index: u64,
 ) -> TokenBatch {
+    random_windows_from(span, block_size, rows, seed, index, 0)
+}
+
+/// Rows `skip..skip + rows` of the batch [`random_windows`] would draw with
+/// `skip + rows` rows: a data-parallel worker's shard of a batch shared by all
+/// workers.
+pub fn random_windows_from(
+    span: &TokenSpan,
+    block_size: usize,
+    rows: usize,
+    seed: u64,
+    index: u64,
+    skip: usize,
+) -> TokenBatch {
     assert!(
         span.len() > block_size,
         "a span of {} tokens holds no window of block_size + 1 = {} tokens; call check_span first",
@@ -225,6 +239,9 @@ pub fn random_windows(
     rng.set_stream(index);
     let mut window = vec![0u32; block_size + 1];
     let mut batch = TokenBatch::with_capacity(rows, block_size);
+    for _ in 0..skip {
+        rng.random_range(0..=last_start);
+    }
     for _ in 0..rows {
         let start = rng.random_range(0..=last_start);
         span.read_into(start, &mut window);
@@ -493,5 +510,16 @@ mod tests {
         assert!(msg.contains("block_size"), "{msg}");
         let empty = counting(10, 0).split_tail(0.0).1;
         assert!(check_span(&empty, 1, "the validation split").is_err());
+    }
+
+    #[test]
+    fn window_shards_are_the_rows_of_the_whole_batch() {
+        let span = counting(5000, 0);
+        let whole = random_windows(&span, 16, 6, 3, 8);
+        let a = random_windows_from(&span, 16, 2, 3, 8, 0);
+        let b = random_windows_from(&span, 16, 4, 3, 8, 2);
+        let joined: Vec<i64> = a.x.iter().chain(&b.x).copied().collect();
+        assert_eq!(joined, whole.x);
+        assert_eq!(b.rows, 4);
     }
 }
