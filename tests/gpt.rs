@@ -5,29 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{events, fails_with, kiln, losses, stderr, train};
+use common::{events, fails_with, kiln, losses, stderr, tensors, train};
 use tempfile::tempdir;
 
 const SMOKE_GPT: &str = "configs/smoke-gpt.toml";
-
-fn tensors(file: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let v = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, v)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
 
 #[test]
 fn gpt_trains_on_text_and_generates_from_its_run() {

@@ -83,3 +83,37 @@ pub fn fails_with(args: &[&str], needles: &[&str]) {
         );
     }
 }
+
+/// The tensors of a safetensors file (all f32), sorted by name.
+pub fn tensors(file: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The largest absolute difference between the same-named tensors of two weight files.
+pub fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(
+        ta.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        tb.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        "{a:?} and {b:?} hold different tensors"
+    );
+    ta.iter()
+        .zip(&tb)
+        .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}

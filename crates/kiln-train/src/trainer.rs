@@ -499,8 +499,7 @@ fn agree<B: burn::tensor::backend::Backend>(
     let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
     if !differ.is_empty() {
         bail!(
-            "rank {}: the workers disagree on the run: rank(s) {differ:?} have a different config, data or resume step than rank 0 (fingerprints {:016x} vs {:016x}); every worker must run the same config on the same data (a shared filesystem for --resume)",
-            comm.rank(),
+            "the workers disagree on the run: rank(s) {differ:?} have a different config, data or resume step than rank 0 (fingerprints {:016x} vs {:016x}); every worker must run the same config on the same data (a shared filesystem for --resume)",
             all[differ[0]],
             all[0]
         );
