@@ -340,6 +340,7 @@ mod mpi {
         // A stopped worker must not outlive the job.
         let _ = Command::new("kill")
             .args(["-KILL", &rank1.to_string()])
+            .stderr(Stdio::null())
             .status();
         (out, took)
     }

@@ -72,6 +72,14 @@ impl MpiSession {
         &self.watchdog
     }
 
+    /// `MPI_Allreduce` (sum) of host floats: what the MPI communicator does after copying the
+    /// gradients to the host, and the reference of the all-reduce benchmark.
+    pub fn all_reduce_f32(&self, send: &[f32], recv: &mut [f32], what: &str) {
+        let _g = self.watchdog.guard(what);
+        self.world
+            .all_reduce_into(send, recv, SystemOperation::sum());
+    }
+
     /// Sends `bytes` from rank 0 to every rank.
     pub fn broadcast_bytes(&self, bytes: &mut [u8], what: &str) {
         use mpi::traits::Root;
@@ -114,12 +122,7 @@ impl<B: Backend> Communicator<B> for Mpi {
             .into_vec()
             .map_err(|e| anyhow::anyhow!("{what}: cannot read the gradients: {e:?}"))?;
         let mut recv = vec![0f32; n];
-        {
-            let _g = self.session.watchdog.guard(what);
-            self.session
-                .world
-                .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-        }
+        self.session.all_reduce_f32(&send, &mut recv, what);
         Ok(Tensor::from_data(TensorData::new(recv, [n]), &device))
     }
 

@@ -24,6 +24,8 @@ pub struct StepStats<B: AutodiffBackend> {
     pub correct: Tensor<B::InnerBackend, 1, Int>,
     /// Global gradient norm before clipping (only computed when clipping).
     pub grad_norm: Option<f64>,
+    /// Seconds spent in the gradient all-reduce (data-parallel workers only).
+    pub comm_secs: f64,
 }
 
 /// Trains `model` on the micro-batches `micro` (inputs and `[n]` targets) as one batch: each
@@ -73,8 +75,11 @@ pub fn train_step<B: AutodiffBackend>(
     if count > 1 {
         grads = accumulator.grads();
     }
+    let mut comm_secs = 0.0;
     if let Some(comm) = comm {
+        let started = std::time::Instant::now();
         grads = all_reduce_grads(&model, grads, comm, "the gradient all-reduce")?;
+        comm_secs = started.elapsed().as_secs_f64();
     }
     let device = model
         .devices()
@@ -85,6 +90,7 @@ pub fn train_step<B: AutodiffBackend>(
         loss_sum: loss_total.unwrap_or_else(|| Tensor::zeros([1], &device)),
         correct: correct_total.unwrap_or_else(|| Tensor::zeros([1], &device)),
         grad_norm,
+        comm_secs,
     };
     if let Some(scaler) = scaler {
         let finite = grad_squared_norm(&model, &grads).is_finite();

@@ -331,6 +331,7 @@ pub fn train<B: AutodiffBackend>(
             }
             if world > 1 {
                 event["workers"] = json!(world);
+                event["comm_secs"] = json!(stats.comm_secs);
             }
             if let Some(run) = run.as_mut() {
                 run.log_event(&event)?;
@@ -635,6 +636,7 @@ struct Window<B: AutodiffBackend> {
     samples: usize,
     since: Instant,
     grad_norm: Option<f64>,
+    comm_secs: f64,
 }
 
 struct WindowStats {
@@ -642,6 +644,8 @@ struct WindowStats {
     accuracy: f64,
     samples_per_sec: f64,
     grad_norm: Option<f64>,
+    /// This worker's seconds in gradient all-reduces during the window.
+    comm_secs: f64,
 }
 
 impl<B: AutodiffBackend> Window<B> {
@@ -653,6 +657,7 @@ impl<B: AutodiffBackend> Window<B> {
             samples: 0,
             since: Instant::now(),
             grad_norm: None,
+            comm_secs: 0.0,
         }
     }
 
@@ -661,6 +666,7 @@ impl<B: AutodiffBackend> Window<B> {
         self.correct = self.correct.clone() + stats.correct;
         self.samples += n;
         self.grad_norm = stats.grad_norm.or(self.grad_norm);
+        self.comm_secs += stats.comm_secs;
     }
 
     /// The accumulators, exactly, for a checkpoint.
@@ -717,6 +723,7 @@ impl<B: AutodiffBackend> Window<B> {
             accuracy: sums[1] / n,
             samples_per_sec: n / secs,
             grad_norm: old.grad_norm,
+            comm_secs: old.comm_secs,
         })
     }
 }
