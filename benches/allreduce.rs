@@ -57,7 +57,10 @@ fn main() -> Result<()> {
             let t_kiln = started.elapsed().as_secs_f64();
             if rep == 0 {
                 // Warm-up; also a correctness check: every element summed over the workers.
-                let v: Vec<f32> = y.into_data().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let v: Vec<f32> = y
+                    .into_data()
+                    .into_vec()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                 anyhow::ensure!(v[3] == 3.0 * world as f32, "wrong all-reduce result");
                 continue;
             }

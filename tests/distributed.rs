@@ -440,6 +440,32 @@ mod mpi {
     }
 
     #[test]
+    fn a_worker_that_never_joins_stops_the_others_within_the_timeout() {
+        let dir = tempdir().unwrap();
+        let mut a = args(&["train"], SMOKE, dir.path(), "lonely", &[]);
+        a.extend(["--set".into(), "distributed.timeout_secs=3".into()]);
+        let started = Instant::now();
+        // The second process of the job never calls MPI_Init.
+        let out = Command::new("mpirun")
+            .args(["--oversubscribe", "-np", "1", env!("CARGO_BIN_EXE_kiln")])
+            .args(&a)
+            .args([":", "-np", "1", "sleep", "120"])
+            .current_dir(common::repo_root())
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        assert!(took < Duration::from_secs(60), "took {took:?}");
+        assert!(
+            err.contains("joining the MPI job (MPI_Init) did not complete within distributed.timeout_secs = 3 s"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn several_devices_per_mpi_rank_are_refused() {
         let dir = tempdir().unwrap();
         let mut a = args(&["launch", "--nproc", "2"], SMOKE, dir.path(), "x", &[]);

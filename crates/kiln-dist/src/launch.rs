@@ -58,6 +58,18 @@ pub fn local_rank(get: impl Fn(&str) -> Option<String>) -> Option<usize> {
     .find_map(|k| get(k).and_then(|v| v.trim().parse().ok()))
 }
 
+/// This process's rank as its launcher announced it (before MPI is initialized), if any.
+pub fn launcher_rank(get: impl Fn(&str) -> Option<String>) -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|k| get(k).and_then(|v| v.trim().parse().ok()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,17 +104,7 @@ mod tests {
         assert_eq!(slurm_step_tasks(&srun), Some(2));
         assert_eq!(slurm_step_tasks(env(&[("SLURM_NTASKS", "4")])), None);
         assert_eq!(local_rank(env(&[("SLURM_LOCALID", "1")])), Some(1));
+        assert_eq!(launcher_rank(env(&[("PMIX_RANK", "3")])), Some(3));
+        assert_eq!(launcher_rank(env(&[])), None);
     }
-}
-
-/// This process's rank as its launcher announced it (before MPI is initialized), if any.
-pub fn launcher_rank(get: impl Fn(&str) -> Option<String>) -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_RANK",
-        "PMIX_RANK",
-        "PMI_RANK",
-        "SLURM_PROCID",
-    ]
-    .iter()
-    .find_map(|k| get(k).and_then(|v| v.trim().parse().ok()))
 }

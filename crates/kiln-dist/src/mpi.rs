@@ -22,9 +22,12 @@ pub struct MpiSession {
     watchdog: Watchdog,
 }
 
-// SAFETY: the session is created and used by one thread at a time (the training thread); MPI is
-// initialized with the threading level it reports, and the watchdog only calls MPI_Abort.
+// SAFETY: MPI is initialized with MPI_THREAD_MULTIPLE requested, and Kiln calls MPI from one
+// thread at a time anyway: the training thread of the process (which owns the communicators),
+// besides MPI_Abort from the watchdog thread. The communicator handle itself is an immutable
+// integer/pointer for the life of the session.
 unsafe impl Send for MpiSession {}
+unsafe impl Sync for MpiSession {}
 
 /// Stops every process of the job (used by the watchdog).
 fn abort_job() {
@@ -92,9 +95,6 @@ impl MpiSession {
 pub struct Mpi {
     session: Arc<MpiSession>,
 }
-
-// SAFETY: see `MpiSession`.
-unsafe impl Send for Mpi {}
 
 impl Mpi {
     pub fn new(session: Arc<MpiSession>) -> Mpi {

@@ -39,11 +39,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let shape = param.val().shape();
         let n = shape.num_elements();
-        let g: Tensor<B::InnerBackend, D> = self
-            .flat
-            .clone()
-            .slice([self.offset..self.offset + n])
-            .reshape(shape);
+        let g: Tensor<B::InnerBackend, D> =
+            self.flat.clone().narrow(0, self.offset, n).reshape(shape);
         self.offset += n;
         self.grads.remove::<B::InnerBackend, D>(param.id);
         self.grads.register(param.id, g);
