@@ -181,6 +181,25 @@ fn resuming_on_the_same_devices_is_exact_and_on_other_counts_needs_force() {
         a == b,
         "a resumed two-device run differs from a straight one"
     );
+
+    // With --force, one worker continues the two-worker checkpoint of step 20.
+    let step20 = paused.join("step-20");
+    let forced = run_ok(
+        &[
+            "train",
+            "--resume",
+            step20.to_str().unwrap(),
+            "--backend",
+            "flex",
+            "--force",
+            "--until-step",
+            "30",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(forced["workers"], 1);
+    assert_eq!(forced["steps"], 30);
+    assert_eq!(forced["resumed_from"], 20);
 }
 
 #[test]

@@ -212,10 +212,10 @@ pub fn train<B: AutodiffBackend>(
         |s| s.data,
     );
     if position.batches_per_epoch != batches_per_epoch {
-        // A different number of workers (--force): the same point of the epoch, in whole batches.
-        let done = position.batch_in_epoch * position.batches_per_epoch.max(1);
-        position.batch_in_epoch = done / batches_per_epoch.max(1) * batches_per_epoch.max(1)
-            / position.batches_per_epoch.max(1);
+        // A different number of workers (--force): the same fraction of the epoch, rounded down
+        // to whole batches of the new size.
+        position.batch_in_epoch =
+            position.batch_in_epoch * batches_per_epoch / position.batches_per_epoch.max(1);
         position.batches_per_epoch = batches_per_epoch;
     }
     let horizon = st
