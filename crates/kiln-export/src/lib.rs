@@ -1,0 +1,6 @@
+//! Exports of trained Kiln models for serving. This first part is the weight quantization the
+//! export formats share, done on the host so that it is the same on every backend.
+
+pub mod quant;
+
+pub use quant::{Int4Blocks, Int8Channels};
