@@ -57,10 +57,6 @@ impl Watchdog {
         Watchdog { state }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.state.timeout
-    }
-
     /// Starts the deadline of the collective `what`; it ends when the guard is dropped.
     pub fn guard(&self, what: &str) -> Guard<'_> {
         *self.state.busy.lock().unwrap_or_else(|e| e.into_inner()) =
