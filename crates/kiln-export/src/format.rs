@@ -1,0 +1,362 @@
+//! The Kiln export format: a directory with `model.safetensors` (float, int8 or int4 tensors
+//! plus their scales) and `manifest.json` (what the model is, what it takes and gives, how it was
+//! quantized, where it came from, how well it does, and the sha256 of the weights file).
+//!
+//! Tensor layout in `model.safetensors`, for a tensor named `n`:
+//! - float: `n` (F32, its own shape);
+//! - int8 per output channel: `n` (I8, `[d_in, d_out]`) and `n.scale` (F32, `[d_out]`);
+//! - int4 per block: `n` (U8, `[ceil(d_in * d_out / 2)]`, `[d_out, d_in]` order, two values per
+//!   byte, low nibble first) and `n.scale` (F32, `[d_out, ceil(d_in / block)]`).
+//!
+//! The manifest's `tensors` table records each tensor's kind and logical shape.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::quant::{Int4Blocks, Int8Channels};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FORMAT: &str = "kiln-export";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One tensor of an export.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExportTensor {
+    F32 { shape: Vec<usize>, data: Vec<f32> },
+    Int8(Int8Channels),
+    Int4(Int4Blocks),
+}
+
+impl ExportTensor {
+    /// The float values it stands for, and their shape.
+    pub fn dequantize(&self) -> (Vec<usize>, Vec<f32>) {
+        match self {
+            ExportTensor::F32 { shape, data } => (shape.clone(), data.clone()),
+            ExportTensor::Int8(q) => (vec![q.d_in, q.d_out], q.dequantize()),
+            ExportTensor::Int4(q) => (vec![q.d_in, q.d_out], q.dequantize()),
+        }
+    }
+}
+
+/// How one tensor is stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// "f32", "int8" or "int4".
+    pub kind: String,
+    /// The logical (float) shape.
+    pub shape: Vec<usize>,
+    /// int4 block size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<usize>,
+}
+
+/// Checksum of the weights file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// `manifest.json`. The sections describing the model are JSON values filled by the exporter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub kiln_version: String,
+    /// The model section of the run's config.
+    pub architecture: serde_json::Value,
+    /// Input shape, dtype and normalization.
+    pub input: serde_json::Value,
+    /// Output labels or vocabulary.
+    pub output: serde_json::Value,
+    /// Scheme ("none", "int8", "int4") and its parameters.
+    pub quantization: serde_json::Value,
+    /// The checkpoint it was exported from and the sha256 of its weights.
+    pub source: serde_json::Value,
+    /// Metrics measured on the exported (quantized) model.
+    pub metrics: serde_json::Value,
+    pub tensors: BTreeMap<String, TensorEntry>,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `tensors` and `manifest` (its `tensors` and `files` tables are filled here) to `dir`.
+pub fn write_export(
+    dir: &Path,
+    mut manifest: Manifest,
+    tensors: &[(String, ExportTensor)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the export directory {}", dir.display()))?;
+    let mut stored: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    manifest.tensors.clear();
+    for (name, t) in tensors {
+        ensure!(
+            !name.ends_with(".scale"),
+            "tensor name {name} clashes with the scale tensors"
+        );
+        let (kind, shape, block) = match t {
+            ExportTensor::F32 { shape, data } => {
+                ensure!(
+                    shape.iter().product::<usize>() == data.len(),
+                    "tensor {name}: shape {shape:?} does not hold {} values",
+                    data.len()
+                );
+                stored.push((name.clone(), Dtype::F32, shape.clone(), f32_bytes(data)));
+                ("f32", shape.clone(), None)
+            }
+            ExportTensor::Int8(q) => {
+                let bytes = q.values.iter().map(|&v| v as u8).collect();
+                stored.push((name.clone(), Dtype::I8, vec![q.d_in, q.d_out], bytes));
+                stored.push((
+                    scale_name(name),
+                    Dtype::F32,
+                    vec![q.d_out],
+                    f32_bytes(&q.scales),
+                ));
+                ("int8", vec![q.d_in, q.d_out], None)
+            }
+            ExportTensor::Int4(q) => {
+                let blocks = q.d_in.div_ceil(q.block);
+                stored.push((
+                    name.clone(),
+                    Dtype::U8,
+                    vec![q.packed.len()],
+                    q.packed.clone(),
+                ));
+                stored.push((
+                    scale_name(name),
+                    Dtype::F32,
+                    vec![q.d_out, blocks],
+                    f32_bytes(&q.scales),
+                ));
+                ("int4", vec![q.d_in, q.d_out], Some(q.block))
+            }
+        };
+        manifest.tensors.insert(
+            name.clone(),
+            TensorEntry {
+                kind: kind.into(),
+                shape,
+                block,
+            },
+        );
+    }
+    let views: Vec<(String, TensorView)> = stored
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let bytes = safetensors::serialize(views, None)?;
+    manifest.files = BTreeMap::from([(
+        WEIGHTS_FILE.to_string(),
+        FileEntry {
+            sha256: sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+        },
+    )]);
+    std::fs::write(dir.join(WEIGHTS_FILE), &bytes)
+        .with_context(|| format!("cannot write {}", dir.join(WEIGHTS_FILE).display()))?;
+    let text = serde_json::to_string_pretty(&manifest)?;
+    std::fs::write(dir.join(MANIFEST_FILE), text)
+        .with_context(|| format!("cannot write {}", dir.join(MANIFEST_FILE).display()))?;
+    Ok(())
+}
+
+/// Reads and verifies an export: the manifest's format, the weights file's sha256 and every
+/// tensor's stored shape.
+pub fn read_export(dir: &Path) -> Result<(Manifest, Vec<(String, ExportTensor)>)> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&mpath).with_context(|| {
+        format!(
+            "{}: not a Kiln export (no readable {MANIFEST_FILE}); export one with kiln export",
+            dir.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: the manifest is damaged", mpath.display()))?;
+    ensure!(
+        manifest.format == FORMAT && manifest.format_version == FORMAT_VERSION,
+        "{}: format {} version {} is not {FORMAT} version {FORMAT_VERSION}",
+        mpath.display(),
+        manifest.format,
+        manifest.format_version
+    );
+    let wpath = dir.join(WEIGHTS_FILE);
+    let bytes =
+        std::fs::read(&wpath).with_context(|| format!("cannot read {}", wpath.display()))?;
+    let Some(expected) = manifest.files.get(WEIGHTS_FILE) else {
+        bail!("{}: lists no checksum for {WEIGHTS_FILE}", mpath.display());
+    };
+    let got = sha256_hex(&bytes);
+    ensure!(
+        got == expected.sha256,
+        "{}: sha256 {got} does not match the manifest's {}; the export is damaged, export it again",
+        wpath.display(),
+        expected.sha256
+    );
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", wpath.display()))?;
+    let mut tensors = Vec::new();
+    for (name, entry) in &manifest.tensors {
+        let get = |n: &str, dtype: Dtype| -> Result<(Vec<usize>, Vec<u8>)> {
+            let v = st
+                .tensor(n)
+                .with_context(|| format!("{}: tensor {n} is missing", wpath.display()))?;
+            ensure!(
+                v.dtype() == dtype,
+                "{}: tensor {n} is {:?}, expected {dtype:?}",
+                wpath.display(),
+                v.dtype()
+            );
+            Ok((v.shape().to_vec(), v.data().to_vec()))
+        };
+        let bad = |what: &str| format!("{}: tensor {name}: {what}", wpath.display());
+        let t = match (entry.kind.as_str(), entry.shape.as_slice()) {
+            ("f32", shape) => {
+                let (s, b) = get(name, Dtype::F32)?;
+                ensure!(s == shape, bad("stored shape differs from the manifest"));
+                ExportTensor::F32 {
+                    shape: s,
+                    data: from_f32_bytes(&b),
+                }
+            }
+            ("int8", &[d_in, d_out]) => {
+                let (s, b) = get(name, Dtype::I8)?;
+                let (ss, sb) = get(&scale_name(name), Dtype::F32)?;
+                ensure!(
+                    s == [d_in, d_out] && ss == [d_out],
+                    bad("shapes differ from the manifest")
+                );
+                ExportTensor::Int8(Int8Channels {
+                    d_in,
+                    d_out,
+                    values: b.iter().map(|&v| v as i8).collect(),
+                    scales: from_f32_bytes(&sb),
+                })
+            }
+            ("int4", &[d_in, d_out]) => {
+                let block = entry
+                    .block
+                    .filter(|&b| b > 0)
+                    .with_context(|| bad("no block size"))?;
+                let (s, b) = get(name, Dtype::U8)?;
+                let (ss, sb) = get(&scale_name(name), Dtype::F32)?;
+                let expected = [d_out, d_in.div_ceil(block)];
+                ensure!(
+                    s == [(d_in * d_out).div_ceil(2)] && ss == expected,
+                    bad("shapes differ from the manifest")
+                );
+                ExportTensor::Int4(Int4Blocks {
+                    d_in,
+                    d_out,
+                    block,
+                    packed: b,
+                    scales: from_f32_bytes(&sb),
+                })
+            }
+            (kind, shape) => bail!(bad(&format!("unknown kind {kind} for shape {shape:?}"))),
+        };
+        tensors.push((name.clone(), t));
+    }
+    Ok((manifest, tensors))
+}
+
+fn scale_name(name: &str) -> String {
+    format!("{name}.scale")
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_f32_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            kiln_version: "test".into(),
+            architecture: serde_json::json!({"kind": "mlp"}),
+            input: serde_json::json!({"shape": [4]}),
+            output: serde_json::json!({"labels": ["a", "b"]}),
+            quantization: serde_json::json!({"scheme": "int8"}),
+            source: serde_json::json!({}),
+            metrics: serde_json::json!({}),
+            tensors: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    fn tensors() -> Vec<(String, ExportTensor)> {
+        let w: Vec<f32> = (0..12).map(|i| i as f32 / 7.0 - 0.8).collect();
+        vec![
+            (
+                "l1.weight".into(),
+                ExportTensor::Int8(Int8Channels::quantize(&w, 4, 3).unwrap()),
+            ),
+            (
+                "l2.weight".into(),
+                ExportTensor::Int4(Int4Blocks::quantize(&w, 3, 4, 2).unwrap()),
+            ),
+            (
+                "l1.bias".into(),
+                ExportTensor::F32 {
+                    shape: vec![3],
+                    data: vec![0.5, -1.0, 2.0],
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn an_export_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        write_export(dir.path(), manifest(), &tensors()).unwrap();
+        let (m, back) = read_export(dir.path()).unwrap();
+        assert_eq!(m.tensors["l2.weight"].block, Some(2));
+        let mut expected = tensors();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_damaged_export_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_export(dir.path(), manifest(), &tensors()).unwrap();
+        let path = dir.path().join(WEIGHTS_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let e = read_export(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("does not match the manifest") && e.contains("export it again"),
+            "{e}"
+        );
+        let e = read_export(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a Kiln export"), "{e}");
+    }
+}
