@@ -26,23 +26,175 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: &str = "kiln-export";
 pub const FORMAT_VERSION: u32 = 1;
 
-/// One tensor of an export.
+/// How weights are quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    None,
+    Int8,
+    Int4 { block: usize },
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::None => "none",
+            Scheme::Int8 => "int8",
+            Scheme::Int4 { .. } => "int4",
+        }
+    }
+}
+
+/// A quantized tensor's integers and scales, over the matrix `[K, C]` that is the tensor with its
+/// channel axis moved last (`C` channels, `K` values each).
 #[derive(Clone, Debug, PartialEq)]
-pub enum ExportTensor {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
+pub enum Quant {
     Int8(Int8Channels),
     Int4(Int4Blocks),
 }
 
+/// One tensor of an export.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExportTensor {
+    F32 {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
+    /// Quantized with one scale per index of `axis` (int8) or per block of each such channel
+    /// (int4). `axis` is 0 (convolutions `[c_out, c_in, k, k]`, embeddings `[rows, dim]`) or the
+    /// last axis (linear weights `[d_in, d_out]`).
+    Quant {
+        shape: Vec<usize>,
+        axis: usize,
+        q: Quant,
+    },
+}
+
 impl ExportTensor {
-    /// The float values it stands for, and their shape.
-    pub fn dequantize(&self) -> (Vec<usize>, Vec<f32>) {
+    /// Stores `data` (of `shape`) under `scheme`, per channel of `axis`; `None` keeps floats.
+    pub fn quantize(
+        shape: &[usize],
+        data: &[f32],
+        axis: Option<usize>,
+        scheme: Scheme,
+    ) -> Result<ExportTensor> {
+        let (Some(axis), false) = (axis, scheme == Scheme::None) else {
+            return Ok(ExportTensor::F32 {
+                shape: shape.to_vec(),
+                data: data.to_vec(),
+            });
+        };
+        let (k, c, m) = to_matrix(shape, axis, data)?;
+        let q = match scheme {
+            Scheme::Int8 => Quant::Int8(Int8Channels::quantize(&m, k, c)?),
+            Scheme::Int4 { block } => Quant::Int4(Int4Blocks::quantize(&m, k, c, block)?),
+            Scheme::None => unreachable!("handled above"),
+        };
+        Ok(ExportTensor::Quant {
+            shape: shape.to_vec(),
+            axis,
+            q,
+        })
+    }
+
+    /// The logical (float) shape.
+    pub fn shape(&self) -> &[usize] {
         match self {
-            ExportTensor::F32 { shape, data } => (shape.clone(), data.clone()),
-            ExportTensor::Int8(q) => (vec![q.d_in, q.d_out], q.dequantize()),
-            ExportTensor::Int4(q) => (vec![q.d_in, q.d_out], q.dequantize()),
+            ExportTensor::F32 { shape, .. } | ExportTensor::Quant { shape, .. } => shape,
         }
     }
+
+    /// The float values it stands for, in the order of its shape.
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            ExportTensor::F32 { data, .. } => data.clone(),
+            ExportTensor::Quant { shape, axis, q } => {
+                let m = match q {
+                    Quant::Int8(q) => q.dequantize(),
+                    Quant::Int4(q) => q.dequantize(),
+                };
+                from_matrix(shape, *axis, &m)
+            }
+        }
+    }
+
+    /// Number of channels `C` and values per channel `K` of a quantized tensor.
+    pub fn channels(&self) -> Option<(usize, usize)> {
+        match self {
+            ExportTensor::F32 { .. } => None,
+            ExportTensor::Quant { shape, axis, .. } => {
+                let c = shape[*axis];
+                Some((c, shape.iter().product::<usize>() / c.max(1)))
+            }
+        }
+    }
+
+    /// An int8 tensor's values in channel-major `[C, K]` order (as ONNX's `DequantizeLinear`
+    /// with `axis = 0` wants them) and its `[C]` scales.
+    pub fn int8_channel_major(&self) -> Option<(Vec<i8>, &[f32])> {
+        let ExportTensor::Quant {
+            q: Quant::Int8(q), ..
+        } = self
+        else {
+            return None;
+        };
+        Some((transpose(&q.values, q.d_in, q.d_out), &q.scales))
+    }
+
+    /// An int8 tensor's values in the order of its own shape.
+    pub fn int8_values(&self) -> Option<Vec<i8>> {
+        let ExportTensor::Quant {
+            shape,
+            axis,
+            q: Quant::Int8(q),
+        } = self
+        else {
+            return None;
+        };
+        Some(if *axis == 0 {
+            transpose(&q.values, q.d_in, q.d_out)
+        } else {
+            q.values.clone()
+        })
+    }
+}
+
+/// The matrix `[K, C]` of `data`: the tensor with `axis` moved last.
+fn to_matrix(shape: &[usize], axis: usize, data: &[f32]) -> Result<(usize, usize, Vec<f32>)> {
+    ensure!(
+        shape.len() >= 2 && (axis == 0 || axis + 1 == shape.len()),
+        "cannot quantize a tensor of shape {shape:?} along axis {axis}"
+    );
+    ensure!(
+        shape.iter().product::<usize>() == data.len(),
+        "shape {shape:?} does not hold {} values",
+        data.len()
+    );
+    let c = shape[axis];
+    let k = data.len() / c.max(1);
+    Ok(if axis == 0 {
+        (k, c, transpose(data, c, k))
+    } else {
+        (k, c, data.to_vec())
+    })
+}
+
+/// Inverse of [`to_matrix`].
+fn from_matrix(shape: &[usize], axis: usize, m: &[f32]) -> Vec<f32> {
+    if axis == 0 {
+        let c = shape[0];
+        transpose(m, m.len() / c.max(1), c)
+    } else {
+        m.to_vec()
+    }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    for j in 0..cols {
+        out.extend((0..rows).map(|i| v[i * cols + j]));
+    }
+    out
 }
 
 /// How one tensor is stored.
@@ -52,6 +204,10 @@ pub struct TensorEntry {
     pub kind: String,
     /// The logical (float) shape.
     pub shape: Vec<usize>,
+    /// The channel axis of a quantized tensor: one scale per index of it (int8), or per block of
+    /// `block` consecutive values of each such channel (int4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub axis: Option<usize>,
     /// int4 block size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block: Option<usize>,
@@ -108,7 +264,7 @@ pub fn write_export(
             !name.ends_with(".scale"),
             "tensor name {name} clashes with the scale tensors"
         );
-        let (kind, shape, block) = match t {
+        let entry = match t {
             ExportTensor::F32 { shape, data } => {
                 ensure!(
                     shape.iter().product::<usize>() == data.len(),
@@ -116,20 +272,39 @@ pub fn write_export(
                     data.len()
                 );
                 stored.push((name.clone(), Dtype::F32, shape.clone(), f32_bytes(data)));
-                ("f32", shape.clone(), None)
+                TensorEntry {
+                    kind: "f32".into(),
+                    shape: shape.clone(),
+                    axis: None,
+                    block: None,
+                }
             }
-            ExportTensor::Int8(q) => {
-                let bytes = q.values.iter().map(|&v| v as u8).collect();
-                stored.push((name.clone(), Dtype::I8, vec![q.d_in, q.d_out], bytes));
+            ExportTensor::Quant {
+                shape,
+                axis,
+                q: Quant::Int8(q),
+            } => {
+                let values = t.int8_values().expect("an int8 tensor");
+                let bytes = values.iter().map(|&v| v as u8).collect();
+                stored.push((name.clone(), Dtype::I8, shape.clone(), bytes));
                 stored.push((
                     scale_name(name),
                     Dtype::F32,
                     vec![q.d_out],
                     f32_bytes(&q.scales),
                 ));
-                ("int8", vec![q.d_in, q.d_out], None)
+                TensorEntry {
+                    kind: "int8".into(),
+                    shape: shape.clone(),
+                    axis: Some(*axis),
+                    block: None,
+                }
             }
-            ExportTensor::Int4(q) => {
+            ExportTensor::Quant {
+                shape,
+                axis,
+                q: Quant::Int4(q),
+            } => {
                 let blocks = q.d_in.div_ceil(q.block);
                 stored.push((
                     name.clone(),
@@ -143,17 +318,15 @@ pub fn write_export(
                     vec![q.d_out, blocks],
                     f32_bytes(&q.scales),
                 ));
-                ("int4", vec![q.d_in, q.d_out], Some(q.block))
+                TensorEntry {
+                    kind: "int4".into(),
+                    shape: shape.clone(),
+                    axis: Some(*axis),
+                    block: Some(q.block),
+                }
             }
         };
-        manifest.tensors.insert(
-            name.clone(),
-            TensorEntry {
-                kind: kind.into(),
-                shape,
-                block,
-            },
-        );
+        manifest.tensors.insert(name.clone(), entry);
     }
     let views: Vec<(String, TensorView)> = stored
         .iter()
@@ -224,50 +397,76 @@ pub fn read_export(dir: &Path) -> Result<(Manifest, Vec<(String, ExportTensor)>)
             Ok((v.shape().to_vec(), v.data().to_vec()))
         };
         let bad = |what: &str| format!("{}: tensor {name}: {what}", wpath.display());
-        let t = match (entry.kind.as_str(), entry.shape.as_slice()) {
-            ("f32", shape) => {
+        let shape = entry.shape.clone();
+        let quantized = || -> Result<(usize, usize, usize)> {
+            let axis = entry.axis.with_context(|| bad("no channel axis"))?;
+            ensure!(
+                shape.len() >= 2 && (axis == 0 || axis + 1 == shape.len()),
+                bad(&format!("axis {axis} does not fit shape {shape:?}"))
+            );
+            let c = shape[axis];
+            let k = shape.iter().product::<usize>() / c.max(1);
+            Ok((axis, k, c))
+        };
+        let t = match entry.kind.as_str() {
+            "f32" => {
                 let (s, b) = get(name, Dtype::F32)?;
                 ensure!(s == shape, bad("stored shape differs from the manifest"));
                 ExportTensor::F32 {
-                    shape: s,
+                    shape,
                     data: from_f32_bytes(&b),
                 }
             }
-            ("int8", &[d_in, d_out]) => {
+            "int8" => {
                 let (s, b) = get(name, Dtype::I8)?;
                 let (ss, sb) = get(&scale_name(name), Dtype::F32)?;
+                let (axis, k, c) = quantized()?;
                 ensure!(
-                    s == [d_in, d_out] && ss == [d_out],
-                    bad("shapes differ from the manifest")
+                    s == shape && ss == [c],
+                    bad("stored shapes differ from the manifest")
                 );
-                ExportTensor::Int8(Int8Channels {
-                    d_in,
-                    d_out,
-                    values: b.iter().map(|&v| v as i8).collect(),
-                    scales: from_f32_bytes(&sb),
-                })
+                let logical: Vec<i8> = b.iter().map(|&v| v as i8).collect();
+                let values = if axis == 0 {
+                    transpose(&logical, c, k)
+                } else {
+                    logical
+                };
+                ExportTensor::Quant {
+                    shape,
+                    axis,
+                    q: Quant::Int8(Int8Channels {
+                        d_in: k,
+                        d_out: c,
+                        values,
+                        scales: from_f32_bytes(&sb),
+                    }),
+                }
             }
-            ("int4", &[d_in, d_out]) => {
+            "int4" => {
                 let block = entry
                     .block
                     .filter(|&b| b > 0)
                     .with_context(|| bad("no block size"))?;
                 let (s, b) = get(name, Dtype::U8)?;
                 let (ss, sb) = get(&scale_name(name), Dtype::F32)?;
-                let expected = [d_out, d_in.div_ceil(block)];
+                let (axis, k, c) = quantized()?;
                 ensure!(
-                    s == [(d_in * d_out).div_ceil(2)] && ss == expected,
-                    bad("shapes differ from the manifest")
+                    s == [(k * c).div_ceil(2)] && ss == [c, k.div_ceil(block)],
+                    bad("stored shapes differ from the manifest")
                 );
-                ExportTensor::Int4(Int4Blocks {
-                    d_in,
-                    d_out,
-                    block,
-                    packed: b,
-                    scales: from_f32_bytes(&sb),
-                })
+                ExportTensor::Quant {
+                    shape,
+                    axis,
+                    q: Quant::Int4(Int4Blocks {
+                        d_in: k,
+                        d_out: c,
+                        block,
+                        packed: b,
+                        scales: from_f32_bytes(&sb),
+                    }),
+                }
             }
-            (kind, shape) => bail!(bad(&format!("unknown kind {kind} for shape {shape:?}"))),
+            kind => bail!(bad(&format!("unknown kind {kind}"))),
         };
         tensors.push((name.clone(), t));
     }
@@ -313,11 +512,19 @@ mod tests {
         vec![
             (
                 "l1.weight".into(),
-                ExportTensor::Int8(Int8Channels::quantize(&w, 4, 3).unwrap()),
+                ExportTensor::quantize(&[4, 3], &w, Some(1), Scheme::Int8).unwrap(),
+            ),
+            (
+                "conv.weight".into(),
+                ExportTensor::quantize(&[3, 2, 1, 2], &w, Some(0), Scheme::Int8).unwrap(),
             ),
             (
                 "l2.weight".into(),
-                ExportTensor::Int4(Int4Blocks::quantize(&w, 3, 4, 2).unwrap()),
+                ExportTensor::quantize(&[3, 4], &w, Some(1), Scheme::Int4 { block: 2 }).unwrap(),
+            ),
+            (
+                "emb.weight".into(),
+                ExportTensor::quantize(&[3, 4], &w, Some(0), Scheme::Int4 { block: 3 }).unwrap(),
             ),
             (
                 "l1.bias".into(),
@@ -338,6 +545,37 @@ mod tests {
         let mut expected = tensors();
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn quantized_tensors_keep_their_logical_layout() {
+        // A [3, 2, 1, 2] "convolution" quantized per output channel (axis 0): channel 0 holds
+        // small values, channel 2 large ones; each channel's error stays within half its scale.
+        let w: Vec<f32> = (0..12)
+            .map(|i| (i as f32 - 5.0) * [0.01, 1.0, 100.0][i / 4])
+            .collect();
+        for scheme in [Scheme::Int8, Scheme::Int4 { block: 3 }] {
+            let t = ExportTensor::quantize(&[3, 2, 1, 2], &w, Some(0), scheme).unwrap();
+            let back = t.dequantize();
+            let max = if scheme == Scheme::Int8 { 127.0 } else { 7.0 };
+            for (i, (a, b)) in w.iter().zip(&back).enumerate() {
+                let channel_max = w[i / 4 * 4..i / 4 * 4 + 4]
+                    .iter()
+                    .fold(0f32, |m, x| m.max(x.abs()));
+                assert!(
+                    (a - b).abs() <= channel_max / max / 2.0 * (1.0 + 1e-5),
+                    "{scheme:?} element {i}: {a} vs {b}"
+                );
+            }
+        }
+        let t = ExportTensor::quantize(&[3, 2, 1, 2], &w, Some(0), Scheme::Int8).unwrap();
+        let (values, scales) = t.int8_channel_major().unwrap();
+        assert_eq!(values, t.int8_values().unwrap());
+        assert_eq!(scales.len(), 3);
+        let t = ExportTensor::quantize(&[4, 3], &w, Some(1), Scheme::Int8).unwrap();
+        let (cm, _) = t.int8_channel_major().unwrap();
+        let logical = t.int8_values().unwrap();
+        assert_eq!(cm[1], logical[3], "channel 0, row 1");
     }
 
     #[test]
