@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln_core::config::RESUMABLE_KEYS;
 use kiln_core::rundir::{find_run_config, resolve_weights};
 use kiln_core::{dispatch, dispatch_on, BackendKind, BackendTask, Config};
+use kiln_export::{ExportOptions, Format, Scheme, Source};
 use kiln_models::Model;
 use kiln_train::checkpoint::is_checkpoint_dir;
 use kiln_train::generate::{generate, Sampling};
@@ -113,6 +114,65 @@ enum Command {
         #[command(flatten)]
         backend: BackendArg,
     },
+    /// Export a trained model for serving: the Kiln format (run it with `kiln predict`), ONNX
+    /// (onnxruntime, Triton) for classifiers, or a Hugging Face GPT-2 folder (transformers) for
+    /// GPT; weights float32, int8 or int4. Prints a JSON summary with sizes and the metrics
+    /// measured on the exported model.
+    Export {
+        /// A run directory (its latest checkpoint) or a step-<N> directory. Its files are
+        /// verified before anything is read.
+        run: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Kiln)]
+        format: FormatArg,
+        /// Weight quantization: none (float32), int8 (one scale per output channel) or int4
+        /// (one scale per block of --block-size values of each output channel).
+        #[arg(long, value_enum, default_value_t = QuantArg::None)]
+        quantize: QuantArg,
+        /// int4 block size (values of one output channel sharing a scale).
+        #[arg(long, default_value_t = 64)]
+        block_size: usize,
+        /// Training samples (or text windows) whose activations weight the choice of each
+        /// quantization scale; 0 uses plain max-abs scales.
+        #[arg(long, default_value_t = 256)]
+        calibration_samples: usize,
+        /// The export's directory (written beside it first, moved into place when complete).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing export in --out.
+        #[arg(long)]
+        overwrite: bool,
+        #[command(flatten)]
+        backend: BackendArg,
+    },
+    /// Run a Kiln export: classifiers take PNG images, IDX image files or CSV rows and print
+    /// one JSON line per input; a GPT takes a prompt and prints its continuation as JSON.
+    Predict {
+        /// The export's directory (from `kiln export --format kiln`).
+        export: PathBuf,
+        /// Input files (.png, .idx / *-ubyte / .gz, .csv) for a classifier, or the prompt for
+        /// a GPT.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// Also print the logits (a GPT prints the logits of every prompt position instead of
+        /// generating).
+        #[arg(long)]
+        logits: bool,
+        /// GPT: number of characters to generate.
+        #[arg(long, default_value_t = 200)]
+        max_tokens: usize,
+        /// GPT: sampling temperature (0 always picks the likeliest token).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// GPT: sample among the k likeliest tokens only.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// GPT: seed of the sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        backend: BackendArg,
+    },
     /// Tokenize a UTF-8 text file by characters into a token file (little-endian u16/u32 ids)
     /// plus a .json sidecar with the vocabulary, for `data.format = "tokens"`.
     Tokenize {
@@ -141,6 +201,20 @@ impl BackendArg {
             .parse()
             .map_err(|e| anyhow::anyhow!("--backend: {e}"))
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Kiln,
+    Onnx,
+    Hf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantArg {
+    None,
+    Int8,
+    Int4,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -272,6 +346,66 @@ fn run(cli: Cli) -> Result<()> {
                     sampling,
                 },
             )??;
+        }
+        Command::Export {
+            run,
+            format,
+            quantize,
+            block_size,
+            calibration_samples,
+            out,
+            overwrite,
+            backend,
+        } => {
+            let backend = backend.kind()?;
+            let format = match format {
+                FormatArg::Kiln => Format::Kiln,
+                FormatArg::Onnx => Format::Onnx,
+                FormatArg::Hf => Format::Hf,
+            };
+            let scheme = match quantize {
+                QuantArg::None => Scheme::None,
+                QuantArg::Int8 => Scheme::Int8,
+                QuantArg::Int4 if block_size == 0 => bail!("--block-size: must be at least 1"),
+                QuantArg::Int4 => Scheme::Int4 { block: block_size },
+            };
+            let source = Source::open(&run)?;
+            kiln_export::check_supported(source.config.model.kind, format, scheme)?;
+            kiln_export::export::check_out(&out, overwrite)?;
+            let opts = ExportOptions {
+                format,
+                scheme,
+                out,
+                overwrite,
+                calibration_samples,
+                backend: backend.resolve()?.to_string(),
+            };
+            let summary = dispatch(backend, ExportTask { source, opts })??;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Predict {
+            export,
+            inputs,
+            logits,
+            max_tokens,
+            temperature,
+            top_k,
+            seed,
+            backend,
+        } => {
+            let task = PredictTask {
+                export,
+                inputs,
+                logits,
+                sampling: Sampling {
+                    prompt: String::new(),
+                    max_tokens,
+                    temperature,
+                    top_k,
+                    seed,
+                },
+            };
+            dispatch(backend.kind()?, task)??;
         }
         Command::Tokenize { input, out, dtype } => {
             let dtype = dtype
@@ -564,6 +698,71 @@ impl BackendTask for GenerateTask {
             &mut out,
         )?;
         Ok(())
+    }
+}
+
+struct ExportTask {
+    source: Source,
+    opts: ExportOptions,
+}
+
+impl BackendTask for ExportTask {
+    type Output = Result<serde_json::Value>;
+    fn run<B: AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        _backend: BackendKind,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("dispatch gives a device");
+        kiln_export::export::<B::InnerBackend>(self.source, &self.opts, &device)
+    }
+}
+
+struct PredictTask {
+    export: PathBuf,
+    inputs: Vec<String>,
+    logits: bool,
+    sampling: Sampling,
+}
+
+impl BackendTask for PredictTask {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        _backend: BackendKind,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("dispatch gives a device");
+        predict::<B::InnerBackend>(self, &device)
+    }
+}
+
+fn predict<B: Backend>(task: PredictTask, device: &B::Device) -> Result<()> {
+    let loaded = kiln_export::predict::load::<B>(&task.export, device)?;
+    let mut out = std::io::stdout().lock();
+    match &loaded.task {
+        kiln_export::predict::Task::Classifier { sample_shape, .. } => {
+            let paths: Vec<PathBuf> = task.inputs.iter().map(PathBuf::from).collect();
+            let records = kiln_export::predict::read_inputs(&paths, sample_shape)?;
+            kiln_export::predict::classify(&loaded, &records, task.logits, device, &mut out)
+        }
+        kiln_export::predict::Task::Language { .. } => {
+            let [prompt] = task.inputs.as_slice() else {
+                bail!(
+                    "a GPT export takes one prompt, got {} arguments; quote the prompt",
+                    task.inputs.len()
+                );
+            };
+            if task.logits {
+                kiln_export::predict::prompt_logits(&loaded, prompt, device, &mut out)
+            } else {
+                let sampling = Sampling {
+                    prompt: prompt.clone(),
+                    ..task.sampling
+                };
+                kiln_export::predict::complete(&loaded, &sampling, device, &mut out)
+            }
+        }
     }
 }
 

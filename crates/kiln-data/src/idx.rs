@@ -71,6 +71,22 @@ pub fn load_idx(images: &Path, labels: &Path, num_classes: usize) -> Result<Data
     })
 }
 
+/// Reads an IDX images file alone (for prediction): pixels as `f32` in `[0, 1]` and the image
+/// shape `[1, rows, cols]`.
+///
+/// # Errors
+/// As [`load_idx`], for the images file.
+pub fn load_idx_images(images: &Path) -> Result<(Vec<f32>, [usize; 3])> {
+    let file = IdxFile::read(images, IdxKind::Images)?;
+    let (rows, cols) = (file.dims[1], file.dims[2]);
+    let pixels = file
+        .payload()
+        .iter()
+        .map(|&pixel| f32::from(pixel) / 255.0)
+        .collect();
+    Ok((pixels, [1, rows, cols]))
+}
+
 /// Which of the two IDX file kinds is expected.
 #[derive(Clone, Copy)]
 enum IdxKind {

@@ -22,7 +22,7 @@ pub mod text;
 pub use batch::{eval_batches, Batch};
 pub use csv::load_sklearn_csv;
 pub use dataset::{split, Dataset};
-pub use idx::load_idx;
+pub use idx::{load_idx, load_idx_images};
 pub use loader::{Loader, LoaderConfig, Shard};
 pub use standardize::Standardizer;
 pub use text::{

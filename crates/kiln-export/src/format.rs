@@ -77,6 +77,19 @@ impl ExportTensor {
         axis: Option<usize>,
         scheme: Scheme,
     ) -> Result<ExportTensor> {
+        ExportTensor::quantize_weighted(shape, data, axis, scheme, None)
+    }
+
+    /// As [`ExportTensor::quantize`], choosing each scale to minimize the quantization error
+    /// weighted by `importance` (one value per position along `K`, e.g. the mean square of the
+    /// input that multiplies it) when given.
+    pub fn quantize_weighted(
+        shape: &[usize],
+        data: &[f32],
+        axis: Option<usize>,
+        scheme: Scheme,
+        importance: Option<&[f32]>,
+    ) -> Result<ExportTensor> {
         let (Some(axis), false) = (axis, scheme == Scheme::None) else {
             return Ok(ExportTensor::F32 {
                 shape: shape.to_vec(),
@@ -85,8 +98,10 @@ impl ExportTensor {
         };
         let (k, c, m) = to_matrix(shape, axis, data)?;
         let q = match scheme {
-            Scheme::Int8 => Quant::Int8(Int8Channels::quantize(&m, k, c)?),
-            Scheme::Int4 { block } => Quant::Int4(Int4Blocks::quantize(&m, k, c, block)?),
+            Scheme::Int8 => Quant::Int8(Int8Channels::quantize_weighted(&m, k, c, importance)?),
+            Scheme::Int4 { block } => {
+                Quant::Int4(Int4Blocks::quantize_weighted(&m, k, c, block, importance)?)
+            }
             Scheme::None => unreachable!("handled above"),
         };
         Ok(ExportTensor::Quant {
@@ -143,9 +158,9 @@ impl ExportTensor {
     /// An int8 tensor's values in the order of its own shape.
     pub fn int8_values(&self) -> Option<Vec<i8>> {
         let ExportTensor::Quant {
-            shape,
             axis,
             q: Quant::Int8(q),
+            ..
         } = self
         else {
             return None;

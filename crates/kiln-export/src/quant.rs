@@ -8,6 +8,11 @@
 //!   contiguous.
 //!
 //! Dequantization is `value * scale`; the error of each weight is at most half its scale.
+//!
+//! With calibration, each scale may instead clip: among `scale * alpha` for `alpha` in
+//! `CLIP_RATIOS`, the one with the smallest error weighted by the importance of each input
+//! (the mean square of the activation it multiplies, measured on training data) is taken.
+//! Clipping a few large weights buys a finer step for all the others.
 
 use anyhow::{ensure, Result};
 
@@ -25,9 +30,24 @@ pub struct Int8Channels {
 impl Int8Channels {
     /// Quantizes `w` (`[d_in, d_out]`, row-major).
     pub fn quantize(w: &[f32], d_in: usize, d_out: usize) -> Result<Int8Channels> {
+        Self::quantize_weighted(w, d_in, d_out, None)
+    }
+
+    /// Quantizes `w`, choosing each column's scale by the error weighted by `importance`
+    /// (`[d_in]`) when given.
+    pub fn quantize_weighted(
+        w: &[f32],
+        d_in: usize,
+        d_out: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Int8Channels> {
         check_shape(w, d_in, d_out)?;
+        check_importance(importance, d_in)?;
         let scales: Vec<f32> = (0..d_out)
-            .map(|j| scale_of((0..d_in).map(|i| w[i * d_out + j]), 127.0))
+            .map(|j| {
+                let column: Vec<f32> = (0..d_in).map(|i| w[i * d_out + j]).collect();
+                choose_scale(&column, importance, 127.0)
+            })
             .collect();
         let values = w
             .iter()
@@ -67,15 +87,29 @@ pub struct Int4Blocks {
 impl Int4Blocks {
     /// Quantizes `w` (`[d_in, d_out]`, row-major) in blocks of `block` inputs.
     pub fn quantize(w: &[f32], d_in: usize, d_out: usize, block: usize) -> Result<Int4Blocks> {
+        Self::quantize_weighted(w, d_in, d_out, block, None)
+    }
+
+    /// Quantizes `w`, choosing each block's scale by the error weighted by `importance`
+    /// (`[d_in]`) when given.
+    pub fn quantize_weighted(
+        w: &[f32],
+        d_in: usize,
+        d_out: usize,
+        block: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Int4Blocks> {
         check_shape(w, d_in, d_out)?;
+        check_importance(importance, d_in)?;
         ensure!(block > 0, "the int4 block size must be at least 1");
         let blocks = d_in.div_ceil(block);
         let mut scales = Vec::with_capacity(d_out * blocks);
         let mut nibbles = Vec::with_capacity(d_out * d_in);
         for j in 0..d_out {
             let column: Vec<f32> = (0..d_in).map(|i| w[i * d_out + j]).collect();
-            for chunk in column.chunks(block) {
-                let scale = scale_of(chunk.iter().copied(), 7.0);
+            for (b, chunk) in column.chunks(block).enumerate() {
+                let imp = importance.map(|imp| &imp[b * block..b * block + chunk.len()]);
+                let scale = choose_scale(chunk, imp, 7.0);
                 scales.push(scale);
                 nibbles.extend(chunk.iter().map(|&x| quantize_one(x, scale, 7.0)));
             }
@@ -132,6 +166,53 @@ fn check_shape(w: &[f32], d_in: usize, d_out: usize) -> Result<()> {
         "the weight holds NaN or infinite values; it cannot be quantized"
     );
     Ok(())
+}
+
+fn check_importance(importance: Option<&[f32]>, d_in: usize) -> Result<()> {
+    if let Some(imp) = importance {
+        ensure!(
+            imp.len() == d_in,
+            "calibration gave {} importances for {d_in} inputs",
+            imp.len()
+        );
+        ensure!(
+            imp.iter().all(|x| x.is_finite() && *x >= 0.0),
+            "calibration importances must be finite and non-negative"
+        );
+    }
+    Ok(())
+}
+
+/// Fractions of the max-abs scale tried when calibrating, largest first.
+pub const CLIP_RATIOS: [f32; 16] = [
+    1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.7, 0.67, 0.64, 0.61, 0.58, 0.55,
+];
+
+/// The max-abs scale of `xs`, or with `importance` the clipped one with the least weighted
+/// squared error (ties keep the larger scale).
+fn choose_scale(xs: &[f32], importance: Option<&[f32]>, max_q: f32) -> f32 {
+    let full = scale_of(xs.iter().copied(), max_q);
+    let Some(imp) = importance else {
+        return full;
+    };
+    let error = |scale: f32| -> f64 {
+        xs.iter()
+            .zip(imp)
+            .map(|(&x, &w)| {
+                let e = x - f32::from(quantize_one(x, scale, max_q)) * scale;
+                f64::from(w) * f64::from(e * e)
+            })
+            .sum()
+    };
+    let mut best = (error(full), full);
+    for ratio in &CLIP_RATIOS[1..] {
+        let scale = full * ratio;
+        let e = error(scale);
+        if e < best.0 {
+            best = (e, scale);
+        }
+    }
+    best.1
 }
 
 /// The symmetric scale that maps the largest magnitude of `xs` to `max_q` (1 for all zeros).
@@ -221,6 +302,40 @@ mod tests {
             (0..4).map(|i| q.value(i, 0)).collect::<Vec<_>>(),
             [-7, -1, 0, 7]
         );
+    }
+
+    #[test]
+    fn calibrated_scales_clip_an_outlier_when_that_lowers_the_weighted_error() {
+        // One outlier among small weights: max-abs int4 scale 1/7 rounds every small weight to
+        // 0 or +-1 step; clipping the outlier gives them a finer step.
+        let mut w: Vec<f32> = (0..32).map(|i| (i as f32 - 15.5) / 200.0).collect();
+        w[5] = 1.0;
+        let plain = Int4Blocks::quantize(&w, 32, 1, 32).unwrap();
+        let even = vec![1.0; 32];
+        let calibrated = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&even)).unwrap();
+        let err = |q: &Int4Blocks| -> f32 {
+            q.dequantize()
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum()
+        };
+        assert!(calibrated.scales[0] < plain.scales[0]);
+        assert!(
+            err(&calibrated) < err(&plain),
+            "{} vs {}",
+            err(&calibrated),
+            err(&plain)
+        );
+        // When only the outlier's input matters, its exact representation wins: no clipping.
+        let mut outlier_only = vec![0.0; 32];
+        outlier_only[5] = 1.0;
+        let q = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&outlier_only)).unwrap();
+        assert_eq!(q.scales, plain.scales);
+        // int8 columns follow the same rule; bad importances are refused.
+        assert!(Int8Channels::quantize_weighted(&w, 32, 1, Some(&even)).is_ok());
+        let e = Int8Channels::quantize_weighted(&w, 32, 1, Some(&even[..3])).unwrap_err();
+        assert!(e.to_string().contains("3 importances for 32 inputs"), "{e}");
     }
 
     #[test]

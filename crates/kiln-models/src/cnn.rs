@@ -13,6 +13,7 @@ use kiln_core::config::{Activation, ModelSection, Pooling, Precision};
 use crate::init::HostInit;
 use crate::mlp::{activate, Mlp};
 use crate::precision::conv2d;
+use crate::Observer;
 
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
@@ -117,10 +118,23 @@ impl<B: Backend> Cnn<B> {
 
     /// `[batch, channels*height*width] -> [batch, classes]` logits.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward_observed(x, &mut ())
+    }
+
+    /// [`Cnn::forward`], showing each layer's input to `observer`.
+    pub fn forward_observed(
+        &self,
+        x: Tensor<B, 2>,
+        observer: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
         let [c, h, w] = self.input_shape;
         let batch = x.dims()[0];
         let mut x: Tensor<B, 4> = x.reshape([batch, c, h, w]);
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
+            observer.observe(&|| format!("blocks.{i}.conv.weight"), &|| {
+                let [n, c, h, w] = x.dims();
+                x.clone().permute([0, 2, 3, 1]).reshape([n * h * w, c])
+            });
             x = conv2d(&block.conv, x, self.padding, self.precision);
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
@@ -133,6 +147,7 @@ impl<B: Backend> Cnn<B> {
                 x = pool.forward(x);
             }
         }
-        self.head.forward(x.flatten(1, 3))
+        self.head
+            .forward_observed(x.flatten(1, 3), "head.", observer)
     }
 }

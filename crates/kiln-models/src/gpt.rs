@@ -18,6 +18,7 @@ use kiln_core::config::{ModelSection, Precision};
 use crate::dropout::dropout;
 use crate::init::HostInit;
 use crate::precision::{linear, matmul};
+use crate::Observer;
 
 /// The shape of a GPT, from the `[model]` section and the tokenizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +162,16 @@ impl<B: Backend> Gpt<B> {
 
     /// `[batch, t]` token ids (t <= block_size) -> `[batch, t, vocab]` next-token logits.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_observed(tokens, &mut ())
+    }
+
+    /// [`Gpt::forward`], showing the input of every linear layer and of the LM head to
+    /// `observer`.
+    pub fn forward_observed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        observer: &mut dyn Observer<B>,
+    ) -> Tensor<B, 3> {
         let [batch, t] = tokens.dims();
         assert!(
             t <= self.block_size,
@@ -172,18 +183,32 @@ impl<B: Backend> Gpt<B> {
         let x = self.wte.forward(tokens) + self.wpe.forward(positions);
         let mut x = dropout(x, self.dropout);
         let mask = causal_mask::<B>(t, &device);
-        for block in &self.h {
-            x = x.clone() + self.attention(&block.attn, block.ln_1.forward(x), mask.clone());
+        let rows = |x: &Tensor<B, 3>| {
+            let [b, t, d] = x.dims();
+            x.clone().reshape([b * t, d])
+        };
+        for (i, block) in self.h.iter().enumerate() {
+            let normed = block.ln_1.forward(x.clone());
+            observer.observe(&|| format!("h.{i}.attn.c_attn.weight"), &|| rows(&normed));
+            let attended = self.attention(&block.attn, normed, mask.clone(), &mut |y| {
+                observer.observe(&|| format!("h.{i}.attn.c_proj.weight"), &|| rows(y));
+            });
+            x = x + attended;
             let m = &block.mlp;
-            let hidden = gelu(linear(
-                &m.c_fc,
-                block.ln_2.forward(x.clone()),
-                self.precision,
-            ));
+            let normed = block.ln_2.forward(x.clone());
+            observer.observe(&|| format!("h.{i}.mlp.c_fc.weight"), &|| rows(&normed));
+            let hidden = gelu(linear(&m.c_fc, normed, self.precision));
+            observer.observe(&|| format!("h.{i}.mlp.c_proj.weight"), &|| rows(&hidden));
             x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
         }
         let x = self.ln_f.forward(x);
         let n_embd = x.dims()[2];
+        let head_name = if self.lm_head.is_some() {
+            "lm_head"
+        } else {
+            "wte.weight"
+        };
+        observer.observe(&|| head_name.to_string(), &|| rows(&x));
         let head = match &self.lm_head {
             Some(w) => w.val(),
             None => self.wte.weight.val().transpose(),
@@ -196,11 +221,13 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Causal multi-head self-attention of `x` (`[batch, t, n_embd]`).
+    /// `before_proj` sees the heads' concatenated output, the input of `c_proj`.
     fn attention(
         &self,
         attn: &Attention<B>,
         x: Tensor<B, 3>,
         mask: Tensor<B, 4, Bool>,
+        before_proj: &mut dyn FnMut(&Tensor<B, 3>),
     ) -> Tensor<B, 3> {
         let [batch, t, n_embd] = x.dims();
         let (heads, head_dim) = (self.n_head, n_embd / self.n_head);
@@ -220,6 +247,7 @@ impl<B: Backend> Gpt<B> {
         let y = matmul(weights, v, self.precision)
             .swap_dims(1, 2)
             .reshape([batch, t, n_embd]);
+        before_proj(&y);
         dropout(linear(&attn.c_proj, y, self.precision), self.dropout)
     }
 }

@@ -41,6 +41,19 @@ pub enum Input<B: Backend> {
     Tokens(Tensor<B, 2, Int>),
 }
 
+/// Sees the input of every weight layer during a forward pass, e.g. to calibrate quantization;
+/// `()` sees nothing.
+pub trait Observer<B: Backend> {
+    /// `weight` names the layer's weight tensor as checkpoints do (`layers.0.weight`); `input`
+    /// gives the layer's input as rows of its input features (`[rows, d_in]`; for a convolution
+    /// `[pixels, c_in]`). Neither is evaluated unless the observer calls it.
+    fn observe(&mut self, weight: &dyn Fn() -> String, input: &dyn Fn() -> Tensor<B, 2>);
+}
+
+impl<B: Backend> Observer<B> for () {
+    fn observe(&mut self, _: &dyn Fn() -> String, _: &dyn Fn() -> Tensor<B, 2>) {}
+}
+
 /// Every model Kiln trains. The training loop sees only this type, so each backend instantiates
 /// the loop once whatever the model. Each maps its input to `[targets, classes]` logits: one row
 /// per sample for classifiers, one per position (next-token prediction) for language models.
@@ -116,11 +129,23 @@ impl<B: Backend> Model<B> {
     /// # Panics
     /// If the input kind does not match the model (features for a GPT, tokens for a classifier).
     pub fn forward(&self, input: Input<B>) -> Tensor<B, 2> {
+        self.forward_observed(input, &mut ())
+    }
+
+    /// [`Model::forward`], showing every weight layer's input to `observer`.
+    ///
+    /// # Panics
+    /// As [`Model::forward`].
+    pub fn forward_observed(
+        &self,
+        input: Input<B>,
+        observer: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
         match (self, input) {
-            (Model::Mlp(m), Input::Features(x)) => m.forward(x),
-            (Model::Cnn(m), Input::Features(x)) => m.forward(x),
+            (Model::Mlp(m), Input::Features(x)) => m.forward_observed(x, "", observer),
+            (Model::Cnn(m), Input::Features(x)) => m.forward_observed(x, observer),
             (Model::Gpt(m), Input::Tokens(x)) => {
-                let logits = m.forward(x);
+                let logits = m.forward_observed(x, observer);
                 let [batch, t, vocab] = logits.dims();
                 logits.reshape([batch * t, vocab])
             }

@@ -10,6 +10,7 @@ use kiln_core::config::{Activation, Precision};
 use crate::dropout::dropout;
 use crate::init::HostInit;
 use crate::precision::linear;
+use crate::Observer;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -57,15 +58,27 @@ impl<B: Backend> Mlp<B> {
 
     /// `[batch, d_in] -> [batch, d_out]` logits.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let (last, hidden) = self
-            .layers
-            .split_last()
-            .expect("an MLP has an output layer");
-        let x = hidden.iter().fold(x, |x, layer| {
-            let x = linear(layer, x, self.precision);
-            dropout(activate(x, self.activation), self.dropout)
-        });
-        linear(last, x, self.precision)
+        self.forward_observed(x, "", &mut ())
+    }
+
+    /// [`Mlp::forward`], showing each layer's input to `observer` (weights named
+    /// `{prefix}layers.{i}.weight`).
+    pub fn forward_observed(
+        &self,
+        x: Tensor<B, 2>,
+        prefix: &str,
+        observer: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
+            observer.observe(&|| format!("{prefix}layers.{i}.weight"), &|| x.clone());
+            let y = linear(layer, x, self.precision);
+            if i == last {
+                y
+            } else {
+                dropout(activate(y, self.activation), self.dropout)
+            }
+        })
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Splits {
     pub train: Arc<Dataset>,
     pub valid: Dataset,
     pub test: Dataset,
+    /// The standardization applied to all three (`data.standardize`).
+    pub standardizer: Option<Standardizer>,
 }
 
 /// A token-data run: the training and validation spans (validation = the end of the data).
@@ -346,11 +348,11 @@ impl Splits {
                 d.valid_fraction
             );
         }
-        if d.standardize {
-            let stats = match d.format {
-                DataFormat::Csv => Standardizer::per_feature(&train),
-                _ => Standardizer::global(&train),
-            };
+        let standardizer = d.standardize.then(|| match d.format {
+            DataFormat::Csv => Standardizer::per_feature(&train),
+            _ => Standardizer::global(&train),
+        });
+        if let Some(stats) = &standardizer {
             for ds in [&mut train, &mut valid, &mut test] {
                 stats.apply(ds);
             }
@@ -359,6 +361,7 @@ impl Splits {
             train: Arc::new(train),
             valid,
             test,
+            standardizer,
         })
     }
 }

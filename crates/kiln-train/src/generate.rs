@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::Config;
 use kiln_data::CharTokenizer;
-use kiln_models::{DataShape, Model};
+use kiln_models::{DataShape, Gpt, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,15 +38,7 @@ pub fn generate<B: Backend>(
     device: &B::Device,
     out: &mut dyn Write,
 ) -> Result<String> {
-    if sampling.temperature < 0.0 || !sampling.temperature.is_finite() {
-        bail!(
-            "--temperature {}: must be a number >= 0 (0 = always the most likely token)",
-            sampling.temperature
-        );
-    }
-    if sampling.top_k == Some(0) {
-        bail!("--top-k 0: must be at least 1");
-    }
+    check_sampling(sampling)?;
     let tok_path = run_dir.join(TOKENIZER_FILE);
     if !tok_path.is_file() {
         bail!(
@@ -69,7 +61,19 @@ pub fn generate<B: Backend>(
     let Model::Gpt(gpt) = weights::load(model, weights_file)? else {
         unreachable!("token data builds a GPT")
     };
+    generate_with(&gpt, &tokenizer, sampling, device, out)
+}
 
+/// Streams `sampling.max_tokens` characters that `gpt` generates after the prompt to `out` and
+/// returns them.
+pub fn generate_with<B: Backend>(
+    gpt: &Gpt<B>,
+    tokenizer: &CharTokenizer,
+    sampling: &Sampling,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<String> {
+    check_sampling(sampling)?;
     let mut context: Vec<i64> = if sampling.prompt.is_empty() {
         // Start from a line break, as a text begins, when the vocabulary has one.
         let start = tokenizer.encode("\n").map_or(0, |ids| ids[0]);
@@ -110,6 +114,19 @@ pub fn generate<B: Backend>(
     }
     writeln!(out)?;
     Ok(text)
+}
+
+fn check_sampling(sampling: &Sampling) -> Result<()> {
+    if sampling.temperature < 0.0 || !sampling.temperature.is_finite() {
+        bail!(
+            "--temperature {}: must be a number >= 0 (0 = always the most likely token)",
+            sampling.temperature
+        );
+    }
+    if sampling.top_k == Some(0) {
+        bail!("--top-k 0: must be at least 1");
+    }
+    Ok(())
 }
 
 /// Draws a token index from `logits` with temperature and top-k.

@@ -13,12 +13,25 @@ pub fn load<B: Backend>(model: Model<B>, path: &Path) -> Result<Model<B>> {
     if !path.is_file() {
         bail!("weights file {} does not exist", path.display());
     }
+    let store = SafetensorsStore::from_file(path).skip_enum_variants(true);
+    load_from(model, store, &path.display().to_string())
+}
+
+/// Loads parameters from safetensors bytes in memory (`origin` names them in messages).
+pub fn load_bytes<B: Backend>(model: Model<B>, bytes: Vec<u8>, origin: &str) -> Result<Model<B>> {
+    let store = SafetensorsStore::from_bytes(Some(bytes)).skip_enum_variants(true);
+    load_from(model, store, origin)
+}
+
+fn load_from<B: Backend>(
+    model: Model<B>,
+    mut store: SafetensorsStore,
+    origin: &str,
+) -> Result<Model<B>> {
     let mut model = model;
-    let mut store = SafetensorsStore::from_file(path).skip_enum_variants(true);
     let result = model.load_from(&mut store).map_err(|e| {
         anyhow::anyhow!(
-            "cannot load weights {}: {e}; the file is damaged or not a safetensors file",
-            path.display()
+            "cannot load weights {origin}: {e}; the file is damaged or not a safetensors file"
         )
     })?;
     let mut problems = Vec::new();
@@ -33,8 +46,7 @@ pub fn load<B: Backend>(model: Model<B>, path: &Path) -> Result<Model<B>> {
     }
     if !problems.is_empty() {
         bail!(
-            "weights {} do not fit the model of the run's config: {}",
-            path.display(),
+            "weights {origin} do not fit the model of the run's config: {}",
             problems.join("; ")
         );
     }

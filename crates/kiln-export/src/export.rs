@@ -1,0 +1,523 @@
+//! `kiln export`: a verified checkpoint -> quantized weights -> metrics measured on the exported
+//! model -> the Kiln format, ONNX or a Hugging Face GPT-2 folder, written next to the final
+//! directory and renamed into place only when complete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use kiln_core::config::{Activation, DataFormat, ModelKind, ModelSection, Pooling};
+use kiln_data::CharTokenizer;
+use kiln_models::DataShape;
+use kiln_train::data::TOKENIZER_FILE;
+use kiln_train::{evaluate, EvalResult, RunData, Split};
+use serde_json::{json, Value};
+
+use crate::calibrate::{calibrate, Importance};
+use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest, Scheme};
+use crate::format::{FORMAT, FORMAT_VERSION};
+use crate::hf::{write_gpt2, Gpt2Shape};
+use crate::model::{build_model, channel_axis, HostWeights};
+use crate::onnx::{classifier_to_onnx, Act, ClassifierNet, Layer};
+use crate::source::Source;
+
+/// What an export is written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Kiln's own: `model.safetensors` (integers + scales) and `manifest.json`; `kiln predict`.
+    Kiln,
+    /// `model.onnx` for onnxruntime / Triton (classifiers).
+    Onnx,
+    /// A Hugging Face GPT-2 folder for transformers (GPT).
+    Hf,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Kiln => "kiln",
+            Format::Onnx => "onnx",
+            Format::Hf => "hf",
+        }
+    }
+}
+
+/// The model/format/quantization combinations Kiln exports.
+pub const SUPPORTED: &str = "kiln: mlp, cnn, gpt with none, int8, int4; onnx: mlp, cnn with none, int8, int4; hf: gpt with none";
+
+/// Refuses a model/format/quantization combination Kiln cannot export, listing those it can.
+pub fn check_supported(kind: ModelKind, format: Format, scheme: Scheme) -> Result<()> {
+    let ok = match format {
+        Format::Kiln => true,
+        Format::Onnx => kind != ModelKind::Gpt,
+        Format::Hf => kind == ModelKind::Gpt && scheme == Scheme::None,
+    };
+    if !ok {
+        bail!(
+            "--format {} --quantize {} is not supported for a {} model; supported are {SUPPORTED}",
+            format.name(),
+            scheme.name(),
+            kind_name(kind)
+        );
+    }
+    Ok(())
+}
+
+fn kind_name(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Mlp => "mlp",
+        ModelKind::Cnn => "cnn",
+        ModelKind::Gpt => "gpt",
+    }
+}
+
+/// How to export.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub format: Format,
+    pub scheme: Scheme,
+    pub out: PathBuf,
+    /// Replace an existing, non-empty `out`.
+    pub overwrite: bool,
+    /// Training samples (classifiers) or windows (GPT) whose activations weight the choice of
+    /// int4/int8 scales; 0 uses plain max-abs scales.
+    pub calibration_samples: usize,
+    /// Backend name, recorded with the metrics.
+    pub backend: String,
+}
+
+/// Checks `out` before any work: an existing non-empty directory is kept unless `overwrite`.
+pub fn check_out(out: &Path, overwrite: bool) -> Result<()> {
+    if out.is_file() {
+        bail!("--out {} is a file; give a directory", out.display());
+    }
+    let non_empty = out
+        .read_dir()
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty && !overwrite {
+        bail!(
+            "--out {} already exists and is not empty; choose another directory or pass --overwrite to replace it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Exports `source` as `opts` says and returns a JSON summary.
+pub fn export<B: Backend>(
+    source: Source,
+    opts: &ExportOptions,
+    device: &B::Device,
+) -> Result<Value> {
+    let config = &source.config;
+    let section = &config.model;
+    check_supported(section.kind, opts.format, opts.scheme)?;
+    check_out(&opts.out, opts.overwrite)?;
+
+    let data = RunData::load(config).context("loading the run's data for the export's metrics")?;
+    let shape = data.shape();
+    let (split, split_name) = match &data {
+        RunData::Samples(_) => (Split::Test, "test"),
+        RunData::Text(_) => (Split::Valid, "valid"),
+    };
+    let measure = |weights: &HostWeights, what: &str| -> Result<EvalResult> {
+        let model = build_model::<B>(section, &shape, weights, what, device)?;
+        Ok(evaluate(&model, data.eval_batches(split, config), device))
+    };
+    let float = measure(&source.weights, "of the checkpoint")?;
+
+    let importance = match (opts.scheme, opts.calibration_samples) {
+        (Scheme::None, _) | (_, 0) => None,
+        (_, n) => {
+            let model = build_model::<B>(
+                section,
+                &shape,
+                &source.weights,
+                "of the checkpoint",
+                device,
+            )?;
+            Some(calibrate(&model, &data, config, n, device)?)
+        }
+    };
+    let tensors = quantize(&source.weights, opts.scheme, importance.as_ref())?;
+    let dequantized: HostWeights = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
+        .collect();
+    let exported = if opts.scheme == Scheme::None {
+        float
+    } else {
+        measure(&dequantized, "of the export")?
+    };
+    let metrics = json!({
+        "split": split_name, "loss": exported.loss, "accuracy": exported.accuracy,
+        "samples": exported.samples, "backend": opts.backend,
+    });
+
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        kiln_version: kiln_core::VERSION.into(),
+        architecture: json!({ "model": section }),
+        input: input_spec(&data, config.data.format, section),
+        output: output_spec(&data, &source)?,
+        quantization: quantization_spec(opts, &tensors, importance.as_ref()),
+        source: json!({
+            "run": config.run.name, "checkpoint": source.checkpoint, "step": source.step,
+            "sha256": source.sha256, "bytes": source.bytes,
+        }),
+        metrics: metrics.clone(),
+        tensors: BTreeMap::new(),
+        files: BTreeMap::new(),
+    };
+
+    let partial = partial_dir(&opts.out)?;
+    let written = write_format(
+        &partial,
+        opts,
+        manifest,
+        &tensors,
+        &dequantized,
+        &data,
+        &source,
+    )
+    .and_then(|()| finish(&partial, &opts.out, opts.overwrite));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+
+    let files = list_files(&opts.out)?;
+    let bytes: u64 = files.values().sum();
+    let weights_bytes = files
+        .iter()
+        .filter(|(n, _)| n.ends_with(".safetensors") || n.ends_with(".onnx"))
+        .map(|(_, b)| b)
+        .sum::<u64>();
+    Ok(json!({
+        "out": opts.out, "format": opts.format.name(), "quantize": opts.scheme.name(),
+        "files": files, "bytes": bytes, "weights_bytes": weights_bytes,
+        "source_bytes": source.bytes,
+        "size_ratio": weights_bytes as f64 / source.bytes as f64,
+        "metrics": metrics,
+        "float_metrics": {"split": split_name, "loss": float.loss, "accuracy": float.accuracy, "samples": float.samples},
+        "source": {"checkpoint": source.checkpoint, "step": source.step, "sha256": source.sha256},
+    }))
+}
+
+/// Quantizes every weight matrix with `scheme` (vectors stay float32).
+fn quantize(
+    weights: &HostWeights,
+    scheme: Scheme,
+    importance: Option<&Importance>,
+) -> Result<Vec<(String, ExportTensor)>> {
+    weights
+        .iter()
+        .map(|(name, (shape, data))| {
+            let axis = channel_axis(name, shape);
+            let weight = importance.and_then(|imp| imp.get(name)).map(Vec::as_slice);
+            let t = ExportTensor::quantize_weighted(shape, data, axis, scheme, weight)
+                .with_context(|| format!("quantizing {name}"))?;
+            Ok((name.clone(), t))
+        })
+        .collect()
+}
+
+fn input_spec(data: &RunData, format: DataFormat, section: &ModelSection) -> Value {
+    match data {
+        RunData::Samples(s) => {
+            let (scaling, source) = match format {
+                DataFormat::Idx => ("pixel / 255", "idx"),
+                _ => ("none", "csv"),
+            };
+            json!({
+                "kind": "features",
+                "dtype": "float32",
+                "shape": s.test.sample_shape,
+                "features": s.test.sample_len(),
+                "scaling": scaling,
+                "source_format": source,
+                "standardize": s.standardizer.as_ref().map(|st| json!({"mean": st.mean, "std": st.std})),
+            })
+        }
+        RunData::Text(t) => json!({
+            "kind": "tokens",
+            "dtype": "int64",
+            "block_size": section.block_size,
+            "vocab_size": section.vocab_size.unwrap_or(t.vocab_size),
+        }),
+    }
+}
+
+fn output_spec(data: &RunData, source: &Source) -> Result<Value> {
+    Ok(match data {
+        RunData::Samples(s) => json!({
+            "kind": "classes",
+            "labels": s.test.class_names,
+        }),
+        RunData::Text(_) => {
+            let tokenizer = tokenizer_of(data, &source.run_dir)?;
+            json!({"kind": "next-token logits", "tokenizer": tokenizer.to_json()})
+        }
+    })
+}
+
+/// The run's character tokenizer (saved in the run directory by training).
+fn tokenizer_of(data: &RunData, run_dir: &Path) -> Result<CharTokenizer> {
+    let path = run_dir.join(TOKENIZER_FILE);
+    if path.is_file() {
+        return CharTokenizer::load(&path);
+    }
+    match data {
+        RunData::Text(t) => t.tokenizer.clone().with_context(|| {
+            format!(
+                "{} has no {TOKENIZER_FILE} and the run's token data names no tokenizer; an export of a GPT needs the character vocabulary",
+                run_dir.display()
+            )
+        }),
+        RunData::Samples(_) => bail!("a classifier has no tokenizer"),
+    }
+}
+
+fn quantization_spec(
+    opts: &ExportOptions,
+    tensors: &[(String, ExportTensor)],
+    importance: Option<&Importance>,
+) -> Value {
+    let quantized = tensors
+        .iter()
+        .filter(|(_, t)| matches!(t, ExportTensor::Quant { .. }))
+        .count();
+    let granularity = match opts.scheme {
+        Scheme::None => "none".to_string(),
+        Scheme::Int8 => "one float32 scale per output channel".to_string(),
+        Scheme::Int4 { block } => {
+            format!(
+                "one float32 scale per block of {block} consecutive values of each output channel"
+            )
+        }
+    };
+    json!({
+        "scheme": opts.scheme.name(),
+        "symmetric": true,
+        "block": match opts.scheme { Scheme::Int4 { block } => Some(block), _ => None },
+        "granularity": granularity,
+        "dequantize": "value * scale",
+        "quantized_tensors": quantized,
+        "float_tensors": tensors.len() - quantized,
+        "calibration": importance.map(Importance::describe),
+    })
+}
+
+/// Writes the export in its format into `dir`.
+fn write_format(
+    dir: &Path,
+    opts: &ExportOptions,
+    mut manifest: Manifest,
+    tensors: &[(String, ExportTensor)],
+    dequantized: &HostWeights,
+    data: &RunData,
+    source: &Source,
+) -> Result<()> {
+    let section = &source.config.model;
+    match opts.format {
+        Format::Kiln => write_export(dir, manifest, tensors),
+        Format::Onnx => {
+            let net = classifier_net(section, &manifest, tensors)?;
+            let bytes = classifier_to_onnx(&net)?;
+            write(dir, "model.onnx", &bytes)?;
+            manifest.format = "kiln-onnx".into();
+            manifest.files = BTreeMap::from([(
+                "model.onnx".to_string(),
+                FileEntry {
+                    sha256: sha256_hex(&bytes),
+                    bytes: bytes.len() as u64,
+                },
+            )]);
+            write(
+                dir,
+                "kiln.json",
+                serde_json::to_string_pretty(&manifest)?.as_bytes(),
+            )
+        }
+        Format::Hf => {
+            let tokenizer = tokenizer_of(data, &source.run_dir)?;
+            let DataShape::Tokens { vocab_size } = data.shape() else {
+                bail!("a Hugging Face export needs a GPT");
+            };
+            let shape = Gpt2Shape {
+                vocab_size: section.vocab_size.unwrap_or(vocab_size),
+                n_positions: section.block_size,
+                n_embd: section.n_embd,
+                n_layer: section.n_layer,
+                n_head: section.n_head,
+                bias: section.bias,
+                tie_weights: section.tie_weights,
+            };
+            write_gpt2(dir, &shape, dequantized, tokenizer.chars())?;
+            manifest.format = "kiln-hf".into();
+            write(
+                dir,
+                "kiln.json",
+                serde_json::to_string_pretty(&manifest)?.as_bytes(),
+            )
+        }
+    }
+}
+
+/// The classifier of `section` as ONNX layers.
+fn classifier_net(
+    section: &ModelSection,
+    manifest: &Manifest,
+    tensors: &[(String, ExportTensor)],
+) -> Result<ClassifierNet> {
+    let by_name: BTreeMap<&str, &ExportTensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let get = |name: &str| -> Result<ExportTensor> {
+        by_name
+            .get(name)
+            .map(|t| (*t).clone())
+            .with_context(|| format!("the checkpoint has no tensor {name}"))
+    };
+    let vector =
+        |name: &str| -> Result<Option<Vec<f32>>> { Ok(by_name.get(name).map(|t| t.dequantize())) };
+    let act = match section.activation {
+        Activation::Relu => Act::Relu,
+        Activation::Gelu => Act::Gelu,
+        Activation::Tanh => Act::Tanh,
+        Activation::Sigmoid => Act::Sigmoid,
+    };
+    let mlp = |prefix: &str, layers: &mut Vec<Layer>| -> Result<()> {
+        let count = section.hidden.len() + 1;
+        for i in 0..count {
+            layers.push(Layer::Linear {
+                weight: get(&format!("{prefix}layers.{i}.weight"))?,
+                bias: vector(&format!("{prefix}layers.{i}.bias"))?,
+            });
+            if i + 1 < count {
+                layers.push(Layer::Activation(act));
+            }
+        }
+        Ok(())
+    };
+    let input = &manifest.input;
+    let features = input["features"].as_u64().context("input features")? as usize;
+    let mut layers = Vec::new();
+    let image = match section.kind {
+        ModelKind::Mlp => {
+            mlp("", &mut layers)?;
+            None
+        }
+        ModelKind::Cnn => {
+            for (i, _) in section.channels.iter().enumerate() {
+                layers.push(Layer::Conv2d {
+                    weight: get(&format!("blocks.{i}.conv.weight"))?,
+                    bias: vector(&format!("blocks.{i}.conv.bias"))?,
+                    padding: section.padding,
+                });
+                if section.batch_norm {
+                    let v = |p: &str| -> Result<Vec<f32>> {
+                        vector(&format!("blocks.{i}.norm.{p}"))?
+                            .with_context(|| format!("the checkpoint has no blocks.{i}.norm.{p}"))
+                    };
+                    layers.push(Layer::BatchNorm {
+                        gamma: v("gamma")?,
+                        beta: v("beta")?,
+                        mean: v("running_mean")?,
+                        var: v("running_var")?,
+                        epsilon: 1e-5,
+                    });
+                }
+                layers.push(Layer::Activation(act));
+                if (i + 1) % section.pool_every == 0 {
+                    match section.pooling {
+                        Pooling::Max => layers.push(Layer::MaxPool2),
+                        Pooling::Avg => layers.push(Layer::AvgPool2),
+                        Pooling::None => {}
+                    }
+                }
+            }
+            layers.push(Layer::Flatten);
+            mlp("head.", &mut layers)?;
+            let dims: Vec<usize> = serde_json::from_value(input["shape"].clone())?;
+            let &[c, h, w] = dims.as_slice() else {
+                bail!("a CNN's input has shape {dims:?}, not [c, h, w]");
+            };
+            Some([c, h, w])
+        }
+        ModelKind::Gpt => bail!("ONNX export covers classifiers; {SUPPORTED}"),
+    };
+    let standardize = match &input["standardize"] {
+        Value::Null => None,
+        s => {
+            let mean: Vec<f32> = serde_json::from_value(s["mean"].clone())?;
+            let std: Vec<f32> = serde_json::from_value(s["std"].clone())?;
+            let inv = std
+                .iter()
+                .map(|&s| if s == 0.0 { 1.0 } else { 1.0 / s })
+                .collect();
+            Some((mean, inv))
+        }
+    };
+    let classes = manifest.output["labels"].as_array().map_or(0, |l| l.len());
+    Ok(ClassifierNet {
+        features,
+        image,
+        standardize,
+        layers,
+        classes,
+    })
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A fresh directory beside `out` to write the export into.
+fn partial_dir(out: &Path) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("--out {}: give a directory name", out.display()))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let partial = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&partial);
+    Ok(partial)
+}
+
+/// Moves the complete export into place, replacing an old one only now.
+fn finish(partial: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() {
+        check_out(out, overwrite)?;
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("cannot remove the old export {}", out.display()))?;
+    }
+    std::fs::rename(partial, out)
+        .with_context(|| format!("cannot move the export into {}", out.display()))
+}
+
+fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            files.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.metadata()?.len(),
+            );
+        }
+    }
+    Ok(files)
+}

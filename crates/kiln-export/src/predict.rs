@@ -1,0 +1,390 @@
+//! `kiln predict`: runs a Kiln export on any backend. Classifiers read PNG images, IDX image
+//! files or CSV rows and print one JSON line per input (label and class probabilities); a GPT
+//! continues a prompt (or prints its logits).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use kiln_core::config::ModelSection;
+use kiln_data::CharTokenizer;
+use kiln_models::{DataShape, Input, Model};
+use kiln_train::generate::{generate_with, Sampling};
+use serde_json::{json, Value};
+
+use crate::format::{read_export, Manifest, MANIFEST_FILE};
+use crate::model::{build_model, HostWeights};
+
+/// Samples per forward pass.
+const BATCH: usize = 256;
+
+/// What an export's model takes.
+pub enum Task {
+    Classifier {
+        labels: Vec<String>,
+        /// `[features]` or `[c, h, w]`.
+        sample_shape: Vec<usize>,
+        /// Means and standard deviations (one, or one per feature).
+        standardize: Option<(Vec<f32>, Vec<f32>)>,
+    },
+    Language {
+        tokenizer: CharTokenizer,
+    },
+}
+
+/// An export loaded onto a device.
+pub struct Loaded<B: Backend> {
+    pub manifest: Manifest,
+    pub model: Model<B>,
+    pub task: Task,
+}
+
+/// Reads, verifies and loads the Kiln export in `dir`.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
+    if !dir.join(MANIFEST_FILE).is_file() {
+        if dir.join("model.onnx").is_file() {
+            bail!(
+                "{} is an ONNX export; run it with onnxruntime (or Triton). kiln predict runs Kiln exports (kiln export --format kiln)",
+                dir.display()
+            );
+        }
+        if dir.join("config.json").is_file() {
+            bail!(
+                "{} is a Hugging Face export; load it with transformers. kiln predict runs Kiln exports (kiln export --format kiln)",
+                dir.display()
+            );
+        }
+    }
+    let (manifest, tensors) = read_export(dir)?;
+    let damaged = |what: &str| format!("{}: the manifest's {what} is damaged", dir.display());
+    let section: ModelSection = serde_json::from_value(manifest.architecture["model"].clone())
+        .with_context(|| damaged("architecture"))?;
+    let (task, shape) = match manifest.input["kind"].as_str() {
+        Some("features") => {
+            let labels: Vec<String> = serde_json::from_value(manifest.output["labels"].clone())
+                .with_context(|| damaged("output labels"))?;
+            let sample_shape: Vec<usize> = serde_json::from_value(manifest.input["shape"].clone())
+                .with_context(|| damaged("input shape"))?;
+            let standardize = match &manifest.input["standardize"] {
+                Value::Null => None,
+                s => Some((
+                    serde_json::from_value(s["mean"].clone()).with_context(|| damaged("mean"))?,
+                    serde_json::from_value(s["std"].clone()).with_context(|| damaged("std"))?,
+                )),
+            };
+            let shape = DataShape::Samples {
+                sample_shape: sample_shape.clone(),
+                num_classes: labels.len(),
+            };
+            let task = Task::Classifier {
+                labels,
+                sample_shape,
+                standardize,
+            };
+            (task, shape)
+        }
+        Some("tokens") => {
+            let tokenizer =
+                CharTokenizer::from_json(&manifest.output["tokenizer"], &dir.join(MANIFEST_FILE))?;
+            let shape = DataShape::Tokens {
+                vocab_size: tokenizer.vocab_size(),
+            };
+            (Task::Language { tokenizer }, shape)
+        }
+        other => bail!("{}: unknown input kind {other:?}", dir.display()),
+    };
+    let weights: HostWeights = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
+        .collect();
+    let origin = format!("of the export {}", dir.display());
+    let model = build_model::<B>(&section, &shape, &weights, &origin, device)?;
+    Ok(Loaded {
+        manifest,
+        model,
+        task,
+    })
+}
+
+/// One input sample and where it came from.
+pub struct Record {
+    /// `file.png`, `file.csv:3` (line), `file.gz#12` (record).
+    pub origin: String,
+    pub values: Vec<f32>,
+}
+
+/// Reads classifier inputs: PNG images, IDX image files (`.idx`, `-ubyte`, `.gz`) or CSV rows,
+/// each checked against `sample_shape` (`[features]` or `[c, h, w]`).
+pub fn read_inputs(paths: &[PathBuf], sample_shape: &[usize]) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for path in paths {
+        let name = path.display().to_string();
+        let lower = name.to_lowercase();
+        if lower.ends_with(".png") {
+            records.push(Record {
+                origin: name,
+                values: read_png(path, sample_shape)?,
+            });
+        } else if lower.ends_with(".csv") {
+            records.extend(read_csv(path, sample_shape)?);
+        } else if lower.ends_with(".gz") || lower.ends_with(".idx") || lower.contains("ubyte") {
+            records.extend(read_idx(path, sample_shape)?);
+        } else {
+            bail!("{name}: unknown input type; give PNG images (.png), IDX image files (.idx, *-ubyte, .gz) or CSV rows (.csv)");
+        }
+    }
+    Ok(records)
+}
+
+fn read_png(path: &Path, sample_shape: &[usize]) -> Result<Vec<f32>> {
+    let &[c, h, w] = sample_shape else {
+        bail!(
+            "{}: the model takes {} features per sample, not images; give CSV rows",
+            path.display(),
+            sample_shape.iter().product::<usize>()
+        );
+    };
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
+    let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
+    let info = reader
+        .next_frame(&mut buf)
+        .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
+    let (iw, ih) = (info.width as usize, info.height as usize);
+    ensure!(
+        (ih, iw) == (h, w),
+        "{}: the image is {iw}x{ih} pixels, the model takes {w}x{h}; resize it",
+        path.display()
+    );
+    let channels = info.color_type.samples();
+    let pixels = &buf[..ih * iw * channels];
+    let color = |p: &[u8]| -> [f32; 3] {
+        match p.len() {
+            1 | 2 => [f32::from(p[0]); 3],
+            _ => [f32::from(p[0]), f32::from(p[1]), f32::from(p[2])],
+        }
+    };
+    let mut values = vec![0f32; c * h * w];
+    for (i, p) in pixels.chunks_exact(channels).enumerate() {
+        let [r, g, b] = color(p);
+        match c {
+            // Luma (ITU-R BT.601) of colour images for a grayscale model.
+            1 => values[i] = (0.299 * r + 0.587 * g + 0.114 * b) / 255.0,
+            3 => {
+                for (k, v) in [r, g, b].into_iter().enumerate() {
+                    values[k * h * w + i] = v / 255.0;
+                }
+            }
+            _ => bail!(
+                "{}: the model takes images of {c} channels; PNG inputs work for 1 (gray) or 3 (RGB)",
+                path.display()
+            ),
+        }
+    }
+    Ok(values)
+}
+
+fn read_idx(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
+    let (pixels, shape) = kiln_data::load_idx_images(path)?;
+    ensure!(
+        shape.as_slice() == sample_shape,
+        "{}: holds images of shape {shape:?} ([channels, height, width]), the model takes {sample_shape:?}",
+        path.display()
+    );
+    let len = shape.iter().product::<usize>();
+    Ok(pixels
+        .chunks_exact(len)
+        .enumerate()
+        .map(|(i, v)| Record {
+            origin: format!("{}#{i}", path.display()),
+            values: v.to_vec(),
+        })
+        .collect())
+}
+
+fn read_csv(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
+    let features: usize = sample_shape.iter().product();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parsed: Result<Vec<f32>, _> =
+            line.split(',').map(|f| f.trim().parse::<f32>()).collect();
+        let Ok(values) = parsed else {
+            if i == 0 {
+                continue; // a header line
+            }
+            bail!(
+                "{}:{}: not a row of numbers: {line:?}",
+                path.display(),
+                i + 1
+            );
+        };
+        ensure!(
+            values.len() == features,
+            "{}:{}: the row has {} values, the model takes {features} features{}",
+            path.display(),
+            i + 1,
+            values.len(),
+            if values.len() == features + 1 {
+                " (drop the label column)"
+            } else {
+                ""
+            }
+        );
+        records.push(Record {
+            origin: format!("{}:{}", path.display(), i + 1),
+            values,
+        });
+    }
+    ensure!(!records.is_empty(), "{}: no rows", path.display());
+    Ok(records)
+}
+
+/// Classifies `records` with `loaded` and writes one JSON line each: origin, class index,
+/// label, probabilities (and logits when asked).
+pub fn classify<B: Backend>(
+    loaded: &Loaded<B>,
+    records: &[Record],
+    with_logits: bool,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let Task::Classifier {
+        labels,
+        standardize,
+        ..
+    } = &loaded.task
+    else {
+        bail!("this export is a language model; give it a prompt");
+    };
+    for chunk in records.chunks(BATCH) {
+        let features = chunk[0].values.len();
+        let mut x: Vec<f32> = chunk
+            .iter()
+            .flat_map(|r| r.values.iter().copied())
+            .collect();
+        if let Some((mean, std)) = standardize {
+            standardize_rows(&mut x, features, mean, std);
+        }
+        let input = Tensor::<B, 2>::from_data(TensorData::new(x, [chunk.len(), features]), device);
+        let logits = loaded.model.forward(Input::Features(input));
+        let probs = softmax(logits.clone(), 1);
+        let logits: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(data_err)?;
+        let probs: Vec<f32> = probs
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(data_err)?;
+        let classes = labels.len();
+        for (i, r) in chunk.iter().enumerate() {
+            let p = &probs[i * classes..(i + 1) * classes];
+            let best = p
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(k, _)| k);
+            let mut line = json!({
+                "input": r.origin, "class": best, "label": labels[best], "probabilities": p,
+            });
+            if with_logits {
+                line["logits"] = json!(&logits[i * classes..(i + 1) * classes]);
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `(x - mean) / std` per feature (or with one global pair), as the training data loader does;
+/// a standard deviation of 0 counts as 1.
+fn standardize_rows(x: &mut [f32], features: usize, mean: &[f32], std: &[f32]) {
+    for row in x.chunks_exact_mut(features) {
+        for (j, v) in row.iter_mut().enumerate() {
+            let k = if mean.len() == 1 { 0 } else { j };
+            let s = if std[k] == 0.0 { 1.0 } else { 1.0 / std[k] };
+            *v = (*v - mean[k]) * s;
+        }
+    }
+}
+
+/// Continues `sampling.prompt` with the export's GPT and writes one JSON line: prompt,
+/// completion and the generated token ids.
+pub fn complete<B: Backend>(
+    loaded: &Loaded<B>,
+    sampling: &Sampling,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (Model::Gpt(gpt), Task::Language { tokenizer }) = (&loaded.model, &loaded.task) else {
+        bail!("this export is a classifier; give it input files (PNG, IDX or CSV)");
+    };
+    let text = generate_with(gpt, tokenizer, sampling, device, &mut std::io::sink())?;
+    let ids: Vec<u32> = tokenizer.encode(&text)?;
+    writeln!(
+        out,
+        "{}",
+        json!({"prompt": sampling.prompt, "completion": text, "tokens": ids})
+    )?;
+    Ok(())
+}
+
+/// Writes the GPT's next-token logits at every position of `prompt` as one JSON object:
+/// prompt, token ids and `logits` (`[positions][vocab]`).
+pub fn prompt_logits<B: Backend>(
+    loaded: &Loaded<B>,
+    prompt: &str,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (Model::Gpt(gpt), Task::Language { tokenizer }) = (&loaded.model, &loaded.task) else {
+        bail!("this export is a classifier; give it input files (PNG, IDX or CSV)");
+    };
+    let ids: Vec<u32> = tokenizer.encode(prompt).context("the prompt")?;
+    ensure!(
+        !ids.is_empty(),
+        "the prompt is empty; logits need at least one token"
+    );
+    ensure!(
+        ids.len() <= gpt.block_size,
+        "the prompt has {} tokens, the model's context is {} (block_size)",
+        ids.len(),
+        gpt.block_size
+    );
+    let t = ids.len();
+    let x: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(x, [1, t]), device);
+    let logits: Vec<f32> = gpt
+        .forward(tokens)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(data_err)?;
+    let rows: Vec<&[f32]> = logits.chunks_exact(gpt.vocab_size).collect();
+    writeln!(
+        out,
+        "{}",
+        json!({"prompt": prompt, "tokens": ids, "logits": rows})
+    )?;
+    Ok(())
+}
+
+fn data_err(e: burn::tensor::DataError) -> anyhow::Error {
+    anyhow::anyhow!("cannot read the model's output: {e:?}")
+}

@@ -1,0 +1,87 @@
+//! The checkpoint an export starts from: found from a run directory, a step directory or its
+//! `model.safetensors`, and verified against its `state.json` before anything is read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kiln_checkpoint::verify;
+use kiln_core::rundir::{find_run_config, resolve_weights};
+use kiln_core::Config;
+use safetensors::Dtype;
+
+use crate::format::sha256_hex;
+
+/// A verified checkpoint's model weights, the run's config and where they came from.
+pub struct Source {
+    pub config: Config,
+    pub run_dir: PathBuf,
+    /// The checkpoint directory (`step-<N>`).
+    pub checkpoint: PathBuf,
+    pub step: usize,
+    /// sha256 of the checkpoint's `model.safetensors`.
+    pub sha256: String,
+    pub bytes: u64,
+    /// Every model tensor by burn-store name: shape and values.
+    pub weights: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Source {
+    /// Opens the checkpoint that `path` names and verifies every file of it.
+    pub fn open(path: &Path) -> Result<Source> {
+        let file = resolve_weights(path)?;
+        let checkpoint = file
+            .parent()
+            .context("the weights file has no directory")?
+            .to_path_buf();
+        if !checkpoint.join("state.json").is_file() {
+            bail!(
+                "{} is not inside a Kiln checkpoint (no state.json next to it), so it cannot be verified; export a run directory or one of its step-<N> directories",
+                file.display()
+            );
+        }
+        let verified = verify(&checkpoint, None).with_context(|| {
+            format!(
+                "checkpoint {} failed verification; export another checkpoint of the run (its step-<N> directories) or retrain",
+                checkpoint.display()
+            )
+        })?;
+        let config_path = find_run_config(&file)?;
+        let config = Config::load(&config_path, &[])
+            .with_context(|| format!("reading the run config {}", config_path.display()))?;
+        let run_dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let sha256 = sha256_hex(&bytes);
+        let tensors = verified
+            .files
+            .get("model.safetensors")
+            .with_context(|| format!("{} holds no model.safetensors", checkpoint.display()))?;
+        let mut weights = BTreeMap::new();
+        for t in tensors {
+            if t.dtype != Dtype::F32 {
+                bail!(
+                    "{}: tensor {} is {:?}; Kiln exports float32 checkpoints",
+                    file.display(),
+                    t.name,
+                    t.dtype
+                );
+            }
+            let values = t
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            weights.insert(t.name.clone(), (t.shape.clone(), values));
+        }
+        Ok(Source {
+            config,
+            run_dir,
+            checkpoint,
+            step: verified.step,
+            sha256,
+            bytes: bytes.len() as u64,
+            weights,
+        })
+    }
+}
