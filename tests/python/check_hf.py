@@ -28,7 +28,7 @@ import sys
 
 
 class Mismatch(Exception):
-    """A difference between the Hugging Face folder and Kiln's outputs."""
+    """A difference between the Hugging Face folder and Kiln's outputs (its message)."""
 
 
 def load_model(hf_dir):
@@ -117,7 +117,8 @@ def greedy(model, tokens, n):
     return ids[len(tokens):], f"greedy loop on the last {context} tokens"
 
 
-def check(args):
+def check(args, summary):
+    """Runs every check, recording what it finds in `summary`; raises `Mismatch`."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -125,8 +126,8 @@ def check(args):
     with open(args.expected, encoding="utf-8") as f:
         expected = json.load(f)
     prompt, tokens = expected["prompt"], expected["tokens"]
-    summary = {"tokens": len(tokens), "transformers": transformers.__version__,
-               "torch": torch.__version__}
+    summary.update(tokens=len(tokens), transformers=transformers.__version__,
+                   torch=torch.__version__)
 
     tokenizer = AutoTokenizer.from_pretrained(args.hf_dir)
     if prompt:
@@ -139,7 +140,7 @@ def check(args):
     diff = compare_logits(model, tokens, expected["logits"])
     summary["max_abs_diff"] = diff
     if not diff <= args.atol:
-        raise Mismatch(f"logits differ by up to {diff:.3g} (atol {args.atol:g})", summary)
+        raise Mismatch(f"logits differ by up to {diff:.3g} (atol {args.atol:g})")
 
     completion = expected.get("completion")
     summary["generation_match"] = None
@@ -151,11 +152,8 @@ def check(args):
         summary["generation_match"] = got == want and text == completion
         if not summary["generation_match"]:
             raise Mismatch(
-                f"greedy continuation ({how}) is {text!r} {got}, Kiln's {completion!r} {want}",
-                summary,
+                f"greedy continuation ({how}) is {text!r} {got}, Kiln's {completion!r} {want}"
             )
-    summary["ok"] = True
-    return summary
 
 
 def main():
@@ -165,14 +163,15 @@ def main():
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest allowed absolute logit difference (default 1e-4)")
     args = parser.parse_args()
+    summary = {}
     try:
-        summary = check(args)
+        check(args, summary)
     except Mismatch as e:
-        summary = e.args[1] if len(e.args) > 1 else {}
-        summary.update(ok=False, error=e.args[0])
+        summary.update(ok=False, error=str(e))
         print(json.dumps(summary))
-        print(f"check_hf: {args.hf_dir}: {e.args[0]}", file=sys.stderr)
+        print(f"check_hf: {args.hf_dir}: {e}", file=sys.stderr)
         sys.exit(1)
+    summary["ok"] = True
     print(json.dumps(summary))
 
 

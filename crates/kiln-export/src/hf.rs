@@ -33,7 +33,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
-/// The weights file of the folder.
+/// The files of the folder.
 pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
 pub const HF_CONFIG_FILE: &str = "config.json";
 pub const HF_TOKENIZER_FILE: &str = "tokenizer.json";
