@@ -306,6 +306,7 @@ def measure(a, models, tmp):
                   file=sys.stderr)
 
     # Latency, interleaved over reps.
+    load_before = loadavg()
     timings = {}
     for rep in range(a.reps):
         for model in models:
@@ -346,8 +347,8 @@ def measure(a, models, tmp):
             key = "kiln" if fmt_ == "kiln" else "onnxruntime"
             row[f"{key}_batch"] = MODELS[model]["batch"]
             row[f"{key}_median_ms"] = med(rs)
-            row[f"{key}_min_ms"] = med(rs, "min_ms") and min(r["min_ms"] for r in rs
-                                                             if "min_ms" in r)
+            mins = [r["min_ms"] for r in rs if "min_ms" in r]
+            row[f"{key}_min_ms"] = min(mins) if mins else None
             row[f"{key}_rep_medians_ms"] = [r.get("median_ms") for r in rs]
             row[f"{key}_runs"] = rs
             if "tokens_per_batch" in rs[0]:
@@ -361,6 +362,7 @@ def measure(a, models, tmp):
                      "(dequantized) model, and per-batch inference latency (Kiln flex on Kiln "
                      "exports, onnxruntime CPUExecutionProvider on ONNX exports)",
         "date": now(), "machine": machine(), "threads": a.threads, "reps": a.reps,
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
         "onnxruntime_version": ort_version,
         "kiln_binary": str(a.kiln),
         "kiln_binary_mtime": datetime.datetime.fromtimestamp(
@@ -370,6 +372,19 @@ def measure(a, models, tmp):
                     for k, v in TARGETS.items()},
         "results": rows,
     }
+
+
+def ms_cell(row, key):
+    if not row or row.get(f"{key}_median_ms") is None:
+        return "—"
+    return f"{row[f'{key}_median_ms']:.2f} ({row[f'{key}_min_ms']:.2f})"
+
+
+def loadavg():
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return None
 
 
 def markdown(result):
@@ -383,7 +398,11 @@ def markdown(result):
         f"{m['os']}; {m['rustc']}; onnxruntime {result['onnxruntime_version']}; Kiln commit "
         f"{(m['kiln_commit'] or '?')[:12]} (HEAD when run). Both runtimes on {result['threads']} "
         f"threads; latency: median of {result['reps']} interleaved runs' medians (each run: 3 "
-        "warm-up passes, then timed passes), ms per batch, host input to host output.",
+        "warm-up passes, then timed passes), and in brackets the fastest single pass of all "
+        "runs; ms per batch, host input to host output. Load average (1/5/15 min) before and "
+        f"after the latency runs: {' '.join(result['loadavg_before'] or [])} / "
+        f"{' '.join(result['loadavg_after'] or [])} (the machine is shared; other work "
+        "makes medians noisy, minima less so).",
         "",
         "Sizes are of the weights file (`model.safetensors`, `model.onnx`), KiB = 1024 bytes; "
         "\"vs fp32\" divides by the float32 export of the same format. Accuracy and loss are "
@@ -400,8 +419,8 @@ def markdown(result):
                 f"Batch {spec['batch']} test images. Test accuracy on all 10,000 test images.",
                 "",
                 "| scheme | Kiln file (KiB) | vs fp32 | ONNX file (KiB) | vs fp32 | test accuracy "
-                "| Δ vs fp32 (points) | onnxruntime accuracy | Kiln ms/batch | onnxruntime "
-                "ms/batch |",
+                "| Δ vs fp32 (points) | onnxruntime accuracy | Kiln ms/batch (min) | "
+                "onnxruntime ms/batch (min) |",
                 "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for scheme in SCHEMES + ["int4-cal0"]:
@@ -419,7 +438,7 @@ def markdown(result):
                     f"{fmt(o and o['size_ratio_vs_fp32_export'], '.3f')}{'x' if o else ''} | "
                     f"{100 * k['value']:.2f}% | {100 * k['delta_vs_fp32']:+.2f} | "
                     f"{fmt(o and o.get('onnxruntime_accuracy') and 100 * o['onnxruntime_accuracy'], '.2f')}{'%' if o else ''} | "
-                    f"{fmt(k.get('kiln_median_ms'))} | {fmt(o and o.get('onnxruntime_median_ms'))} |")
+                    f"{ms_cell(k, 'kiln')} | {ms_cell(o, 'onnxruntime')} |")
             for scheme, (max_ratio, max_drop) in TARGETS.items():
                 k, o = by.get(f"{model}-kiln-{scheme}"), by.get(f"{model}-onnx-{scheme}")
                 if k is None:
@@ -443,7 +462,7 @@ def markdown(result):
                 f"validation split ({by[f'{model}-kiln-none']['metrics']['samples']:,} tokens).",
                 "",
                 "| scheme | Kiln file (KiB) | vs fp32 | valid loss | Δ vs fp32 | valid token "
-                "accuracy | Δ vs fp32 (points) | Kiln ms/batch | Kiln tokens/s |",
+                "accuracy | Δ vs fp32 (points) | Kiln ms/batch (min) | Kiln tokens/s |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for scheme in SCHEMES + ["int4-cal0"]:
@@ -459,7 +478,8 @@ def markdown(result):
                     f"| {label} | {k['weights_bytes'] / 1024:.1f} | "
                     f"{k['size_ratio_vs_fp32_export']:.3f}x | {k['value']:.4f} | "
                     f"{k['delta_vs_fp32']:+.4f} | {100 * acc:.2f}% | {100 * (acc - acc0):+.2f} | "
-                    f"{fmt(ms)} | {fmt(ms and k.get('tokens_per_batch', 0) / ms * 1e3, ',.0f')} |")
+                    f"{ms_cell(k, 'kiln')} | "
+                    f"{fmt(ms and k.get('tokens_per_batch', 0) / ms * 1e3, ',.0f')} |")
             if hf:
                 lines.append(f"| fp32, Hugging Face folder (size only) | "
                              f"{hf['weights_bytes'] / 1024:.1f} | "

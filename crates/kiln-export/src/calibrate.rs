@@ -1,12 +1,14 @@
-//! Calibration: the mean square of every weight layer's input features over a sample of the
-//! training data. A weight's quantization error matters in proportion to the activation it
-//! multiplies, so these weight the choice of each scale (see `quant`).
+//! Calibration: the second moments `E[x x^T]` of every weight layer's input features over a
+//! sample of the training data. The error a weight error vector `e` adds to the layer's output is
+//! `E[(x . e)^2] = e^T E[x x^T] e`, so these matrices weight the choice of each int4 scale (see
+//! `quant`): they count both how large each input is and how inputs move together, which is
+//! what makes the systematic error of clipping add up.
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
 use kiln_core::Config;
 use kiln_data::{eval_batches, eval_windows};
 use kiln_models::{Model, Observer};
@@ -14,16 +16,16 @@ use kiln_train::data::HostBatch;
 use kiln_train::RunData;
 use serde_json::{json, Value};
 
-/// Per weight name, the importance of each of its `K` input positions (the order of the
+/// Per weight name, the `[K, K]` second-moment matrix of its `K` inputs (the order of the
 /// quantization matrix: the input index of a linear weight, `(c_in, kh, kw)` of a convolution).
-pub struct Importance {
+pub struct Calibration {
     pub by_weight: BTreeMap<String, Vec<f32>>,
     /// Samples (or windows) and rows (samples, pixels or token positions) seen.
     pub samples: usize,
     pub source: String,
 }
 
-impl Importance {
+impl Calibration {
     pub fn get(&self, weight: &str) -> Option<&Vec<f32>> {
         self.by_weight.get(weight)
     }
@@ -31,7 +33,7 @@ impl Importance {
     /// What the manifest records.
     pub fn describe(&self) -> Value {
         json!({
-            "method": "per-scale clip search minimizing the squared weight error weighted by the mean square of each input (measured on training data)",
+            "method": "per-block clip search minimizing e^T E[x x^T] e, the output error of the block's weight error e, with the inputs' second moments measured on training data",
             "samples": self.samples,
             "data": self.source,
             "layers": self.by_weight.len(),
@@ -39,24 +41,24 @@ impl Importance {
     }
 }
 
-/// Sums of squares of each observed layer's input features, on the device.
-struct MeanSquares<B: Backend> {
-    sums: BTreeMap<String, (Tensor<B, 1>, usize)>,
+/// `X^T X` of each observed layer's inputs, on the device, and the rows summed.
+struct SecondMoments<B: Backend> {
+    sums: BTreeMap<String, (Tensor<B, 2>, usize)>,
 }
 
-impl<B: Backend> Observer<B> for MeanSquares<B> {
+impl<B: Backend> Observer<B> for SecondMoments<B> {
     fn observe(&mut self, weight: &dyn Fn() -> String, input: &dyn Fn() -> Tensor<B, 2>) {
         let x = input();
-        let [rows, d] = x.dims();
-        let squares = x.powi_scalar(2).sum_dim(0).reshape([d]);
+        let rows = x.dims()[0];
+        let gram = x.clone().transpose().matmul(x);
         let entry = self.sums.entry(weight());
-        let (sum, n) = entry.or_insert_with(|| (squares.zeros_like(), 0));
-        *sum = sum.clone() + squares;
+        let (sum, n) = entry.or_insert_with(|| (gram.zeros_like(), 0));
+        *sum = sum.clone() + gram;
         *n += rows;
     }
 }
 
-/// Measures the importances of `model`'s weights on up to `samples` training samples (or text
+/// Measures the second moments of the inputs of `model`'s weights on up to `samples` training samples (or text
 /// windows), taken evenly from the training split.
 pub fn calibrate<B: Backend>(
     model: &Model<B>,
@@ -64,7 +66,7 @@ pub fn calibrate<B: Backend>(
     config: &Config,
     samples: usize,
     device: &B::Device,
-) -> Result<Importance> {
+) -> Result<Calibration> {
     let batch = config
         .data
         .eval_batch_size
@@ -87,7 +89,7 @@ pub fn calibrate<B: Backend>(
         }
     };
     let mut seen = 0;
-    let mut observer = MeanSquares::<B> {
+    let mut observer = SecondMoments::<B> {
         sums: BTreeMap::new(),
     };
     for b in batches {
@@ -100,41 +102,20 @@ pub fn calibrate<B: Backend>(
     }
     let mut by_weight = BTreeMap::new();
     for (name, (sum, rows)) in observer.sums {
-        let ms: Vec<f32> = sum
+        let moments: Vec<f32> = sum
             .div_scalar(rows.max(1) as f32)
             .into_data()
             .iter::<f32>()
-            .map(|v| v.elem::<f32>())
             .collect();
-        by_weight.insert(name.clone(), expand(&name, ms, model));
+        by_weight.insert(name, moments);
     }
     let source = match data {
         RunData::Samples(_) => "training split, evenly spaced samples",
         RunData::Text(_) => "training text, consecutive windows from its start",
     };
-    Ok(Importance {
+    Ok(Calibration {
         by_weight,
         samples: seen,
         source: source.into(),
     })
-}
-
-/// A convolution's per-input-channel importance, repeated over its kernel positions (the
-/// `(c_in, kh, kw)` order of its quantization matrix).
-fn expand<B: Backend>(name: &str, per_input: Vec<f32>, model: &Model<B>) -> Vec<f32> {
-    let Model::Cnn(cnn) = model else {
-        return per_input;
-    };
-    let Some(i) = name
-        .strip_prefix("blocks.")
-        .and_then(|r| r.strip_suffix(".conv.weight"))
-        .and_then(|i| i.parse::<usize>().ok())
-    else {
-        return per_input;
-    };
-    let [_, _, kh, kw] = cnn.blocks[i].conv.weight.dims();
-    per_input
-        .iter()
-        .flat_map(|&v| std::iter::repeat_n(v, kh * kw))
-        .collect()
 }

@@ -14,7 +14,7 @@ use kiln_train::data::TOKENIZER_FILE;
 use kiln_train::{evaluate, EvalResult, RunData, Split};
 use serde_json::{json, Value};
 
-use crate::calibrate::{calibrate, Importance};
+use crate::calibrate::{calibrate, Calibration};
 use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest, Scheme};
 use crate::format::{FORMAT, FORMAT_VERSION};
 use crate::hf::{write_gpt2, Gpt2Shape};
@@ -128,8 +128,9 @@ pub fn export<B: Backend>(
     };
     let float = measure(&source.weights, "of the checkpoint")?;
 
-    let importance = match (opts.scheme, opts.calibration_samples) {
-        (Scheme::None, _) | (_, 0) => None,
+    // int8's per-channel max-abs scales lose little; int4's coarse steps are worth calibrating.
+    let calibration = match (opts.scheme, opts.calibration_samples) {
+        (Scheme::None | Scheme::Int8, _) | (_, 0) => None,
         (_, n) => {
             let model = build_model::<B>(
                 section,
@@ -141,7 +142,7 @@ pub fn export<B: Backend>(
             Some(calibrate(&model, &data, config, n, device)?)
         }
     };
-    let tensors = quantize(&source.weights, opts.scheme, importance.as_ref())?;
+    let tensors = quantize(&source.weights, opts.scheme, calibration.as_ref())?;
     let dequantized: HostWeights = tensors
         .iter()
         .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
@@ -163,7 +164,7 @@ pub fn export<B: Backend>(
         architecture: json!({ "model": section }),
         input: input_spec(&data, config.data.format, section),
         output: output_spec(&data, &source)?,
-        quantization: quantization_spec(opts, &tensors, importance.as_ref()),
+        quantization: quantization_spec(opts, &tensors, calibration.as_ref()),
         source: json!({
             "run": config.run.name, "checkpoint": source.checkpoint, "step": source.step,
             "sha256": source.sha256, "bytes": source.bytes,
@@ -211,14 +212,14 @@ pub fn export<B: Backend>(
 fn quantize(
     weights: &HostWeights,
     scheme: Scheme,
-    importance: Option<&Importance>,
+    calibration: Option<&Calibration>,
 ) -> Result<Vec<(String, ExportTensor)>> {
     weights
         .iter()
         .map(|(name, (shape, data))| {
             let axis = channel_axis(name, shape);
-            let weight = importance.and_then(|imp| imp.get(name)).map(Vec::as_slice);
-            let t = ExportTensor::quantize_weighted(shape, data, axis, scheme, weight)
+            let moments = calibration.and_then(|c| c.get(name)).map(Vec::as_slice);
+            let t = ExportTensor::quantize_weighted(shape, data, axis, scheme, moments)
                 .with_context(|| format!("quantizing {name}"))?;
             Ok((name.clone(), t))
         })
@@ -284,7 +285,7 @@ fn tokenizer_of(data: &RunData, run_dir: &Path) -> Result<CharTokenizer> {
 fn quantization_spec(
     opts: &ExportOptions,
     tensors: &[(String, ExportTensor)],
-    importance: Option<&Importance>,
+    calibration: Option<&Calibration>,
 ) -> Value {
     let quantized = tensors
         .iter()
@@ -307,7 +308,7 @@ fn quantization_spec(
         "dequantize": "value * scale",
         "quantized_tensors": quantized,
         "float_tensors": tensors.len() - quantized,
-        "calibration": importance.map(Importance::describe),
+        "calibration": calibration.map(Calibration::describe),
     })
 }
 

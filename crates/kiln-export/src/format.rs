@@ -80,15 +80,14 @@ impl ExportTensor {
         ExportTensor::quantize_weighted(shape, data, axis, scheme, None)
     }
 
-    /// As [`ExportTensor::quantize`], choosing each scale to minimize the quantization error
-    /// weighted by `importance` (one value per position along `K`, e.g. the mean square of the
-    /// input that multiplies it) when given.
+    /// As [`ExportTensor::quantize`]; with `moments` (the `[K, K]` second moments of the
+    /// inputs, from calibration) int4 blocks choose the scale with the least output error.
     pub fn quantize_weighted(
         shape: &[usize],
         data: &[f32],
         axis: Option<usize>,
         scheme: Scheme,
-        importance: Option<&[f32]>,
+        moments: Option<&[f32]>,
     ) -> Result<ExportTensor> {
         let (Some(axis), false) = (axis, scheme == Scheme::None) else {
             return Ok(ExportTensor::F32 {
@@ -98,9 +97,9 @@ impl ExportTensor {
         };
         let (k, c, m) = to_matrix(shape, axis, data)?;
         let q = match scheme {
-            Scheme::Int8 => Quant::Int8(Int8Channels::quantize_weighted(&m, k, c, importance)?),
+            Scheme::Int8 => Quant::Int8(Int8Channels::quantize(&m, k, c)?),
             Scheme::Int4 { block } => {
-                Quant::Int4(Int4Blocks::quantize_weighted(&m, k, c, block, importance)?)
+                Quant::Int4(Int4Blocks::quantize_weighted(&m, k, c, block, moments)?)
             }
             Scheme::None => unreachable!("handled above"),
         };

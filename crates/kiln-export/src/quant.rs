@@ -9,10 +9,11 @@
 //!
 //! Dequantization is `value * scale`; the error of each weight is at most half its scale.
 //!
-//! With calibration, each scale may instead clip: among `scale * alpha` for `alpha` in
-//! `CLIP_RATIOS`, the one with the smallest error weighted by the importance of each input
-//! (the mean square of the activation it multiplies, measured on training data) is taken.
-//! Clipping a few large weights buys a finer step for all the others.
+//! With calibration, an int4 block's scale may instead clip: among `scale * alpha` for `alpha`
+//! in `CLIP_RATIOS`, the one whose weight error `e` adds the least output error
+//! `e^T H e` is taken, `H` being the second moments `E[x x^T]` of the block's inputs measured on
+//! training data. Clipping a few large weights buys a finer step for all the others; `H` counts
+//! the correlated inputs over which clipping's systematic error adds up.
 
 use anyhow::{ensure, Result};
 
@@ -30,24 +31,9 @@ pub struct Int8Channels {
 impl Int8Channels {
     /// Quantizes `w` (`[d_in, d_out]`, row-major).
     pub fn quantize(w: &[f32], d_in: usize, d_out: usize) -> Result<Int8Channels> {
-        Self::quantize_weighted(w, d_in, d_out, None)
-    }
-
-    /// Quantizes `w`, choosing each column's scale by the error weighted by `importance`
-    /// (`[d_in]`) when given.
-    pub fn quantize_weighted(
-        w: &[f32],
-        d_in: usize,
-        d_out: usize,
-        importance: Option<&[f32]>,
-    ) -> Result<Int8Channels> {
         check_shape(w, d_in, d_out)?;
-        check_importance(importance, d_in)?;
         let scales: Vec<f32> = (0..d_out)
-            .map(|j| {
-                let column: Vec<f32> = (0..d_in).map(|i| w[i * d_out + j]).collect();
-                choose_scale(&column, importance, 127.0)
-            })
+            .map(|j| scale_of((0..d_in).map(|i| w[i * d_out + j]), 127.0))
             .collect();
         let values = w
             .iter()
@@ -90,17 +76,17 @@ impl Int4Blocks {
         Self::quantize_weighted(w, d_in, d_out, block, None)
     }
 
-    /// Quantizes `w`, choosing each block's scale by the error weighted by `importance`
-    /// (`[d_in]`) when given.
+    /// Quantizes `w`, choosing each block's scale by the output error under `moments`, the
+    /// `[d_in, d_in]` second moments of the inputs, when given.
     pub fn quantize_weighted(
         w: &[f32],
         d_in: usize,
         d_out: usize,
         block: usize,
-        importance: Option<&[f32]>,
+        moments: Option<&[f32]>,
     ) -> Result<Int4Blocks> {
         check_shape(w, d_in, d_out)?;
-        check_importance(importance, d_in)?;
+        check_moments(moments, d_in)?;
         ensure!(block > 0, "the int4 block size must be at least 1");
         let blocks = d_in.div_ceil(block);
         let mut scales = Vec::with_capacity(d_out * blocks);
@@ -108,8 +94,12 @@ impl Int4Blocks {
         for j in 0..d_out {
             let column: Vec<f32> = (0..d_in).map(|i| w[i * d_out + j]).collect();
             for (b, chunk) in column.chunks(block).enumerate() {
-                let imp = importance.map(|imp| &imp[b * block..b * block + chunk.len()]);
-                let scale = choose_scale(chunk, imp, 7.0);
+                let h = moments.map(|h| Moments {
+                    h,
+                    k: d_in,
+                    offset: b * block,
+                });
+                let scale = choose_scale(chunk, h, 7.0);
                 scales.push(scale);
                 nibbles.extend(chunk.iter().map(|&x| quantize_one(x, scale, 7.0)));
             }
@@ -168,16 +158,17 @@ fn check_shape(w: &[f32], d_in: usize, d_out: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_importance(importance: Option<&[f32]>, d_in: usize) -> Result<()> {
-    if let Some(imp) = importance {
+fn check_moments(moments: Option<&[f32]>, d_in: usize) -> Result<()> {
+    if let Some(h) = moments {
         ensure!(
-            imp.len() == d_in,
-            "calibration gave {} importances for {d_in} inputs",
-            imp.len()
+            h.len() == d_in * d_in,
+            "calibration gave {} second moments for {d_in} inputs ({} expected)",
+            h.len(),
+            d_in * d_in
         );
         ensure!(
-            imp.iter().all(|x| x.is_finite() && *x >= 0.0),
-            "calibration importances must be finite and non-negative"
+            h.iter().all(|x| x.is_finite()),
+            "calibration second moments must be finite"
         );
     }
     Ok(())
@@ -188,19 +179,35 @@ pub const CLIP_RATIOS: [f32; 16] = [
     1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.7, 0.67, 0.64, 0.61, 0.58, 0.55,
 ];
 
-/// The max-abs scale of `xs`, or with `importance` the clipped one with the least weighted
-/// squared error (ties keep the larger scale).
-fn choose_scale(xs: &[f32], importance: Option<&[f32]>, max_q: f32) -> f32 {
+/// The second moments of a block's inputs: rows and columns `offset..` of the `[k, k]` matrix.
+#[derive(Clone, Copy)]
+struct Moments<'a> {
+    h: &'a [f32],
+    k: usize,
+    offset: usize,
+}
+
+/// The max-abs scale of `xs`, or with `moments` the clipped one with the least output error
+/// `e^T H e` (ties keep the larger scale).
+fn choose_scale(xs: &[f32], moments: Option<Moments>, max_q: f32) -> f32 {
     let full = scale_of(xs.iter().copied(), max_q);
-    let Some(imp) = importance else {
+    let Some(Moments { h, k, offset }) = moments else {
         return full;
     };
     let error = |scale: f32| -> f64 {
-        xs.iter()
-            .zip(imp)
-            .map(|(&x, &w)| {
-                let e = x - f32::from(quantize_one(x, scale, max_q)) * scale;
-                f64::from(w) * f64::from(e * e)
+        let e: Vec<f64> = xs
+            .iter()
+            .map(|&x| f64::from(x - f32::from(quantize_one(x, scale, max_q)) * scale))
+            .collect();
+        e.iter()
+            .enumerate()
+            .map(|(i, ei)| {
+                let row = &h[(offset + i) * k + offset..][..e.len()];
+                ei * e
+                    .iter()
+                    .zip(row)
+                    .map(|(ej, &hij)| ej * f64::from(hij))
+                    .sum::<f64>()
             })
             .sum()
     };
@@ -311,8 +318,10 @@ mod tests {
         let mut w: Vec<f32> = (0..32).map(|i| (i as f32 - 15.5) / 200.0).collect();
         w[5] = 1.0;
         let plain = Int4Blocks::quantize(&w, 32, 1, 32).unwrap();
-        let even = vec![1.0; 32];
-        let calibrated = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&even)).unwrap();
+        let identity: Vec<f32> = (0..32 * 32)
+            .map(|i| if i % 33 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let calibrated = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&identity)).unwrap();
         let err = |q: &Int4Blocks| -> f32 {
             q.dequantize()
                 .iter()
@@ -328,14 +337,29 @@ mod tests {
             err(&plain)
         );
         // When only the outlier's input matters, its exact representation wins: no clipping.
-        let mut outlier_only = vec![0.0; 32];
-        outlier_only[5] = 1.0;
+        let mut outlier_only = vec![0.0; 32 * 32];
+        outlier_only[5 * 32 + 5] = 1.0;
         let q = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&outlier_only)).unwrap();
         assert_eq!(q.scales, plain.scales);
-        // int8 columns follow the same rule; bad importances are refused.
-        assert!(Int8Channels::quantize_weighted(&w, 32, 1, Some(&even)).is_ok());
-        let e = Int8Channels::quantize_weighted(&w, 32, 1, Some(&even[..3])).unwrap_err();
-        assert!(e.to_string().contains("3 importances for 32 inputs"), "{e}");
+        // Inputs that always move together (all ones): the errors' sum is what counts, so a
+        // clip that shrinks every large weight the same way is penalized more than with
+        // independent inputs.
+        let together = vec![1.0; 32 * 32];
+        let q = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&together)).unwrap();
+        let sum_err = |q: &Int4Blocks| -> f32 {
+            q.dequantize()
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| a - b)
+                .sum::<f32>()
+                .abs()
+        };
+        assert!(sum_err(&q) <= sum_err(&calibrated) + 1e-6);
+        let e = Int4Blocks::quantize_weighted(&w, 32, 1, 32, Some(&identity[..3])).unwrap_err();
+        assert!(
+            e.to_string().contains("3 second moments for 32 inputs"),
+            "{e}"
+        );
     }
 
     #[test]

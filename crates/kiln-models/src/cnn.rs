@@ -7,6 +7,8 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::backend::Backend;
+use burn::tensor::module::unfold4d;
+use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::Tensor;
 use kiln_core::config::{Activation, ModelSection, Pooling, Precision};
 
@@ -132,8 +134,12 @@ impl<B: Backend> Cnn<B> {
         let mut x: Tensor<B, 4> = x.reshape([batch, c, h, w]);
         for (i, block) in self.blocks.iter().enumerate() {
             observer.observe(&|| format!("blocks.{i}.conv.weight"), &|| {
-                let [n, c, h, w] = x.dims();
-                x.clone().permute([0, 2, 3, 1]).reshape([n * h * w, c])
+                let [_, _, kh, kw] = block.conv.weight.dims();
+                let p = self.padding;
+                let options = UnfoldOptions::new([1, 1], [p, p], [1, 1]);
+                let patches = unfold4d(x.clone(), [kh, kw], options);
+                let [n, d, l] = patches.dims();
+                patches.swap_dims(1, 2).reshape([n * l, d])
             });
             x = conv2d(&block.conv, x, self.padding, self.precision);
             if let Some(norm) = &block.norm {

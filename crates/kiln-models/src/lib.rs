@@ -45,8 +45,9 @@ pub enum Input<B: Backend> {
 /// `()` sees nothing.
 pub trait Observer<B: Backend> {
     /// `weight` names the layer's weight tensor as checkpoints do (`layers.0.weight`); `input`
-    /// gives the layer's input as rows of its input features (`[rows, d_in]`; for a convolution
-    /// `[pixels, c_in]`). Neither is evaluated unless the observer calls it.
+    /// gives the layer's input as rows of its input features: `[rows, d_in]`, or for a
+    /// convolution its input patches `[positions, c_in * k * k]` in the weight's `(c_in, kh, kw)`
+    /// order. Neither is evaluated unless the observer calls it.
     fn observe(&mut self, weight: &dyn Fn() -> String, input: &dyn Fn() -> Tensor<B, 2>);
 }
 
