@@ -408,7 +408,7 @@ def markdown(result):
         "\"vs fp32\" divides by the float32 export of the same format. Accuracy and loss are "
         "Kiln's measurement on the exported model (quantized weights dequantized); the ONNX "
         "column is onnxruntime's own test accuracy on the ONNX export. int4 uses blocks of 64; "
-        "int8/int4 calibrate on 256 training samples unless the row says otherwise.",
+        "int4 calibrates on 256 training samples unless the row says otherwise (int8 uses max-abs scales).",
         "",
     ]
     verdicts = []

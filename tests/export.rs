@@ -517,3 +517,34 @@ fn bad_checkpoints_pairs_exports_and_inputs_are_clear_errors() {
     export(&runs.mlp, &onnx, &["--format", "onnx"]);
     fails_with(&["predict", s(&onnx), TEST_IMAGES], &["is an ONNX export"]);
 }
+
+#[test]
+fn an_export_predicts_alike_on_every_cpu_backend_and_wgpu() {
+    let runs = runs();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp");
+    export(&runs.mlp, &out, &["--quantize", "int4"]);
+    let probs = |backend: &str| -> Vec<Vec<f64>> {
+        let o = kiln(&["predict", s(&out), TEST_IMAGES, "--backend", backend]);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .take(500)
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                serde_json::from_value(v["probabilities"].clone()).unwrap()
+            })
+            .collect()
+    };
+    let flex = probs("flex");
+    for backend in ["ndarray", "wgpu"] {
+        let other = probs(backend);
+        let worst = flex
+            .iter()
+            .zip(&other)
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{backend}: probabilities differ by {worst}");
+    }
+}

@@ -132,8 +132,8 @@ enum Command {
         /// int4 block size (values of one output channel sharing a scale).
         #[arg(long, default_value_t = 64)]
         block_size: usize,
-        /// Training samples (or text windows) whose activations weight the choice of each
-        /// quantization scale; 0 uses plain max-abs scales.
+        /// int4: training samples (or text windows) whose activations choose each block's
+        /// scale (calibration); 0 uses plain max-abs scales.
         #[arg(long, default_value_t = 256)]
         calibration_samples: usize,
         /// The export's directory (written beside it first, moved into place when complete).

@@ -80,8 +80,8 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// Replace an existing, non-empty `out`.
     pub overwrite: bool,
-    /// Training samples (classifiers) or windows (GPT) whose activations weight the choice of
-    /// int4/int8 scales; 0 uses plain max-abs scales.
+    /// int4 calibration: training samples (classifiers) or windows (GPT) whose activations
+    /// choose each block's scale; 0 uses plain max-abs scales.
     pub calibration_samples: usize,
     /// Backend name, recorded with the metrics.
     pub backend: String,
