@@ -490,7 +490,47 @@ fn bad_checkpoints_pairs_exports_and_inputs_are_clear_errors() {
         before
     );
 
-    // Inputs of the wrong shape.
+    // --overwrite replaces an earlier export, and only an export; never the run itself.
+    let summary = export(&runs.mlp, &good, &["--quantize", "int8", "--overwrite"]);
+    assert_eq!(summary["quantize"], "int8");
+    let manifest = std::fs::read_to_string(good.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"scheme\": \"int8\""));
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    fails_with(
+        &["export", s(&runs.mlp), "--out", s(&precious), "--overwrite"],
+        &["is not a Kiln export", "only replaces exports"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(precious.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    fails_with(
+        &["export", s(&runs.mlp), "--out", s(&runs.mlp), "--overwrite"],
+        &["would hold the run directory"],
+    );
+    fails_with(
+        &[
+            "export",
+            s(&runs.mlp),
+            "--out",
+            s(&out),
+            "--quantize",
+            "int8",
+            "--block-size",
+            "32",
+        ],
+        &["--block-size applies to --quantize int4 only"],
+    );
+
+    // Inputs of the wrong shape or with bad values.
+    let nan = dir.path().join("nan.csv");
+    std::fs::write(&nan, format!("{}nan\n", "0.5,".repeat(783))).unwrap();
+    fails_with(
+        &["predict", s(&good), s(&nan)],
+        &["nan.csv:1: the row holds NaN or infinite values"],
+    );
     let small = dir.path().join("small.png");
     first_image_png(&small, false, 10);
     fails_with(

@@ -129,13 +129,13 @@ enum Command {
         /// (one scale per block of --block-size values of each output channel).
         #[arg(long, value_enum, default_value_t = QuantArg::None)]
         quantize: QuantArg,
-        /// int4 block size (values of one output channel sharing a scale).
-        #[arg(long, default_value_t = 64)]
-        block_size: usize,
+        /// int4 block size: values of one output channel sharing a scale [default: 64].
+        #[arg(long)]
+        block_size: Option<usize>,
         /// int4: training samples (or text windows) whose activations choose each block's
-        /// scale (calibration); 0 uses plain max-abs scales.
-        #[arg(long, default_value_t = 256)]
-        calibration_samples: usize,
+        /// scale (calibration); 0 uses plain max-abs scales [default: 256].
+        #[arg(long)]
+        calibration_samples: Option<usize>,
         /// The export's directory (written beside it first, moved into place when complete).
         #[arg(long)]
         out: PathBuf,
@@ -366,18 +366,30 @@ fn run(cli: Cli) -> Result<()> {
             let scheme = match quantize {
                 QuantArg::None => Scheme::None,
                 QuantArg::Int8 => Scheme::Int8,
-                QuantArg::Int4 if block_size == 0 => bail!("--block-size: must be at least 1"),
-                QuantArg::Int4 => Scheme::Int4 { block: block_size },
+                QuantArg::Int4 => Scheme::Int4 {
+                    block: block_size.unwrap_or(64),
+                },
             };
+            if block_size.is_some() && !matches!(scheme, Scheme::Int4 { .. }) {
+                bail!("--block-size applies to --quantize int4 only");
+            }
+            if block_size == Some(0) {
+                bail!("--block-size: must be at least 1");
+            }
+            if calibration_samples.is_some() && !matches!(scheme, Scheme::Int4 { .. }) {
+                bail!("--calibration-samples applies to --quantize int4 only (int8 uses max-abs scales)");
+            }
+            // The cheap checks first: the checkpoint is read and hashed only after them.
+            let (_, run_dir, config) = trained_run(&run)?;
+            kiln_export::check_supported(config.model.kind, format, scheme)?;
+            kiln_export::export::check_out(&out, overwrite, &run_dir)?;
             let source = Source::open(&run)?;
-            kiln_export::check_supported(source.config.model.kind, format, scheme)?;
-            kiln_export::export::check_out(&out, overwrite)?;
             let opts = ExportOptions {
                 format,
                 scheme,
                 out,
                 overwrite,
-                calibration_samples,
+                calibration_samples: calibration_samples.unwrap_or(256),
                 backend: backend.resolve()?.to_string(),
             };
             let summary = dispatch(backend, ExportTask { source, opts })??;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::calibrate::{calibrate, Calibration};
 use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest, Scheme};
-use crate::format::{FORMAT, FORMAT_VERSION};
+use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
 use crate::hf::{write_gpt2, Gpt2Shape};
 use crate::model::{build_model, channel_axis, HostWeights};
 use crate::onnx::{classifier_to_onnx, Act, ClassifierNet, Layer};
@@ -87,10 +87,19 @@ pub struct ExportOptions {
     pub backend: String,
 }
 
-/// Checks `out` before any work: an existing non-empty directory is kept unless `overwrite`.
-pub fn check_out(out: &Path, overwrite: bool) -> Result<()> {
+/// Checks `out` before any work: it must not hold the run (`run_dir`), and an existing
+/// non-empty directory must be an earlier export, replaced only with `overwrite`.
+pub fn check_out(out: &Path, overwrite: bool, run_dir: &Path) -> Result<()> {
     if out.is_file() {
         bail!("--out {} is a file; give a directory", out.display());
+    }
+    let (out_abs, run_abs) = (absolute(out), absolute(run_dir));
+    if run_abs.starts_with(&out_abs) {
+        bail!(
+            "--out {} would hold the run directory {}; write the export elsewhere",
+            out.display(),
+            run_dir.display()
+        );
     }
     let non_empty = out
         .read_dir()
@@ -98,11 +107,46 @@ pub fn check_out(out: &Path, overwrite: bool) -> Result<()> {
         .unwrap_or(false);
     if non_empty && !overwrite {
         bail!(
-            "--out {} already exists and is not empty; choose another directory or pass --overwrite to replace it",
+            "--out {} already exists and is not empty; choose another directory, or pass --overwrite if it is an earlier export to replace",
+            out.display()
+        );
+    }
+    if non_empty && !is_export(out) {
+        bail!(
+            "--out {} is not a Kiln export (it has no {MANIFEST_FILE} or kiln.json), and --overwrite only replaces exports; choose another directory",
             out.display()
         );
     }
     Ok(())
+}
+
+/// `path` made absolute and free of `.`/`..` as far as it exists.
+fn absolute(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            absolute(parent).join(name)
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Whether `dir` holds an export Kiln wrote (any format).
+fn is_export(dir: &Path) -> bool {
+    [MANIFEST_FILE, "kiln.json"].iter().any(|name| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["format"].as_str().map(|f| f.starts_with("kiln")))
+            .unwrap_or(false)
+    })
 }
 
 /// Exports `source` as `opts` says and returns a JSON summary.
@@ -114,7 +158,7 @@ pub fn export<B: Backend>(
     let config = &source.config;
     let section = &config.model;
     check_supported(section.kind, opts.format, opts.scheme)?;
-    check_out(&opts.out, opts.overwrite)?;
+    check_out(&opts.out, opts.overwrite, &source.run_dir)?;
 
     let data = RunData::load(config).context("loading the run's data for the export's metrics")?;
     let shape = data.shape();
@@ -122,6 +166,11 @@ pub fn export<B: Backend>(
         RunData::Samples(_) => (Split::Test, "test"),
         RunData::Text(_) => (Split::Valid, "valid"),
     };
+    if !data.has(split) {
+        bail!(
+            "the run's data has no {split_name} split to measure the export on; give the run one (data.test_fraction / data.valid_fraction above 0)"
+        );
+    }
     let measure = |weights: &HostWeights, what: &str| -> Result<EvalResult> {
         let model = build_model::<B>(section, &shape, weights, what, device)?;
         Ok(evaluate(&model, data.eval_batches(split, config), device))
@@ -184,7 +233,7 @@ pub fn export<B: Backend>(
         &data,
         &source,
     )
-    .and_then(|()| finish(&partial, &opts.out, opts.overwrite));
+    .and_then(|()| finish(&partial, &opts.out, opts.overwrite, &source.run_dir));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
@@ -498,15 +547,49 @@ fn partial_dir(out: &Path) -> Result<PathBuf> {
     Ok(partial)
 }
 
-/// Moves the complete export into place, replacing an old one only now.
-fn finish(partial: &Path, out: &Path, overwrite: bool) -> Result<()> {
-    if out.exists() {
-        check_out(out, overwrite)?;
-        std::fs::remove_dir_all(out)
-            .with_context(|| format!("cannot remove the old export {}", out.display()))?;
+/// Moves the complete export into place. An earlier export is first moved aside and removed
+/// only once the new one is in place; if that fails, it is moved back.
+fn finish(partial: &Path, out: &Path, overwrite: bool, run_dir: &Path) -> Result<()> {
+    let place = || {
+        std::fs::rename(partial, out)
+            .with_context(|| format!("cannot move the export into {}", out.display()))
+    };
+    if !out.exists() {
+        return place();
     }
-    std::fs::rename(partial, out)
-        .with_context(|| format!("cannot move the export into {}", out.display()))
+    check_out(out, overwrite, run_dir)?;
+    let empty = out
+        .read_dir()
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if empty {
+        // An empty directory (perhaps a mount point): fill it instead of replacing it.
+        if std::fs::remove_dir(out).is_ok() {
+            return place();
+        }
+        for entry in std::fs::read_dir(partial)? {
+            let entry = entry?;
+            std::fs::rename(entry.path(), out.join(entry.file_name()))
+                .with_context(|| format!("cannot move the export into {}", out.display()))?;
+        }
+        return Ok(());
+    }
+    let old = partial.with_file_name(format!(
+        "{}.old",
+        partial.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::rename(out, &old)
+        .with_context(|| format!("cannot move the earlier export {} aside", out.display()))?;
+    if let Err(e) = place() {
+        let _ = std::fs::rename(&old, out);
+        return Err(e);
+    }
+    std::fs::remove_dir_all(&old).with_context(|| {
+        format!(
+            "the export is in place, but {} could not be removed",
+            old.display()
+        )
+    })
 }
 
 fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {

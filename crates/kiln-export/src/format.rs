@@ -131,17 +131,6 @@ impl ExportTensor {
         }
     }
 
-    /// Number of channels `C` and values per channel `K` of a quantized tensor.
-    pub fn channels(&self) -> Option<(usize, usize)> {
-        match self {
-            ExportTensor::F32 { .. } => None,
-            ExportTensor::Quant { shape, axis, .. } => {
-                let c = shape[*axis];
-                Some((c, shape.iter().product::<usize>() / c.max(1)))
-            }
-        }
-    }
-
     /// An int8 tensor's values in channel-major `[C, K]` order (as ONNX's `DequantizeLinear`
     /// with `axis = 0` wants them) and its `[C]` scales.
     pub fn int8_channel_major(&self) -> Option<(Vec<i8>, &[f32])> {

@@ -70,10 +70,20 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
                 .with_context(|| damaged("input shape"))?;
             let standardize = match &manifest.input["standardize"] {
                 Value::Null => None,
-                s => Some((
-                    serde_json::from_value(s["mean"].clone()).with_context(|| damaged("mean"))?,
-                    serde_json::from_value(s["std"].clone()).with_context(|| damaged("std"))?,
-                )),
+                s => {
+                    let mean: Vec<f32> = serde_json::from_value(s["mean"].clone())
+                        .with_context(|| damaged("input.standardize"))?;
+                    let std: Vec<f32> = serde_json::from_value(s["std"].clone())
+                        .with_context(|| damaged("input.standardize"))?;
+                    let features: usize = sample_shape.iter().product();
+                    ensure!(
+                        mean.len() == std.len()
+                            && (mean.len() == 1 || mean.len() == features)
+                            && mean.iter().chain(&std).all(|v| v.is_finite()),
+                        damaged("input.standardize")
+                    );
+                    Some((mean, std))
+                }
             };
             let shape = DataShape::Samples {
                 sample_shape: sample_shape.clone(),
@@ -154,18 +164,19 @@ fn read_png(path: &Path, sample_shape: &[usize]) -> Result<Vec<f32>> {
     let mut reader = decoder
         .read_info()
         .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
-    let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
-    let info = reader
-        .next_frame(&mut buf)
-        .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
-    let (iw, ih) = (info.width as usize, info.height as usize);
+    let (iw, ih) = reader.info().size();
     ensure!(
-        (ih, iw) == (h, w),
+        (ih as usize, iw as usize) == (h, w),
         "{}: the image is {iw}x{ih} pixels, the model takes {w}x{h}; resize it",
         path.display()
     );
+    let size = reader.output_buffer_size();
+    let mut buf = vec![0; size.with_context(|| format!("{}: image too large", path.display()))?];
+    let info = reader
+        .next_frame(&mut buf)
+        .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
     let channels = info.color_type.samples();
-    let pixels = &buf[..ih * iw * channels];
+    let pixels = &buf[..h * w * channels];
     let color = |p: &[u8]| -> [f32; 3] {
         match p.len() {
             1 | 2 => [f32::from(p[0]); 3],
@@ -200,6 +211,11 @@ fn read_idx(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
         path.display()
     );
     let len = shape.iter().product::<usize>();
+    ensure!(
+        len > 0 && !pixels.is_empty(),
+        "{}: holds no images",
+        path.display()
+    );
     Ok(pixels
         .chunks_exact(len)
         .enumerate()
@@ -215,23 +231,33 @@ fn read_csv(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let parsed: Result<Vec<f32>, _> =
+        let fields: Vec<Result<f32, _>> =
             line.split(',').map(|f| f.trim().parse::<f32>()).collect();
-        let Ok(values) = parsed else {
-            if i == 0 {
-                continue; // a header line
-            }
+        // A header: a first line without numbers, or with some text and not one value per
+        // feature (scikit-learn's "n_samples,n_features,class names" line).
+        let text_fields = fields.iter().filter(|f| f.is_err()).count();
+        if i == 0 && (text_fields == fields.len() || (text_fields > 0 && fields.len() != features))
+        {
+            continue;
+        }
+        let Ok(values) = fields.into_iter().collect::<Result<Vec<f32>, _>>() else {
             bail!(
                 "{}:{}: not a row of numbers: {line:?}",
                 path.display(),
                 i + 1
             );
         };
+        ensure!(
+            values.iter().all(|v| v.is_finite()),
+            "{}:{}: the row holds NaN or infinite values",
+            path.display(),
+            i + 1
+        );
         ensure!(
             values.len() == features,
             "{}:{}: the row has {} values, the model takes {features} features{}",
