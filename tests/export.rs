@@ -1,6 +1,7 @@
 //! End-to-end tests of `kiln export` and `kiln predict`: the Kiln format on every model and
-//! scheme, PNG/IDX/CSV inputs, the ONNX and Hugging Face exports loaded by onnxruntime and
-//! transformers (Python, from tests/python/setup.sh), and the errors on bad input.
+//! scheme, PNG/IDX/CSV inputs, every export loaded outside Kiln (the Kiln format by safetensors
+//! and PyTorch, ONNX by onnxruntime, the Hugging Face folder by transformers; Python from
+//! tests/python/setup.sh), and the errors on bad input.
 
 mod common;
 
@@ -408,6 +409,43 @@ fn transformers_loads_the_hugging_face_export_with_kilns_logits_and_generation()
     );
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["generation_match"], true, "{result}");
+}
+
+#[test]
+fn python_reads_the_kiln_format_from_its_documented_layout() {
+    let Some(python) = python() else { return };
+    let runs = runs();
+    let dir = tempfile::tempdir().unwrap();
+    let (pixels, _) = kiln_data::load_idx_images(&repo_root().join(TEST_IMAGES)).unwrap();
+    let rows = 64;
+    let inputs: Vec<&[f32]> = pixels.chunks_exact(784).take(rows).collect();
+    for (name, run) in [("mlp", &runs.mlp), ("cnn", &runs.cnn), ("gpt", &runs.gpt)] {
+        for scheme in ["none", "int8", "int4"] {
+            let out = dir.path().join(format!("{name}-{scheme}"));
+            export(run, &out, &["--quantize", scheme]);
+            let expected = if name == "gpt" {
+                predict(&out, &["KING HENRY:\nWhat, ho!", "--logits"]).remove(0)
+            } else {
+                let lines = predict(&out, &[TEST_IMAGES, "--logits"]);
+                let logits: Vec<&Value> = lines.iter().take(rows).map(|l| &l["logits"]).collect();
+                json!({"inputs": inputs, "logits": logits})
+            };
+            let path = dir.path().join(format!("{name}-{scheme}.json"));
+            std::fs::write(&path, expected.to_string()).unwrap();
+            let result = run_python(
+                &python,
+                &[
+                    "tests/python/check_kiln.py",
+                    s(&out),
+                    s(&path),
+                    "--atol",
+                    "1e-4",
+                ],
+            );
+            assert_eq!(result["ok"], true, "{name} {scheme}: {result}");
+            assert_eq!(result["scheme"], scheme);
+        }
+    }
 }
 
 fn flip_last_byte(path: &Path) {
