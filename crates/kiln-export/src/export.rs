@@ -175,22 +175,21 @@ pub fn export<B: Backend>(
         let model = build_model::<B>(section, &shape, weights, what, device)?;
         Ok(evaluate(&model, data.eval_batches(split, config), device))
     };
-    let float = measure(&source.weights, "of the checkpoint")?;
+    let float_model = build_model::<B>(
+        section,
+        &shape,
+        &source.weights,
+        "of the checkpoint",
+        device,
+    )?;
+    let float = evaluate(&float_model, data.eval_batches(split, config), device);
 
     // int8's per-channel max-abs scales lose little; int4's coarse steps are worth calibrating.
     let calibration = match (opts.scheme, opts.calibration_samples) {
         (Scheme::None | Scheme::Int8, _) | (_, 0) => None,
-        (_, n) => {
-            let model = build_model::<B>(
-                section,
-                &shape,
-                &source.weights,
-                "of the checkpoint",
-                device,
-            )?;
-            Some(calibrate(&model, &data, config, n, device)?)
-        }
+        (_, n) => Some(calibrate(&float_model, &data, config, n, device)?),
     };
+    drop(float_model);
     let tensors = quantize(&source.weights, opts.scheme, calibration.as_ref())?;
     let dequantized: HostWeights = tensors
         .iter()

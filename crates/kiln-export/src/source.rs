@@ -10,8 +10,6 @@ use kiln_core::rundir::{find_run_config, resolve_weights};
 use kiln_core::Config;
 use safetensors::Dtype;
 
-use crate::format::sha256_hex;
-
 /// A verified checkpoint's model weights, the run's config and where they came from.
 pub struct Source {
     pub config: Config,
@@ -50,9 +48,10 @@ impl Source {
         let config = Config::load(&config_path, &[])
             .with_context(|| format!("reading the run config {}", config_path.display()))?;
         let run_dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let bytes =
-            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let sha256 = sha256_hex(&bytes);
+        // verify() has checked the file against these.
+        let recorded = &verified.state["files"]["model.safetensors"];
+        let sha256 = recorded["sha256"].as_str().unwrap_or_default().to_string();
+        let bytes = recorded["bytes"].as_u64().unwrap_or_default();
         let tensors = verified
             .files
             .get("model.safetensors")
@@ -80,7 +79,7 @@ impl Source {
             checkpoint,
             step: verified.step,
             sha256,
-            bytes: bytes.len() as u64,
+            bytes,
             weights,
         })
     }
