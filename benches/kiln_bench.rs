@@ -31,6 +31,7 @@ struct Bench {
 }
 
 fn main() -> Result<()> {
+    kiln_core::alloc::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str, default: &str| -> String {
         args.iter()

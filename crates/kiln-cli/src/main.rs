@@ -224,6 +224,8 @@ enum Split {
 }
 
 fn main() -> ExitCode {
+    // First, before anything is allocated (kiln_core::alloc explains why).
+    kiln_core::alloc::tune();
     // Data-parallel workers other than rank 0 only report warnings and errors.
     let rank = kiln_dist::launcher_rank(|k| std::env::var(k).ok()).unwrap_or(0);
     let level = if rank == 0 { "info" } else { "warn" };

@@ -1,5 +1,6 @@
 //! Kiln's foundations: the run configuration, backend selection and the run directory.
 
+pub mod alloc;
 pub mod backend;
 pub mod config;
 pub mod rundir;

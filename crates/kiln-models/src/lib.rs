@@ -77,6 +77,8 @@ impl<B: Backend> Model<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Self> {
+        // Before the weights are allocated: see kiln_core::alloc.
+        kiln_core::alloc::tune();
         let mut init = HostInit::new(seed);
         Ok(match (spec.kind, shape) {
             (

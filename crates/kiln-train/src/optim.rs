@@ -164,8 +164,108 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     }
 }
 
-/// One parameter's update, term for term as PyTorch's single-tensor implementations.
+/// One parameter's update, term for term as PyTorch's single-tensor implementations. On a CPU
+/// backend AdamW runs as one fused pass ([`kiln_kernels::adamw`]) with the same result, bit for
+/// bit, as the tensor operations below.
 fn update<B: Backend, const D: usize>(
+    rule: Rule,
+    lr: f64,
+    p: Tensor<B, D>,
+    g: Tensor<B, D>,
+    old: Option<ParamState<B>>,
+) -> (Tensor<B, D>, Option<ParamState<B>>) {
+    let (p, g, old) = match fused_adamw(rule, lr, p, g, old) {
+        Ok(done) => return done,
+        Err(declined) => declined,
+    };
+    update_by_tensor_ops(rule, lr, p, g, old)
+}
+
+/// What [`fused_adamw`] gives back when it cannot run: its inputs, untouched.
+type Declined<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Option<ParamState<B>>);
+
+/// AdamW in place on the host buffers of a CPU backend's tensors, or the inputs back (another
+/// rule or backend, or a layout the kernel cannot borrow).
+#[allow(clippy::type_complexity)]
+fn fused_adamw<B: Backend, const D: usize>(
+    rule: Rule,
+    lr: f64,
+    p: Tensor<B, D>,
+    g: Tensor<B, D>,
+    old: Option<ParamState<B>>,
+) -> Result<(Tensor<B, D>, Option<ParamState<B>>), Declined<B, D>> {
+    use kiln_kernels::host::HostTensor;
+    let Rule::AdamW {
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    } = rule
+    else {
+        return Err((p, g, old));
+    };
+    let device = p.device();
+    let step = old.as_ref().map_or(0, |s| s.step) + 1;
+    let mut p = match HostTensor::new(p) {
+        Ok(h) => h,
+        Err(p) => return Err((p, g, old)),
+    };
+    let g = match HostTensor::new(g) {
+        Ok(h) => h,
+        Err(g) => return Err((p.into_tensor(), g, old)),
+    };
+    let n = p.len();
+    let (mut m, mut v, first) = match old {
+        Some(ParamState { buffers, .. }) if buffers.len() == 2 => {
+            let mut it = buffers.into_iter();
+            let (m, v) = (it.next().expect("two"), it.next().expect("two"));
+            match (HostTensor::new(m), HostTensor::new(v)) {
+                (Ok(m), Ok(v)) => (m, v, false),
+                (m, v) => {
+                    let back = |b: Result<HostTensor<B, 1>, Tensor<B, 1>>| {
+                        b.map_or_else(|t| t, HostTensor::into_tensor)
+                    };
+                    let state = ParamState {
+                        step: step - 1,
+                        buffers: vec![back(m), back(v)],
+                    };
+                    return Err((p.into_tensor(), g.into_tensor(), Some(state)));
+                }
+            }
+        }
+        _ => {
+            let zeros = || {
+                HostTensor::new(Tensor::<B, 1>::zeros([n], &device))
+                    .ok()
+                    .expect("a CPU backend's fresh tensor is contiguous")
+            };
+            (zeros(), zeros(), true)
+        }
+    };
+    kiln_kernels::adamw::AdamW {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        step,
+    }
+    .update(
+        p.as_mut_slice(),
+        g.as_slice(),
+        m.as_mut_slice(),
+        v.as_mut_slice(),
+        first,
+    );
+    let state = ParamState {
+        step,
+        buffers: vec![m.into_tensor(), v.into_tensor()],
+    };
+    Ok((p.into_tensor(), Some(state)))
+}
+
+/// [`update`] by burn's tensor operations (any backend).
+fn update_by_tensor_ops<B: Backend, const D: usize>(
     rule: Rule,
     lr: f64,
     p: Tensor<B, D>,
@@ -309,6 +409,70 @@ mod tests {
             &got,
             &[reference(1.0, [0.5, 0.25]), reference(-2.0, [-1.0, 2.0])],
         );
+    }
+
+    /// Three AdamW steps of a parameter large enough for the threaded kernel, by `f`.
+    fn three_steps<B: Backend>(
+        f: fn(
+            Rule,
+            f64,
+            Tensor<B, 1>,
+            Tensor<B, 1>,
+            Option<ParamState<B>>,
+        ) -> (Tensor<B, 1>, Option<ParamState<B>>),
+    ) -> Vec<Vec<f32>> {
+        let n = 70_001;
+        let device = Default::default();
+        let host = |k: usize| -> Tensor<B, 1> {
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 + k * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            Tensor::from_data(TensorData::new(v, [n]), &device)
+        };
+        let rule = Rule::AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let (mut p, mut state) = (host(0), None);
+        for k in 1..=3 {
+            (p, state) = f(rule, 3e-3 * k as f64, p, host(k), state);
+        }
+        let mut out = vec![p.into_data().to_vec().unwrap()];
+        for b in state.unwrap().buffers {
+            out.push(b.into_data().to_vec().unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn fused_adamw_equals_the_tensor_ops_bit_for_bit_on_flex() {
+        assert!(kiln_kernels::host::is_host_backend::<Inner>(
+            &Default::default()
+        ));
+        let fused = three_steps::<Inner>(update);
+        let ops = three_steps::<Inner>(update_by_tensor_ops);
+        assert_eq!(fused.len(), 3);
+        for (a, b) in fused.iter().zip(&ops) {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b));
+        }
+    }
+
+    #[test]
+    fn fused_adamw_agrees_with_the_tensor_ops_on_ndarray() {
+        use burn::backend::NdArray;
+        assert!(kiln_kernels::host::is_host_backend::<NdArray>(
+            &Default::default()
+        ));
+        let fused = three_steps::<NdArray>(update);
+        let ops = three_steps::<NdArray>(update_by_tensor_ops);
+        for (a, b) in fused.iter().zip(&ops) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub fn train<B: AutodiffBackend>(
     comm: &mut dyn Communicator<B::InnerBackend>,
 ) -> Result<TrainSummary> {
     let started = Instant::now();
+    let tuning = kiln_core::alloc::tune();
+    tracing::debug!("allocator thresholds: {tuning:?} (kiln_core::alloc)");
     let seed = config.run.seed;
     let (rank, world) = (comm.rank(), comm.world());
     let lead = rank == 0;
@@ -294,6 +296,7 @@ pub fn train<B: AutodiffBackend>(
 
         kiln_models::dropout::reseed(dropout_seed, step as u64);
         lr = schedule.next_lr();
+        debug_assert!(lr.is_finite(), "the schedule gave lr {lr} at step {step}");
         let parallel = world > 1;
         let (next, stats) = train_step(
             model,
