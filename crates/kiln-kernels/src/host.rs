@@ -60,6 +60,17 @@ impl<B: Backend, const D: usize> HostTensor<B, D> {
         false
     }
 
+    /// The tensor's shape.
+    pub fn shape(&self) -> Vec<usize> {
+        use burn::tensor::TensorMetadata;
+        self.primitive.shape().to_vec()
+    }
+
+    /// The tensor's device.
+    pub fn device(&self) -> B::Device {
+        B::float_device(&self.primitive)
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -86,13 +97,15 @@ impl<B: Backend, const D: usize> HostTensor<B, D> {
                 .to_slice()
                 .expect("checked in new: standard layout");
         }
-        unreachable!("HostTensor::new accepts only the CPU tensor types: {any:?}")
+        let _ = any;
+        unreachable!("HostTensor::new accepts only the CPU tensor types")
     }
 
     /// The elements, writable; a buffer shared with another tensor is copied first
     /// (copy-on-write), so the other tensor never sees the writes.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         let len = self.len;
+        #[allow(unused_variables)]
         let any = &mut self.primitive as &mut dyn Any;
         #[cfg(feature = "flex")]
         if any.is::<burn::backend::flex::FlexTensor>() {

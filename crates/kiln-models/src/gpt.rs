@@ -10,7 +10,7 @@
 use anyhow::{ensure, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use kiln_core::config::{ModelSection, Precision};
@@ -197,7 +197,7 @@ impl<B: Backend> Gpt<B> {
             let m = &block.mlp;
             let normed = block.ln_2.forward(x.clone());
             observer.observe(&|| format!("h.{i}.mlp.c_fc.weight"), &|| rows(&normed));
-            let hidden = gelu(linear(&m.c_fc, normed, self.precision));
+            let hidden = kiln_kernels::gelu(linear(&m.c_fc, normed, self.precision));
             observer.observe(&|| format!("h.{i}.mlp.c_proj.weight"), &|| rows(&hidden));
             x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
         }

@@ -90,7 +90,7 @@ pub fn activate<B: Backend, const D: usize>(
     use burn::tensor::activation as act;
     match activation {
         Activation::Relu => act::relu(x),
-        Activation::Gelu => act::gelu(x),
+        Activation::Gelu => kiln_kernels::gelu(x),
         Activation::Tanh => act::tanh(x),
         Activation::Sigmoid => act::sigmoid(x),
     }

@@ -1,0 +1,159 @@
+//! Element-wise operations with host kernels, differentiable under burn's autodiff.
+//!
+//! [`apply`] runs a [`HostUnary`] operation on a tensor of any backend:
+//! - `Autodiff<Flex>` / `Autodiff<NdArray>` (training): the forward kernel, and a node in the
+//!   autodiff graph whose backward pass is the backward kernel over the saved input;
+//! - `Flex` / `NdArray` (inference): the forward kernel;
+//! - any other backend: the caller's fallback, burn's own tensor operations.
+//!
+//! Both kernels run over chunks of the buffer on rayon's threads.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+use crate::host::HostTensor;
+
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 14;
+
+/// An element-wise function `y = f(x)` with host kernels for it and its derivative.
+pub trait HostUnary: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// Writes `f(x)` to `y` (same length).
+    fn forward(self, x: &[f32], y: &mut [f32]);
+    /// Multiplies the incoming gradient `grad` by `f'(x)`, in place.
+    fn backward(self, x: &[f32], grad: &mut [f32]);
+}
+
+/// `op(x)` by the host kernels where `x`'s backend has them, otherwise `fallback(x)`.
+pub fn apply<B: Backend, const D: usize, O: HostUnary>(
+    op: O,
+    x: Tensor<B, D>,
+    fallback: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match cast::<B, Autodiff<burn::backend::Flex>, D>(x) {
+        Ok(x) => {
+            return cast(autodiff::<burn::backend::Flex, D, O>(op, x))
+                .ok()
+                .expect("same type")
+        }
+        Err(x) => x,
+    };
+    #[cfg(feature = "ndarray")]
+    let x = match cast::<B, Autodiff<burn::backend::NdArray>, D>(x) {
+        Ok(x) => {
+            return cast(autodiff::<burn::backend::NdArray, D, O>(op, x))
+                .ok()
+                .expect("same type")
+        }
+        Err(x) => x,
+    };
+    if B::ad_enabled(&x.device()) {
+        // Another autodiff backend: only burn's operations are differentiable there.
+        return fallback(x);
+    }
+    match HostTensor::new(x) {
+        Ok(h) => forward(op, &h),
+        Err(x) => fallback(x),
+    }
+}
+
+/// `x` as a tensor of backend `T`, when `T` is `A`.
+fn cast<A: Backend, T: Backend, const D: usize>(
+    x: Tensor<A, D>,
+) -> Result<Tensor<T, D>, Tensor<A, D>> {
+    if TypeId::of::<A>() != TypeId::of::<T>() {
+        return Err(x);
+    }
+    let boxed: Box<dyn Any> = Box::new(x);
+    Ok(*boxed
+        .downcast::<Tensor<T, D>>()
+        .expect("the type ids are equal"))
+}
+
+/// `x`'s elements as a host buffer, copied into a contiguous one if its layout needs it.
+fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> HostTensor<B, D> {
+    match HostTensor::new(x) {
+        Ok(h) => h,
+        Err(x) => {
+            let device = x.device();
+            HostTensor::new(Tensor::from_data(x.into_data(), &device))
+                .ok()
+                .expect("a host backend's fresh tensor is contiguous")
+        }
+    }
+}
+
+/// A new tensor holding `op(x)`.
+fn forward<B: Backend, const D: usize, O: HostUnary>(op: O, x: &HostTensor<B, D>) -> Tensor<B, D> {
+    let x_host = x.as_slice();
+    let mut y = vec![0.0f32; x_host.len()];
+    if y.len() < 2 * CHUNK {
+        op.forward(x_host, &mut y);
+    } else {
+        y.par_chunks_mut(CHUNK)
+            .zip(x_host.par_chunks(CHUNK))
+            .for_each(|(y, x)| op.forward(x, y));
+    }
+    let like = x.shape();
+    Tensor::from_data(TensorData::new(y, like), &x.device())
+}
+
+/// `op(x)` as a node of the autodiff graph over the host backend `IB`.
+fn autodiff<IB: Backend, const D: usize, O: HostUnary>(
+    op: O,
+    x: Tensor<Autodiff<IB>, D>,
+) -> Tensor<Autodiff<IB>, D> {
+    // Autodiff's tensor type is not nameable, but its fields are public.
+    let x = x.into_primitive().tensor();
+    let input = host(Tensor::<IB, D>::from_primitive(TensorPrimitive::Float(
+        x.primitive.clone(),
+    )));
+    let y = forward(op, &input).into_primitive().tensor();
+    let out = match Node::<O, D>(op)
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(input.into_tensor().into_primitive().tensor(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The autodiff node of a [`HostUnary`] operation; its state is the operation's input.
+#[derive(Debug)]
+struct Node<O, const D: usize>(O);
+
+impl<IB: Backend, O: HostUnary, const D: usize> Backward<IB, 1> for Node<O, D> {
+    type State = IB::FloatTensorPrimitive;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let op = self.0;
+        let x = ops.state;
+        unary::<IB, _>(ops.parents, ops.node, grads, |grad| {
+            let x = host(Tensor::<IB, D>::from_primitive(TensorPrimitive::Float(x)));
+            let mut g = host(Tensor::<IB, D>::from_primitive(TensorPrimitive::Float(
+                grad,
+            )));
+            let (x_host, g_host) = (x.as_slice(), g.as_mut_slice());
+            if g_host.len() < 2 * CHUNK {
+                op.backward(x_host, g_host);
+            } else {
+                g_host
+                    .par_chunks_mut(CHUNK)
+                    .zip(x_host.par_chunks(CHUNK))
+                    .for_each(|(g, x)| op.backward(x, g));
+            }
+            g.into_tensor().into_primitive().tensor()
+        });
+    }
+}
