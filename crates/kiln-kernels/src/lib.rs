@@ -15,6 +15,7 @@
 pub mod adamw;
 pub mod gelu;
 pub mod host;
+pub mod im2col;
 pub mod op;
 mod simd;
 

@@ -66,8 +66,27 @@ pub fn apply<B: Backend, const D: usize, O: HostUnary>(
     }
 }
 
+/// Whether backend `B` is one of the CPU backends (or their autodiff) that the kernels serve.
+pub fn has_kernels<B: Backend>() -> bool {
+    let id = TypeId::of::<B>();
+    #[cfg(feature = "flex")]
+    if id == TypeId::of::<burn::backend::Flex>()
+        || id == TypeId::of::<Autodiff<burn::backend::Flex>>()
+    {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    if id == TypeId::of::<burn::backend::NdArray>()
+        || id == TypeId::of::<Autodiff<burn::backend::NdArray>>()
+    {
+        return true;
+    }
+    let _ = id;
+    false
+}
+
 /// `x` as a tensor of backend `T`, when `T` is `A`.
-fn cast<A: Backend, T: Backend, const D: usize>(
+pub(crate) fn cast<A: Backend, T: Backend, const D: usize>(
     x: Tensor<A, D>,
 ) -> Result<Tensor<T, D>, Tensor<A, D>> {
     if TypeId::of::<A>() != TypeId::of::<T>() {
@@ -80,7 +99,7 @@ fn cast<A: Backend, T: Backend, const D: usize>(
 }
 
 /// `x`'s elements as a host buffer, copied into a contiguous one if its layout needs it.
-fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> HostTensor<B, D> {
+pub(crate) fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> HostTensor<B, D> {
     match HostTensor::new(x) {
         Ok(h) => h,
         Err(x) => {
