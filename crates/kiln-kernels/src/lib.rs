@@ -18,6 +18,7 @@ pub mod host;
 pub mod im2col;
 pub mod op;
 mod simd;
+pub mod softmax;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;

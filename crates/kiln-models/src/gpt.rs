@@ -240,10 +240,15 @@ impl<B: Backend> Gpt<B> {
             qkv.next().expect("k"),
             qkv.next().expect("v"),
         );
-        let scores = matmul(q, k.swap_dims(2, 3), self.precision)
-            .mul_scalar(1.0 / (head_dim as f64).sqrt())
-            .mask_fill(mask.expand([batch, heads, t, t]), f32::NEG_INFINITY);
-        let weights = dropout(softmax(scores, 3), self.dropout);
+        let scores = matmul(q, k.swap_dims(2, 3), self.precision);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let weights = kiln_kernels::softmax::softmax(scores, scale, true, |scores| {
+            let scores = scores
+                .mul_scalar(scale)
+                .mask_fill(mask.expand([batch, heads, t, t]), f32::NEG_INFINITY);
+            softmax(scores, 3)
+        });
+        let weights = dropout(weights, self.dropout);
         let y = matmul(weights, v, self.precision)
             .swap_dims(1, 2)
             .reshape([batch, t, n_embd]);
