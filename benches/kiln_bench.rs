@@ -5,7 +5,8 @@
 //! [--steps 30]`, and for the GPT `[--vocab 65] [--n-layer 4] [--n-head 4] [--n-embd 128]
 //! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, prints one JSON
 //! line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
-//! batch, the same work as the reference.
+//! batch, the same work as the reference. `--framework burn` runs the same models written with
+//! burn's own modules, loss and optimizer instead (`burn_loop.rs`), in this same binary.
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
@@ -20,7 +21,11 @@ use kiln_train::optim::Optim;
 use kiln_train::scaler::LossScale;
 use kiln_train::step::train_step;
 
+mod burn_loop;
+
 struct Bench {
+    /// `kiln` (Kiln's train_step) or `burn` (the bare burn loop).
+    framework: String,
     model: String,
     batch: usize,
     warmup: usize,
@@ -60,7 +65,12 @@ fn main() -> Result<()> {
         "bf16" => Precision::Bf16,
         other => bail!("--precision {other}: choose f32, f16 or bf16"),
     };
+    let framework = get("--framework", "kiln");
+    if framework != "kiln" && framework != "burn" {
+        bail!("--framework {framework}: choose kiln or burn");
+    }
     let bench = Bench {
+        framework,
         model: get("--model", "mlp"),
         batch: num("--batch", "64")?,
         warmup: num("--warmup", "5")?,
@@ -140,9 +150,6 @@ impl BackendTask for Bench {
                 OptimizerSection::default(),
             )
         };
-        let mut model = Model::<B>::new(&spec, &shape, self.precision, 0, &device)?;
-        let params = model.num_params();
-        let mut optim = Optim::<B>::new(&optimizer).without_decay(model.no_decay());
         let t = spec.block_size;
         let (input, y, targets) = if self.model == "gpt" {
             let stream: Vec<i64> = (0..n * (t + 1))
@@ -165,6 +172,12 @@ impl BackendTask for Bench {
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
             (Input::Features(x), y, n)
         };
+        if self.framework == "burn" {
+            return self.bare_burn::<B>(backend, input, y, targets, &device);
+        }
+        let mut model = Model::<B>::new(&spec, &shape, self.precision, 0, &device)?;
+        let params = model.num_params();
+        let mut optim = Optim::<B>::new(&optimizer).without_decay(model.no_decay());
         let input_of = || match &input {
             Input::Features(x) => Input::Features(x.clone()),
             Input::Tokens(x) => Input::Tokens(x.clone()),
@@ -203,6 +216,75 @@ impl BackendTask for Bench {
         });
         if self.model == "gpt" {
             out["tokens_per_sec"] = serde_json::json!((self.steps * n * t) as f64 / seconds);
+        }
+        Ok(out)
+    }
+}
+
+impl Bench {
+    /// The same batch through the bare burn loop (`burn_loop.rs`).
+    fn bare_burn<B: AutodiffBackend>(
+        &self,
+        backend: BackendKind,
+        input: Input<B>,
+        y: Tensor<B, 1, Int>,
+        targets: usize,
+        device: &B::Device,
+    ) -> Result<serde_json::Value> {
+        if self.precision != Precision::F32 {
+            bail!("--framework burn runs in f32 only (burn has no autocast)");
+        }
+        let g = &self.gpt;
+        let (seconds, loss, params) = match (self.model.as_str(), input) {
+            ("mlp", Input::Features(x)) => burn_loop::train(
+                burn_loop::mlp::<B>(device),
+                burn_loop::mlp_forward,
+                x,
+                y,
+                0.0,
+                self.warmup,
+                self.steps,
+            ),
+            ("cnn", Input::Features(x)) => burn_loop::train(
+                burn_loop::cnn::<B>(device),
+                burn_loop::cnn_forward,
+                x,
+                y,
+                0.0,
+                self.warmup,
+                self.steps,
+            ),
+            ("gpt", Input::Tokens(x)) => burn_loop::train(
+                burn_loop::gpt::<B>(
+                    self.vocab,
+                    g.n_layer,
+                    g.n_head,
+                    g.n_embd,
+                    g.block_size,
+                    device,
+                ),
+                burn_loop::gpt_forward,
+                x,
+                y,
+                0.1,
+                self.warmup,
+                self.steps,
+            ),
+            (other, _) => bail!("--framework burn: no bare burn {other}"),
+        };
+        if !loss.is_finite() {
+            bail!("loss diverged: {loss}");
+        }
+        let n = self.batch;
+        let mut out = serde_json::json!({
+            "framework": "burn", "backend": backend.name(), "model": self.model,
+            "batch": n, "steps": self.steps, "seconds": seconds,
+            "steps_per_sec": self.steps as f64 / seconds,
+            "samples_per_sec": (self.steps * n) as f64 / seconds,
+            "params": params, "precision": "f32", "final_loss": loss,
+        });
+        if self.model == "gpt" {
+            out["tokens_per_sec"] = serde_json::json!(targets as f64 * self.steps as f64 / seconds);
         }
         Ok(out)
     }

@@ -6,8 +6,9 @@
     benches/.venv/bin/python benches/run.py --device cuda [--kiln-bin PATH] [--no-build]
 
 CPU mode (default): builds `kiln-bench` (release; skipped with --no-build or --kiln-bin), then for
-each selected model runs Kiln on flex and on ndarray and PyTorch, interleaved, `reps` times, and
-keeps the median of each:
+each selected model runs Kiln on flex and on ndarray, the bare burn loop (burn's own modules, loss
+and AdamW, `--framework burn`) on both, and PyTorch, interleaved, `reps` times, and keeps the
+median of each:
   mlp  784-256-256-10, batch 64;
   cnn  conv 1->32 3x3, conv 32->64 3x3, max-pool 2, linear 9216->128->10, batch 64;
   gpt  decoder-only transformer, vocab 65, 4 layers, 4 heads, 128 wide, block 64, batch 32
@@ -54,7 +55,8 @@ CPU_MODELS = {
                  "--tie", "1", "--precision", "f32", "--device", "cpu"],
     },
 }
-CPU_RUNNERS = ["flex", "ndarray", "pytorch"]
+# "burn-flex"/"burn-ndarray": the bare burn loop (burn's modules, loss and AdamW) in kiln-bench.
+CPU_RUNNERS = ["flex", "burn-flex", "ndarray", "burn-ndarray", "pytorch"]
 
 # (warmup, timed steps) per model and runner: ndarray's convolution is ~100x slower than the
 # others', so it gets fewer steps to keep the run short. gpt (batch 32 x 64 tokens, f32): PyTorch
@@ -62,8 +64,12 @@ CPU_RUNNERS = ["flex", "ndarray", "pytorch"]
 # take ~10-20 s; ndarray may be 10-50x slower, so it gets 5.
 STEPS = {
     ("mlp", "flex"): (20, 300), ("mlp", "ndarray"): (20, 300), ("mlp", "pytorch"): (20, 300),
-    ("cnn", "flex"): (2, 20), ("cnn", "ndarray"): (1, 3), ("cnn", "pytorch"): (3, 30),
-    ("gpt", "flex"): (3, 60), ("gpt", "ndarray"): (1, 5), ("gpt", "pytorch"): (3, 60),
+    ("cnn", "flex"): (2, 20), ("cnn", "ndarray"): (2, 20), ("cnn", "pytorch"): (3, 30),
+    ("gpt", "flex"): (3, 60), ("gpt", "ndarray"): (3, 30), ("gpt", "pytorch"): (3, 60),
+    # The bare burn loop: ndarray's own convolution is ~15x slower than Kiln's lowered one.
+    ("mlp", "burn-flex"): (20, 300), ("mlp", "burn-ndarray"): (20, 300),
+    ("cnn", "burn-flex"): (2, 20), ("cnn", "burn-ndarray"): (1, 3),
+    ("gpt", "burn-flex"): (3, 30), ("gpt", "burn-ndarray"): (1, 10),
 }
 
 GPU_MODELS = {
@@ -185,6 +191,8 @@ def run_one(spec, model, runner, steps_table, a):
         cmd = [a.python, "benches/torch_ref.py", "--threads", str(a.threads)] + args
         if a.device == "cuda":
             cmd += ["--peak-flops", str(a.peak_flops)]
+    elif runner.startswith("burn-"):
+        cmd = [str(a.kiln_bin), "--backend", runner[5:], "--framework", "burn"] + args
     else:
         cmd = [str(a.kiln_bin), "--backend", runner] + args
     t0 = time.perf_counter()
@@ -285,11 +293,16 @@ def cpu_main(a):
         for runner in ["flex", "ndarray"]:
             ks = runs[(model, runner)]
             sps, tps = median_of(ks, "steps_per_sec"), median_of(ks, "tokens_per_sec")
+            bare = runs.get((model, "burn-" + runner), [])
+            burn_sps = median_of(bare, "steps_per_sec")
             row = {"model": model, "backend": runner, "batch": spec["batch"], "date": date,
                    "cpu": mach["cpu"], "cores": mach["cores"],
                    "threads": a.threads, "reps": a.reps, "torch_version": torch_version,
                    "kiln_steps_per_sec": sps, "pytorch_steps_per_sec": ref_sps,
                    "ratio_kiln_over_pytorch": sps / ref_sps if sps and ref_sps else None,
+                   "burn_steps_per_sec": burn_sps,
+                   "ratio_kiln_over_burn": sps / burn_sps if sps and burn_sps else None,
+                   "burn_all": [r.get("steps_per_sec") for r in bare],
                    "kiln_all": [r.get("steps_per_sec") for r in ks],
                    "pytorch_all": [r.get("steps_per_sec") for r in ref]}
             if "tokens_per_sample" in spec:
@@ -297,7 +310,7 @@ def cpu_main(a):
                             "pytorch_tokens_per_sec": ref_tps,
                             "params": next((r["params"] for r in ref if "params" in r), None),
                             "kiln_params": next((r["params"] for r in ks if "params" in r), None)})
-            errors = [r["error"] for r in ks + ref if "error" in r]
+            errors = [r["error"] for r in ks + ref + bare if "error" in r]
             if errors:
                 row["errors"] = sorted(set(errors))
             rows.append(row)
@@ -340,15 +353,20 @@ def cpu_main(a):
         f"{date} ({', '.join(models)}), {a.threads} threads, {a.reps} reps.",
         f"Last run's machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['os']}; {m['rustc']}; PyTorch {torch_version}.",
         "",
-        "| model | batch | Kiln backend | Kiln steps/s | PyTorch steps/s | Kiln tokens/s | PyTorch tokens/s | Kiln / PyTorch | threads | measured on |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Bare burn: the same models with burn's own modules, loss and AdamW, in the same binary "
+        "(`burn_loop.rs`).",
+        "",
+        "| model | batch | Kiln backend | Kiln steps/s | PyTorch steps/s | bare burn steps/s | Kiln tokens/s | PyTorch tokens/s | Kiln / PyTorch | Kiln / bare burn | threads | measured on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in all_rows:
         lines.append(
             f"| {r['model']} | {r.get('batch', '')} | {r['backend']} | {fmt(r['kiln_steps_per_sec'])} | "
-            f"{fmt(r['pytorch_steps_per_sec'])} | {fmt(r.get('kiln_tokens_per_sec'), ',.0f')} | "
+            f"{fmt(r['pytorch_steps_per_sec'])} | {fmt(r.get('burn_steps_per_sec'))} | "
+            f"{fmt(r.get('kiln_tokens_per_sec'), ',.0f')} | "
             f"{fmt(r.get('pytorch_tokens_per_sec'), ',.0f')} | "
             f"{fmt_ratio(r['kiln_steps_per_sec'], r['pytorch_steps_per_sec'])} | "
+            f"{fmt_ratio(r['kiln_steps_per_sec'], r.get('burn_steps_per_sec'))} | "
             f"{r.get('threads', '')} | {str(r.get('date', ''))[:10]}, {r.get('cpu', '?')} |")
     errs = [f"- {r['model']}/{r['backend']}: {e}" for r in all_rows for e in r.get("errors", [])]
     if errs:
