@@ -3,8 +3,8 @@
 //!
 //! `kiln-bench --backend flex|ndarray|wgpu|cuda --model mlp|cnn|gpt [--batch 64] [--warmup 5]
 //! [--steps 30]`, and for the GPT `[--vocab 65] [--n-layer 4] [--n-head 4] [--n-embd 128]
-//! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, prints one JSON
-//! line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
+//! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, plus
+//! `[--framework kiln|burn] [--slowdown F]`, prints one JSON line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
 //! batch, the same work as the reference. `--framework burn` runs the same models written with
 //! burn's own modules, loss and optimizer instead (`burn_loop.rs`), in this same binary.
 
@@ -33,6 +33,9 @@ struct Bench {
     gpt: ModelSection,
     vocab: usize,
     precision: Precision,
+    /// Each timed step is made this many times longer by busy-waiting (to check that the CI
+    /// guard catches a slowdown); 1 = none.
+    slowdown: f64,
 }
 
 fn main() -> Result<()> {
@@ -78,7 +81,13 @@ fn main() -> Result<()> {
         gpt,
         vocab: num("--vocab", "65")?,
         precision,
+        slowdown: get("--slowdown", "1")
+            .parse()
+            .context("--slowdown: expected a number")?,
     };
+    if bench.slowdown.is_nan() || bench.slowdown < 1.0 {
+        bail!("--slowdown {}: expected a factor >= 1", bench.slowdown);
+    }
     kiln_core::backend::check_precision(backend.resolve()?, precision)?;
     let out = dispatch(backend, bench)??;
     println!("{out}");
@@ -188,12 +197,22 @@ impl BackendTask for Bench {
         let mut run_steps = |count: usize, mut m: Model<B>, optim: &mut Optim<B>| {
             let mut loss = None;
             for _ in 0..count {
+                let step_started = std::time::Instant::now();
                 let micro = vec![(input_of(), y.clone())];
                 let (next, stats) =
                     train_step(m, optim, micro, None, 1e-3, None, scaler.as_mut(), None)
                         .expect("a step without a communicator cannot fail");
                 m = next;
                 loss = Some(stats.loss_sum);
+                if self.slowdown > 1.0 {
+                    // The step's work is queued, not necessarily done, on lazy backends; the CPU
+                    // backends compute eagerly, which is where the guard runs.
+                    let extra = step_started.elapsed().mul_f64(self.slowdown - 1.0);
+                    let until = std::time::Instant::now() + extra;
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
             }
             let loss = loss.map_or(0.0, |l| l.into_scalar().elem::<f64>() / targets as f64);
             (m, loss)
