@@ -16,7 +16,8 @@ most 5% slower).
 
 Against benches/results/guard.json, which holds the ratios recorded per CPU model: on a CPU model
 with a record, it fails (exit 1) when any ratio falls below 70% of the recorded one; on another
-CPU model it reports and passes. --record stores this run's ratios for this CPU model.
+CPU model it reports and passes. --record runs the measurement --record-runs times (default 3)
+and stores the median of each ratio for this CPU model.
 --slowdown F makes kiln-bench busy-wait so each timed step takes F times as long (a real
 slowdown, to check that the guard catches one: `--slowdown 1.5` must fail on a recorded CPU).
 Writes the run to target/guard/last.json. Takes about 1-2 minutes on 2 cores.
@@ -98,12 +99,18 @@ def main():
     p.add_argument("--kiln", default=str(ROOT / "target/release/kiln"))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--record", action="store_true", help="store this run's ratios for this CPU model")
+    p.add_argument("--record", action="store_true", help="store the ratios for this CPU model")
+    p.add_argument("--record-runs", type=int, default=3, help="with --record: runs whose median is stored")
     p.add_argument("--slowdown", type=float, default=1.0, help="make each Kiln train_step this many times slower")
     a = p.parse_args()
     started = time.time()
     cpu = cpu_model()
     runs, med, ratios, loop = measure(a)
+    if a.record:
+        all_ratios = [ratios]
+        for _ in range(a.record_runs - 1):
+            all_ratios.append(measure(a)[2])
+        ratios = {k: statistics.median(r[k] for r in all_ratios) for k in ratios}
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     recorded = record.get(cpu, {}).get("ratios")
     lines = [f"CPU: {cpu}; {a.reps} reps, {a.threads} threads, slowdown {a.slowdown}; {time.time() - started:.0f} s"]
@@ -125,7 +132,8 @@ def main():
     (ROOT / "target/guard").mkdir(parents=True, exist_ok=True)
     (ROOT / "target/guard/last.json").write_text(json.dumps(out, indent=2) + "\n")
     if a.record:
-        record[cpu] = {"ratios": ratios, "date": out["date"], "reps": a.reps, "threads": a.threads}
+        record[cpu] = {"ratios": ratios, "date": out["date"], "reps": a.reps, "threads": a.threads,
+                       "runs": a.record_runs, "all_ratios": all_ratios}
         RECORD.write_text(json.dumps(record, indent=2) + "\n")
         print(f"recorded for {cpu} in {RECORD.relative_to(ROOT)}")
         return 0
