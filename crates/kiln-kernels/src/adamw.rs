@@ -47,7 +47,7 @@ impl AdamW {
         let bias1 = 1.0 - self.beta1.powi(self.step as i32);
         let bias2 = 1.0 - self.beta2.powi(self.step as i32);
         Scalars {
-            decay: (self.weight_decay > 0.0).then(|| (1.0 - self.lr * self.weight_decay) as f32),
+            decay: (self.weight_decay > 0.0).then_some((1.0 - self.lr * self.weight_decay) as f32),
             beta1: self.beta1 as f32,
             one_minus_beta1: (1.0 - self.beta1) as f32,
             beta2: self.beta2 as f32,

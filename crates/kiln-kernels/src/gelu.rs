@@ -20,8 +20,8 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// `e^y` for `y <= 700` (below -708 it returns `e^-708`, which is 0 in `f32`).
 #[inline(always)]
 fn exp(y: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let y = y.max(-708.0);
     let k = (y * std::f64::consts::LOG2_E + 0.5).floor();
     let r = (y - k * LN2_HI) - k * LN2_LO;

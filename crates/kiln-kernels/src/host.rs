@@ -150,7 +150,7 @@ mod tests {
         let t =
             Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [2, 2]), &device);
         let kept = t.clone();
-        let mut h = HostTensor::new(t).ok().expect("a CPU tensor");
+        let mut h = HostTensor::new(t).unwrap_or_else(|_| unreachable!("a CPU tensor"));
         assert_eq!(h.as_slice(), &[1., 2., 3., 4.]);
         h.as_mut_slice()[3] = 9.0;
         let out = h.into_tensor().into_data().to_vec::<f32>().unwrap();

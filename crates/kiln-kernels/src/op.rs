@@ -42,8 +42,7 @@ pub fn apply<B: Backend, const D: usize, O: HostUnary>(
     let x = match cast::<B, Autodiff<burn::backend::Flex>, D>(x) {
         Ok(x) => {
             return cast(autodiff::<burn::backend::Flex, D, O>(op, x))
-                .ok()
-                .expect("same type")
+                .unwrap_or_else(|_| unreachable!("same type"))
         }
         Err(x) => x,
     };
@@ -51,8 +50,7 @@ pub fn apply<B: Backend, const D: usize, O: HostUnary>(
     let x = match cast::<B, Autodiff<burn::backend::NdArray>, D>(x) {
         Ok(x) => {
             return cast(autodiff::<burn::backend::NdArray, D, O>(op, x))
-                .ok()
-                .expect("same type")
+                .unwrap_or_else(|_| unreachable!("same type"))
         }
         Err(x) => x,
     };
@@ -105,8 +103,7 @@ pub(crate) fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> HostTensor<B,
         Err(x) => {
             let device = x.device();
             HostTensor::new(Tensor::from_data(x.into_data(), &device))
-                .ok()
-                .expect("a host backend's fresh tensor is contiguous")
+                .unwrap_or_else(|_| unreachable!("a host backend's fresh tensor is contiguous"))
         }
     }
 }

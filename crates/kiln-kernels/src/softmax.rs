@@ -106,8 +106,7 @@ pub fn softmax<B: Backend>(
     let scores = match cast::<B, Autodiff<burn::backend::Flex>, 4>(scores) {
         Ok(s) => {
             return cast(autodiff::<burn::backend::Flex>(rows, s))
-                .ok()
-                .expect("same type")
+                .unwrap_or_else(|_| unreachable!("same type"))
         }
         Err(s) => s,
     };
@@ -115,8 +114,7 @@ pub fn softmax<B: Backend>(
     let scores = match cast::<B, Autodiff<burn::backend::NdArray>, 4>(scores) {
         Ok(s) => {
             return cast(autodiff::<burn::backend::NdArray>(rows, s))
-                .ok()
-                .expect("same type")
+                .unwrap_or_else(|_| unreachable!("same type"))
         }
         Err(s) => s,
     };

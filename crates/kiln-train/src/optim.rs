@@ -236,8 +236,7 @@ fn fused_adamw<B: Backend, const D: usize>(
         _ => {
             let zeros = || {
                 HostTensor::new(Tensor::<B, 1>::zeros([n], &device))
-                    .ok()
-                    .expect("a CPU backend's fresh tensor is contiguous")
+                    .unwrap_or_else(|_| unreachable!("a CPU backend's fresh tensor is contiguous"))
             };
             (zeros(), zeros(), true)
         }
@@ -411,16 +410,17 @@ mod tests {
         );
     }
 
+    /// An update function of rank-1 parameters: `update` or `update_by_tensor_ops`.
+    type UpdateFn<B> = fn(
+        Rule,
+        f64,
+        Tensor<B, 1>,
+        Tensor<B, 1>,
+        Option<ParamState<B>>,
+    ) -> (Tensor<B, 1>, Option<ParamState<B>>);
+
     /// Three AdamW steps of a parameter large enough for the threaded kernel, by `f`.
-    fn three_steps<B: Backend>(
-        f: fn(
-            Rule,
-            f64,
-            Tensor<B, 1>,
-            Tensor<B, 1>,
-            Option<ParamState<B>>,
-        ) -> (Tensor<B, 1>, Option<ParamState<B>>),
-    ) -> Vec<Vec<f32>> {
+    fn three_steps<B: Backend>(f: UpdateFn<B>) -> Vec<Vec<f32>> {
         let n = 70_001;
         let device = Default::default();
         let host = |k: usize| -> Tensor<B, 1> {
