@@ -16,7 +16,9 @@ most 5% slower).
 
 Against benches/results/guard.json, which holds the ratios recorded per CPU model: on a CPU model
 with a record, it fails (exit 1) when any ratio falls below 70% of the recorded one; on another
-CPU model it reports and passes. --record runs the measurement --record-runs times (default 3)
+CPU model it reports and passes. A ratio below its floor is measured once more (a whole second
+run) and the better of the two counts, so that a slow spell of a shared machine is not a
+regression but a real one still fails. --record runs the measurement --record-runs times (default 3)
 and stores the median of each ratio for this CPU model.
 --slowdown F makes kiln-bench busy-wait so each timed step takes F times as long (a real
 slowdown, to check that the guard catches one: `--slowdown 1.5` must fail on a recorded CPU).
@@ -114,6 +116,14 @@ def main():
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     recorded = record.get(cpu, {}).get("ratios")
     lines = [f"CPU: {cpu}; {a.reps} reps, {a.threads} threads, slowdown {a.slowdown}; {time.time() - started:.0f} s"]
+    def below(ratios):
+        return [n for n, r in ratios.items() if recorded and n in recorded and r < THRESHOLD * recorded[n]]
+
+    if below(ratios) and not a.record:
+        # A shared machine has slow spells: a regression must show in a second measurement too.
+        print(f"below the floor: {', '.join(below(ratios))}; measuring again", file=sys.stderr)
+        again = measure(a)[2]
+        ratios = {n: max(r, again[n]) for n, r in ratios.items()}
     failed = []
     for name, r in ratios.items():
         line = f"  {name:10} Kiln/PyTorch {r:.3f}x"
