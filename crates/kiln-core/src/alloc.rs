@@ -8,8 +8,9 @@
 //! shoot-downs on every core (`benches/results/cpu-profile.md`). Raising both thresholds keeps the
 //! memory in the process, where the next step reuses it.
 //!
-//! [`tune`] applies this with `mallopt` when Kiln starts training, so it helps the `kiln` binary
-//! and a user's own program that trains through the library alike (a `#[global_allocator]` would
+//! [`tune`] applies this with `mallopt` first thing in the `kiln` binary and whenever Kiln builds a
+//! model (before its weights are allocated: applied later it measured slower), so it helps the
+//! `kiln` binary and a user's own program that trains through the library alike (a `#[global_allocator]` would
 //! only help binaries that set it). It is a no-op on other C libraries, when the user set glibc's
 //! malloc tunables themselves (`GLIBC_TUNABLES=glibc.malloc...`), and with `KILN_MALLOC_TUNING=0`.
 

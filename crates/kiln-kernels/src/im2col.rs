@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{cast, host};
+use crate::op::{host, on_cpu_autodiff, AutodiffNode};
 
 /// The geometry of one stride-1 convolution with a square kernel and symmetric zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,14 +164,8 @@ pub fn im2col<B: Backend>(x: Tensor<B, 4>, kernel: usize, padding: usize) -> Opt
     if !crate::op::has_kernels::<B>() {
         return None;
     }
-    #[cfg(feature = "flex")]
-    let x = match cast::<B, Autodiff<burn::backend::Flex>, 4>(x) {
-        Ok(x) => return cast(autodiff::<burn::backend::Flex>(g, x)).ok(),
-        Err(x) => x,
-    };
-    #[cfg(feature = "ndarray")]
-    let x = match cast::<B, Autodiff<burn::backend::NdArray>, 4>(x) {
-        Ok(x) => return cast(autodiff::<burn::backend::NdArray>(g, x)).ok(),
+    let x = match on_cpu_autodiff(g, x) {
+        Ok(patches) => return Some(patches),
         Err(x) => x,
     };
     Some(forward(g, x))
@@ -203,6 +197,12 @@ fn autodiff<IB: Backend>(g: Geometry, x: Tensor<Autodiff<IB>, 4>) -> Tensor<Auto
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+impl AutodiffNode<4, 2> for Geometry {
+    fn record<IB: Backend>(self, x: Tensor<Autodiff<IB>, 4>) -> Tensor<Autodiff<IB>, 2> {
+        autodiff::<IB>(self, x)
+    }
 }
 
 /// The autodiff node of [`im2col`]; its state is the geometry (the backward pass needs no

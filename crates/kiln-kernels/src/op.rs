@@ -38,20 +38,8 @@ pub fn apply<B: Backend, const D: usize, O: HostUnary>(
     x: Tensor<B, D>,
     fallback: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
 ) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    let x = match cast::<B, Autodiff<burn::backend::Flex>, D>(x) {
-        Ok(x) => {
-            return cast(autodiff::<burn::backend::Flex, D, O>(op, x))
-                .unwrap_or_else(|_| unreachable!("same type"))
-        }
-        Err(x) => x,
-    };
-    #[cfg(feature = "ndarray")]
-    let x = match cast::<B, Autodiff<burn::backend::NdArray>, D>(x) {
-        Ok(x) => {
-            return cast(autodiff::<burn::backend::NdArray, D, O>(op, x))
-                .unwrap_or_else(|_| unreachable!("same type"))
-        }
+    let x = match on_cpu_autodiff(Elementwise(op), x) {
+        Ok(y) => return y,
         Err(x) => x,
     };
     if B::ad_enabled(&x.device()) {
@@ -81,6 +69,45 @@ pub fn has_kernels<B: Backend>() -> bool {
     }
     let _ = id;
     false
+}
+
+/// An operation that records its own node in the autodiff graph of a CPU backend `IB`, from a
+/// rank-`D` input to a rank-`E` output.
+pub(crate) trait AutodiffNode<const D: usize, const E: usize>: Copy {
+    /// The output, as a node of `x`'s graph.
+    fn record<IB: Backend>(self, x: Tensor<Autodiff<IB>, D>) -> Tensor<Autodiff<IB>, E>;
+}
+
+/// `node`'s output when `B` is `Autodiff<Flex>` or `Autodiff<NdArray>`; otherwise `x` back.
+pub(crate) fn on_cpu_autodiff<B: Backend, N: AutodiffNode<D, E>, const D: usize, const E: usize>(
+    node: N,
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, E>, Tensor<B, D>> {
+    fn back<A: Backend, T: Backend, const E: usize>(y: Tensor<A, E>) -> Tensor<T, E> {
+        cast(y).unwrap_or_else(|_| unreachable!("the backend was just matched"))
+    }
+    #[cfg(feature = "flex")]
+    let x = match cast::<B, Autodiff<burn::backend::Flex>, D>(x) {
+        Ok(x) => return Ok(back(node.record(x))),
+        Err(x) => x,
+    };
+    #[cfg(feature = "ndarray")]
+    let x = match cast::<B, Autodiff<burn::backend::NdArray>, D>(x) {
+        Ok(x) => return Ok(back(node.record(x))),
+        Err(x) => x,
+    };
+    let _ = node;
+    Err(x)
+}
+
+/// A [`HostUnary`] operation as an [`AutodiffNode`].
+#[derive(Clone, Copy)]
+struct Elementwise<O>(O);
+
+impl<O: HostUnary, const D: usize> AutodiffNode<D, D> for Elementwise<O> {
+    fn record<IB: Backend>(self, x: Tensor<Autodiff<IB>, D>) -> Tensor<Autodiff<IB>, D> {
+        autodiff::<IB, D, O>(self.0, x)
+    }
 }
 
 /// `x` as a tensor of backend `T`, when `T` is `A`.

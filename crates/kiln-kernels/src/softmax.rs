@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{cast, host};
+use crate::op::{host, on_cpu_autodiff, AutodiffNode};
 
 /// Rows per rayon task.
 const ROWS: usize = 64;
@@ -102,21 +102,9 @@ pub fn softmax<B: Backend>(
         causal,
         scale: scale as f32,
     };
-    #[cfg(feature = "flex")]
-    let scores = match cast::<B, Autodiff<burn::backend::Flex>, 4>(scores) {
-        Ok(s) => {
-            return cast(autodiff::<burn::backend::Flex>(rows, s))
-                .unwrap_or_else(|_| unreachable!("same type"))
-        }
-        Err(s) => s,
-    };
-    #[cfg(feature = "ndarray")]
-    let scores = match cast::<B, Autodiff<burn::backend::NdArray>, 4>(scores) {
-        Ok(s) => {
-            return cast(autodiff::<burn::backend::NdArray>(rows, s))
-                .unwrap_or_else(|_| unreachable!("same type"))
-        }
-        Err(s) => s,
+    let scores = match on_cpu_autodiff(rows, scores) {
+        Ok(weights) => return weights,
+        Err(scores) => scores,
     };
     forward(rows, scores)
 }
@@ -147,6 +135,12 @@ fn autodiff<IB: Backend>(rows: Rows, scores: Tensor<Autodiff<IB>, 4>) -> Tensor<
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+impl AutodiffNode<4, 4> for Rows {
+    fn record<IB: Backend>(self, x: Tensor<Autodiff<IB>, 4>) -> Tensor<Autodiff<IB>, 4> {
+        autodiff::<IB>(self, x)
+    }
 }
 
 /// The autodiff node of [`softmax`]; its state is the output (the weights).

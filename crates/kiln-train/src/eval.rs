@@ -68,7 +68,6 @@ pub fn evaluate<B: Backend>(
     batches: impl Iterator<Item = HostBatch>,
     device: &B::Device,
 ) -> EvalResult {
-    kiln_core::alloc::tune();
     let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
     let mut correct = Tensor::<B, 1, Int>::zeros([1], device);
     let mut samples = 0;

@@ -50,8 +50,6 @@ pub fn train_step<B: AutodiffBackend>(
     scaler: Option<&mut LossScale>,
     comm: Option<&mut dyn Communicator<B::InnerBackend>>,
 ) -> Result<(Model<B>, StepStats<B>)> {
-    // Keeps the step's large temporaries in the process between steps (see kiln_core::alloc).
-    kiln_core::alloc::tune();
     let loss_factor = scaler.as_ref().map_or(1.0, |s| s.scale);
     let micro: Vec<_> = micro.into_iter().filter(|(_, y)| y.dims()[0] > 0).collect();
     let total = total.unwrap_or_else(|| micro.iter().map(|(_, y)| y.dims()[0]).sum());

@@ -108,8 +108,7 @@ pub fn train<B: AutodiffBackend>(
     comm: &mut dyn Communicator<B::InnerBackend>,
 ) -> Result<TrainSummary> {
     let started = Instant::now();
-    let tuning = kiln_core::alloc::tune();
-    tracing::debug!("allocator thresholds: {tuning:?} (kiln_core::alloc)");
+    // Model::new below applies kiln_core::alloc's settings (once per process).
     let seed = config.run.seed;
     let (rank, world) = (comm.rank(), comm.world());
     let lead = rank == 0;
