@@ -115,6 +115,7 @@ fn model_section(name: &str) -> Result<ModelSection> {
         bias: true,
         tie_weights: true,
         vocab_size: None,
+        gelu: None,
     };
     match name {
         "mlp" => {}
@@ -218,9 +219,10 @@ impl BackendTask for Bench {
             (m, loss)
         };
         (model, _) = run_steps(self.warmup, model, &mut optim);
-        let start = std::time::Instant::now();
+        let (start, cpu_start) = (std::time::Instant::now(), process_cpu_seconds());
         let (_model, last_loss) = run_steps(self.steps, model, &mut optim);
         let seconds = start.elapsed().as_secs_f64();
+        let cpu_per_wall = (process_cpu_seconds() - cpu_start) / seconds;
         if !last_loss.is_finite() {
             bail!("loss diverged: {last_loss}");
         }
@@ -232,12 +234,28 @@ impl BackendTask for Bench {
             "params": params,
             "precision": self.precision.name(),
             "final_loss": last_loss,
+            "cpu_per_wall": cpu_per_wall,
         });
         if self.model == "gpt" {
             out["tokens_per_sec"] = serde_json::json!((self.steps * n * t) as f64 / seconds);
         }
         Ok(out)
     }
+}
+
+/// CPU time of the whole process (every thread) so far, in seconds: over the timed steps'
+/// wall time, how many cores the steps kept busy.
+fn process_cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 impl Bench {

@@ -302,6 +302,7 @@ def cpu_main(a):
                    "ratio_kiln_over_pytorch": sps / ref_sps if sps and ref_sps else None,
                    "burn_steps_per_sec": burn_sps,
                    "ratio_kiln_over_burn": sps / burn_sps if sps and burn_sps else None,
+                   "kiln_cpu_per_wall": median_of(ks, "cpu_per_wall"),
                    "burn_all": [r.get("steps_per_sec") for r in bare],
                    "kiln_all": [r.get("steps_per_sec") for r in ks],
                    "pytorch_all": [r.get("steps_per_sec") for r in ref]}
@@ -354,10 +355,11 @@ def cpu_main(a):
         f"Last run's machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['os']}; {m['rustc']}; PyTorch {torch_version}.",
         "",
         "Bare burn: the same models with burn's own modules, loss and AdamW, in the same binary "
-        "(`burn_loop.rs`).",
+        "(`burn_loop.rs`). Kiln CPU/wall: the process's CPU time over the wall time of the timed "
+        "steps (how many of the threads' cores the step keeps busy).",
         "",
-        "| model | batch | Kiln backend | Kiln steps/s | PyTorch steps/s | bare burn steps/s | Kiln tokens/s | PyTorch tokens/s | Kiln / PyTorch | Kiln / bare burn | threads | measured on |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | Kiln backend | Kiln steps/s | PyTorch steps/s | bare burn steps/s | Kiln tokens/s | PyTorch tokens/s | Kiln / PyTorch | Kiln / bare burn | Kiln CPU/wall | threads | measured on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in all_rows:
         lines.append(
@@ -367,7 +369,7 @@ def cpu_main(a):
             f"{fmt(r.get('pytorch_tokens_per_sec'), ',.0f')} | "
             f"{fmt_ratio(r['kiln_steps_per_sec'], r['pytorch_steps_per_sec'])} | "
             f"{fmt_ratio(r['kiln_steps_per_sec'], r.get('burn_steps_per_sec'))} | "
-            f"{r.get('threads', '')} | {str(r.get('date', ''))[:10]}, {r.get('cpu', '?')} |")
+            f"{fmt(r.get('kiln_cpu_per_wall'))} | {r.get('threads', '')} | {str(r.get('date', ''))[:10]}, {r.get('cpu', '?')} |")
     errs = [f"- {r['model']}/{r['backend']}: {e}" for r in all_rows for e in r.get("errors", [])]
     if errs:
         lines += ["", "Errors:", ""] + errs

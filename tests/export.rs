@@ -22,6 +22,8 @@ struct Runs {
     mlp: PathBuf,
     cnn: PathBuf,
     gpt: PathBuf,
+    /// A GPT with GPT-2's tanh GELU (`model.gelu = "tanh"`).
+    gpt_tanh: PathBuf,
     wine: PathBuf,
 }
 
@@ -51,6 +53,16 @@ fn runs() -> &'static Runs {
             dir.path(),
             &["train.max_steps=20"],
         );
+        let gpt_tanh = train(
+            "configs/smoke-gpt.toml",
+            "flex",
+            dir.path(),
+            &[
+                "run.name=\"smoke-gpt-tanh\"",
+                "model.gelu=\"tanh\"",
+                "train.max_steps=20",
+            ],
+        );
         let wine = train(
             "configs/wine-mlp.toml",
             "flex",
@@ -62,6 +74,7 @@ fn runs() -> &'static Runs {
             mlp,
             cnn,
             gpt,
+            gpt_tanh,
             wine,
         }
     })
@@ -377,38 +390,43 @@ fn onnxruntime_runs_the_onnx_exports_with_kilns_outputs() {
 fn transformers_loads_the_hugging_face_export_with_kilns_logits_and_generation() {
     let Some(python) = python() else { return };
     let runs = runs();
-    let dir = tempfile::tempdir().unwrap();
-    let kiln_out = dir.path().join("kiln");
-    let hf_out = dir.path().join("hf");
-    export(&runs.gpt, &kiln_out, &[]);
-    let summary = export(&runs.gpt, &hf_out, &["--format", "hf"]);
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        assert!(
-            summary["files"][f].as_u64().is_some(),
-            "{f} missing: {summary}"
+    for (run, activation) in [(&runs.gpt, "gelu"), (&runs.gpt_tanh, "gelu_new")] {
+        let dir = tempfile::tempdir().unwrap();
+        let kiln_out = dir.path().join("kiln");
+        let hf_out = dir.path().join("hf");
+        export(run, &kiln_out, &[]);
+        let summary = export(run, &hf_out, &["--format", "hf"]);
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            assert!(
+                summary["files"][f].as_u64().is_some(),
+                "{f} missing: {summary}"
+            );
+        }
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(hf_out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["activation_function"], activation);
+        let prompt = "KING HENRY:\nWhat, ho!";
+        let mut expected = predict(&kiln_out, &[prompt, "--logits"]).remove(0);
+        let completion = predict(
+            &kiln_out,
+            &[prompt, "--temperature", "0", "--max-tokens", "12"],
         );
+        expected["completion"] = completion[0]["completion"].clone();
+        let path = dir.path().join("expected.json");
+        std::fs::write(&path, expected.to_string()).unwrap();
+        let result = run_python(
+            &python,
+            &[
+                "tests/python/check_hf.py",
+                s(&hf_out),
+                s(&path),
+                "--atol",
+                "1e-4",
+            ],
+        );
+        assert_eq!(result["ok"], true, "{activation}: {result}");
+        assert_eq!(result["generation_match"], true, "{activation}: {result}");
     }
-    let prompt = "KING HENRY:\nWhat, ho!";
-    let mut expected = predict(&kiln_out, &[prompt, "--logits"]).remove(0);
-    let completion = predict(
-        &kiln_out,
-        &[prompt, "--temperature", "0", "--max-tokens", "12"],
-    );
-    expected["completion"] = completion[0]["completion"].clone();
-    let path = dir.path().join("expected.json");
-    std::fs::write(&path, expected.to_string()).unwrap();
-    let result = run_python(
-        &python,
-        &[
-            "tests/python/check_hf.py",
-            s(&hf_out),
-            s(&path),
-            "--atol",
-            "1e-4",
-        ],
-    );
-    assert_eq!(result["ok"], true, "{result}");
-    assert_eq!(result["generation_match"], true, "{result}");
 }
 
 #[test]

@@ -142,6 +142,18 @@ pub enum Activation {
     Sigmoid,
 }
 
+/// The GELU in the GPT's MLP (`model.gelu`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GeluForm {
+    /// `x Φ(x)` with the normal CDF by `erf` (transformers' `"gelu"`, nanoGPT's).
+    #[default]
+    Exact,
+    /// GPT-2's tanh approximation, `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` (transformers'
+    /// `"gelu_new"`).
+    Tanh,
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
@@ -197,6 +209,10 @@ pub struct ModelSection {
     /// GPT: vocabulary size of the embedding and head; defaults to the tokenizer's, may be
     /// larger (padding to a multiple of 64 speeds up GPU matmuls).
     pub vocab_size: Option<usize>,
+    /// GPT: the GELU form of the MLP, `"exact"` (unset) or `"tanh"` (GPT-2's `gelu_new`). Unset,
+    /// it is not in the config hash, so configs written before it keep their hash.
+    #[serde(default)]
+    pub gelu: Option<GeluForm>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -605,6 +621,11 @@ impl Config {
             )?;
         }
 
+        check(
+            m.gelu.is_none() || m.kind == ModelKind::Gpt,
+            "model.gelu",
+            "chooses the GELU form of a GPT; an MLP or CNN takes model.activation = \"gelu\" (the exact form)",
+        )?;
         if m.kind == ModelKind::Gpt {
             check(
                 matches!(d.format, DataFormat::Text | DataFormat::Tokens),
@@ -731,6 +752,13 @@ impl Config {
         {
             remove_key(&mut table, key);
         }
+        // A key added later, set to the value that its absence means, computes what configs
+        // without it compute: it hashes as they do.
+        for (key, default) in IMPLICIT_DEFAULTS {
+            if lookup(&table, key).and_then(toml::Value::as_str) == Some(default) {
+                remove_key(&mut table, key);
+            }
+        }
         let text = toml::to_string(&table).expect("a TOML table serializes");
         let digest = Sha256::digest(text.as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -777,6 +805,18 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "distributed.timeout_secs",
     "distributed.engine",
 ];
+
+/// Keys added after configs were first hashed, with the value their absence stands for.
+const IMPLICIT_DEFAULTS: &[(&str, &str)] = &[("model.gelu", "exact")];
+
+fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let mut parts = dotted.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
 
 fn remove_key(table: &mut toml::Table, dotted: &str) {
     let (parents, last) = match dotted.rsplit_once('.') {
@@ -972,6 +1012,59 @@ mod tests {
         let c = load(&["optimizer.kind=sgd", "optimizer.momentum=0.9"]).unwrap();
         let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
         assert_eq!(c, again);
+    }
+
+    fn repo_file(path: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(path)
+    }
+
+    /// The shipped runs were written by earlier versions of Kiln: their configs must hash as they
+    /// did then, or resuming them (and comparing them) breaks.
+    #[test]
+    fn configs_of_runs_written_by_earlier_versions_keep_their_hash() {
+        for run in [
+            "fashion-mnist-mlp",
+            "fashion-mnist-cnn",
+            "shakespeare-char-gpt",
+        ] {
+            let dir = repo_file(&format!("checkpoints/{run}"));
+            let config = Config::load(&dir.join("config.toml"), &[]).unwrap();
+            let latest = std::fs::read_to_string(dir.join("latest")).unwrap();
+            let state: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join(latest.trim()).join("state.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                state["config_hash"].as_str(),
+                Some(config.maths_hash().as_str()),
+                "{run}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_gelu_hashes_like_its_absence_when_exact_and_is_for_the_gpt_only() {
+        let path = repo_file("checkpoints/shakespeare-char-gpt/config.toml");
+        let with = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            Config::load(&path, &o)
+        };
+        let unset = with(&[]).unwrap();
+        let exact = with(&["model.gelu=\"exact\""]).unwrap();
+        let tanh = with(&["model.gelu=\"tanh\""]).unwrap();
+        assert_eq!(unset.model.gelu, None);
+        assert_eq!(tanh.model.gelu, Some(GeluForm::Tanh));
+        assert_eq!(unset.maths_hash(), exact.maths_hash());
+        assert_ne!(unset.maths_hash(), tanh.maths_hash());
+        let e = format!("{:#}", with(&["model.gelu=\"fast\""]).unwrap_err());
+        assert!(e.contains("model.gelu") || e.contains("fast"), "{e}");
+        let e = format!("{:#}", load(&["model.gelu=\"tanh\""]).unwrap_err());
+        assert!(
+            e.contains("model.gelu: chooses the GELU form of a GPT"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -404,6 +404,7 @@ fn write_format(
                 n_head: section.n_head,
                 bias: section.bias,
                 tie_weights: section.tie_weights,
+                gelu: section.gelu.unwrap_or_default(),
             };
             write_gpt2(dir, &shape, dequantized, tokenizer.chars())?;
             manifest.format = "kiln-hf".into();

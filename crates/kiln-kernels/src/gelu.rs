@@ -1,5 +1,7 @@
 //! The exact GELU, `x Φ(x)` with `Φ` the standard normal CDF, and its derivative
-//! `Φ(x) + x φ(x)`, without a scalar `erf` call per element.
+//! `Φ(x) + x φ(x)`, without a scalar `erf` call per element; and GPT-2's tanh form
+//! (`gelu_new` in Hugging Face's transformers, PyTorch's `gelu(approximate="tanh")`),
+//! `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))`, by the same `exp`.
 //!
 //! Each element is computed in `f64` with branch-free arithmetic that the compiler vectorizes:
 //! `Φ(x) = erfc(-x / √2) / 2`, with `erfc` by the Chebyshev fit of Numerical Recipes' `erfcc`
@@ -101,6 +103,65 @@ fn backward_loop(x: &[f32], g: &mut [f32]) {
 crate::simd::multiversion!(forward_loop => forward_v4, forward_v3, forward_dispatch(x: &[f32], y: &mut [f32]));
 crate::simd::multiversion!(backward_loop => backward_v4, backward_v3, backward_dispatch(x: &[f32], g: &mut [f32]));
 
+/// √(2/π).
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of GPT-2's tanh GELU.
+const TANH_CUBIC: f64 = 0.044_715;
+
+/// `tanh(u)` as `1 - 2 / (e^{2|u|} + 1)` with `u`'s sign: within a few f64 rounding errors in
+/// absolute terms, which is what `x/2 (1 + tanh)` and its derivative need.
+#[inline(always)]
+fn tanh(u: f64) -> f64 {
+    let e = exp(2.0 * u.abs().min(350.0));
+    (1.0 - 2.0 / (e + 1.0)).copysign(u)
+}
+
+#[inline(always)]
+fn tanh_forward_scalar(x: f32) -> f32 {
+    let x = x as f64;
+    let t = tanh(SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x));
+    (0.5 * x * (1.0 + t)) as f32
+}
+
+#[inline(always)]
+fn tanh_derivative_scalar(x: f32) -> f64 {
+    let x = x as f64;
+    let t = tanh(SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x));
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * TANH_CUBIC * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}
+
+#[inline(always)]
+fn tanh_forward_loop(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = tanh_forward_scalar(x);
+    }
+}
+
+#[inline(always)]
+fn tanh_backward_loop(x: &[f32], g: &mut [f32]) {
+    for (g, &x) in g.iter_mut().zip(x) {
+        *g = (*g as f64 * tanh_derivative_scalar(x)) as f32;
+    }
+}
+
+crate::simd::multiversion!(tanh_forward_loop => tanh_forward_v4, tanh_forward_v3, tanh_forward_dispatch(x: &[f32], y: &mut [f32]));
+crate::simd::multiversion!(tanh_backward_loop => tanh_backward_v4, tanh_backward_v3, tanh_backward_dispatch(x: &[f32], g: &mut [f32]));
+
+/// GPT-2's tanh GELU as a [`HostUnary`] operation.
+#[derive(Clone, Copy, Debug)]
+pub struct GeluTanh;
+
+impl HostUnary for GeluTanh {
+    fn forward(self, x: &[f32], y: &mut [f32]) {
+        tanh_forward_dispatch(x, y)
+    }
+
+    fn backward(self, x: &[f32], grad: &mut [f32]) {
+        tanh_backward_dispatch(x, grad)
+    }
+}
+
 /// GELU as a [`HostUnary`] operation.
 #[derive(Clone, Copy, Debug)]
 pub struct Gelu;
@@ -187,6 +248,52 @@ mod tests {
         forward_loop(&x, &mut plain);
         let mut dispatched = vec![0.0; x.len()];
         forward_dispatch(&x, &mut dispatched);
+        assert_eq!(
+            plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            dispatched.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    fn tanh_exact(x: f64) -> f64 {
+        0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x)).tanh())
+    }
+
+    #[test]
+    fn tanh_gelu_is_within_2e_7_relative_of_the_f64_formula() {
+        let x = grid();
+        let mut y = vec![0.0; x.len()];
+        GeluTanh.forward(&x, &mut y);
+        for (&x, &y) in x.iter().zip(&y) {
+            let want = tanh_exact(x as f64);
+            assert!(
+                (y as f64 - want).abs() <= 2e-7 * want.abs() + 1e-30,
+                "gelu_tanh({x}) = {y}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn tanh_gelu_derivative_matches_a_central_difference_of_the_f64_formula() {
+        let x = grid();
+        let mut g = vec![1.0f32; x.len()];
+        GeluTanh.backward(&x, &mut g);
+        for (&x, &g) in x.iter().zip(&g) {
+            let xd = x as f64;
+            let h = 1e-6 * xd.abs().max(1.0);
+            let want = (tanh_exact(xd + h) - tanh_exact(xd - h)) / (2.0 * h);
+            assert!(
+                ((g as f64) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "gelu_tanh'({x}) = {g}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn tanh_gelu_code_paths_give_the_same_bits() {
+        let x = grid();
+        let (mut plain, mut dispatched) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        tanh_forward_loop(&x, &mut plain);
+        tanh_forward_dispatch(&x, &mut dispatched);
         assert_eq!(
             plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             dispatched.iter().map(|v| v.to_bits()).collect::<Vec<_>>()

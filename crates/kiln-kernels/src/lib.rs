@@ -13,9 +13,9 @@
 #![warn(missing_docs)]
 
 pub mod adamw;
+pub mod conv;
 pub mod gelu;
 pub mod host;
-pub mod im2col;
 pub mod op;
 mod simd;
 pub mod softmax;
@@ -29,6 +29,16 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     op::apply(gelu::Gelu, x, burn::tensor::activation::gelu)
 }
 
+/// GPT-2's tanh GELU, `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` (`gelu_new` in transformers):
+/// on the CPU backends by [`gelu::GeluTanh`]'s kernels, elsewhere by burn's `gelu_approximate`.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    op::apply(
+        gelu::GeluTanh,
+        x,
+        burn::tensor::activation::gelu_approximate,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,18 +47,26 @@ mod tests {
 
     /// `x`, and value and gradient of `sum(w * gelu(x))` by Kiln's GELU and by burn's.
     fn value_and_grad<B: burn::tensor::backend::AutodiffBackend>() -> [Vec<f32>; 5] {
+        value_and_grad_of::<B>(gelu, burn::tensor::activation::gelu)
+    }
+
+    /// `x`, and value and gradient of `sum(w * f(x))` by Kiln's `ours` and by burn's `theirs`.
+    fn value_and_grad_of<B: burn::tensor::backend::AutodiffBackend>(
+        ours: fn(Tensor<B, 1>) -> Tensor<B, 1>,
+        theirs: fn(Tensor<B, 1>) -> Tensor<B, 1>,
+    ) -> [Vec<f32>; 5] {
         let device = Default::default();
         let n = 3 * 16_384 + 5; // large enough for the threaded kernels
         let host: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 16.0).collect();
         let w: Vec<f32> = (0..n).map(|i| ((i * 31) % 7) as f32 - 3.0).collect();
-        let run = |ours: bool| {
+        let run = |use_ours: bool| {
             let x = Tensor::<B, 1>::from_data(TensorData::new(host.clone(), [n]), &device)
                 .require_grad();
             let w = Tensor::<B, 1>::from_data(TensorData::new(w.clone(), [n]), &device);
-            let y = if ours {
-                gelu(x.clone())
+            let y = if use_ours {
+                ours(x.clone())
             } else {
-                burn::tensor::activation::gelu(x.clone())
+                theirs(x.clone())
             };
             let loss = (y.clone() * w).sum();
             let grads = loss.backward();
@@ -78,6 +96,26 @@ mod tests {
             assert!(
                 (a - b).abs() <= 1e-6 * b.abs() + 1e-6,
                 "gelu'({x}) {a} vs burn {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn tanh_gelu_agrees_with_burns_gelu_approximate_under_autodiff() {
+        let [host, y_ours, g_ours, y_burn, g_burn] = value_and_grad_of::<Autodiff<Flex>>(
+            gelu_tanh,
+            burn::tensor::activation::gelu_approximate,
+        );
+        for (i, &x) in host.iter().enumerate().filter(|(_, x)| **x > -4.0) {
+            let (a, b) = (y_ours[i], y_burn[i]);
+            assert!(
+                (a - b).abs() <= 2e-6 * b.abs() + 1e-6,
+                "gelu_tanh({x}) {a} vs burn {b}"
+            );
+            let (a, b) = (g_ours[i], g_burn[i]);
+            assert!(
+                (a - b).abs() <= 2e-6 * b.abs() + 1e-5,
+                "gelu_tanh'({x}) {a} vs burn {b}"
             );
         }
     }

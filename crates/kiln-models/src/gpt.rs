@@ -13,7 +13,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use kiln_core::config::{ModelSection, Precision};
+use kiln_core::config::{GeluForm, ModelSection, Precision};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
@@ -30,6 +30,8 @@ pub struct GptShape {
     pub block_size: usize,
     pub bias: bool,
     pub tie_weights: bool,
+    /// The MLP's GELU.
+    pub gelu: GeluForm,
 }
 
 impl GptShape {
@@ -54,6 +56,7 @@ impl GptShape {
             block_size: spec.block_size,
             bias: spec.bias,
             tie_weights: spec.tie_weights,
+            gelu: spec.gelu.unwrap_or_default(),
         })
     }
 }
@@ -97,6 +100,8 @@ pub struct Gpt<B: Backend> {
     pub dropout: f64,
     #[module(skip)]
     pub precision: Precision,
+    #[module(skip)]
+    pub gelu: GeluForm,
 }
 
 impl<B: Backend> Gpt<B> {
@@ -157,6 +162,7 @@ impl<B: Backend> Gpt<B> {
             vocab_size,
             dropout,
             precision,
+            gelu: shape.gelu,
         }
     }
 
@@ -197,7 +203,11 @@ impl<B: Backend> Gpt<B> {
             let m = &block.mlp;
             let normed = block.ln_2.forward(x.clone());
             observer.observe(&|| format!("h.{i}.mlp.c_fc.weight"), &|| rows(&normed));
-            let hidden = kiln_kernels::gelu(linear(&m.c_fc, normed, self.precision));
+            let hidden = linear(&m.c_fc, normed, self.precision);
+            let hidden = match self.gelu {
+                GeluForm::Exact => kiln_kernels::gelu(hidden),
+                GeluForm::Tanh => kiln_kernels::gelu_tanh(hidden),
+            };
             observer.observe(&|| format!("h.{i}.mlp.c_proj.weight"), &|| rows(&hidden));
             x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
         }
@@ -277,6 +287,7 @@ mod tests {
             block_size: 6,
             bias: true,
             tie_weights: tie,
+            gelu: GeluForm::Exact,
         };
         Gpt::new(
             shape,

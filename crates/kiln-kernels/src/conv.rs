@@ -1,0 +1,502 @@
+//! Stride-1 2-D convolution on the CPU backends, forward and backward, one image per task.
+//!
+//! burn-flex runs a convolution's backward pass as a convolution of transposed tensors and a
+//! transposed convolution, whose layout copies and serial outer loops are most of a CNN's step;
+//! burn-ndarray's convolution is about 15 times slower still. Here each image is lowered to its
+//! patch matrix `P` (`[h_out * w_out, c * k * k]`, im2col) in a buffer of the thread's own that
+//! stays in cache, and every product is one call of the `gemm` crate (the one burn-flex uses,
+//! with its AVX-512 kernels where the CPU has them) on strided views, without transposing copies:
+//!
+//! - forward: `Y_n = W P_nᵀ + b`, written straight into the `[n, c_out, h_out, w_out]` output;
+//! - backward: `dW = Σ_n dY_n P_n`, `db = Σ_n Σ_positions dY_n`, and, when the input needs a
+//!   gradient, `dP_n = dY_nᵀ W` added back onto the image's pixels (col2im).
+//!
+//! Images run in parallel on rayon's threads. The weight and bias gradients are summed per fixed
+//! group of images and then over the groups in order, so the result is the same for any number
+//! of threads (bit-exact resume does not depend on the machine's core count).
+
+use std::any::TypeId;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::op::{cast, has_kernels, host};
+
+/// Images per partial sum of the weight and bias gradients.
+const GROUP: usize = 2;
+
+/// A convolution's input, weight and bias, given back when [`conv2d`] does not apply.
+pub type Inputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 1>);
+
+/// `conv2d(x, weight, bias)` with stride 1, no dilation, one group and `padding` zeros on every
+/// side, for `x` `[n, c, h, w]`, a square `weight` `[c_out, c, k, k]` and `bias` `[c_out]`, on
+/// the CPU backends (differentiable under their autodiff). The inputs come back as `Err` on
+/// other backends and for shapes this does not cover; the caller then takes burn's convolution.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+    padding: usize,
+) -> Result<Tensor<B, 4>, Inputs<B>> {
+    let [n, c, h, w] = x.dims();
+    let [c_out, c_w, kh, kw] = weight.dims();
+    let conv = Conv {
+        g: Geometry {
+            n,
+            c,
+            h,
+            w,
+            k: kh,
+            padding,
+        },
+        c_out,
+    };
+    let fits = kh == kw
+        && c_w == c
+        && bias.dims() == [c_out]
+        && n * c * c_out * kh > 0
+        && conv.g.output().is_some_and(|(ho, wo)| ho * wo > 0);
+    if !fits || !has_kernels::<B>() {
+        return Err((x, weight, bias));
+    }
+    #[cfg(feature = "flex")]
+    let (x, weight, bias) = match on_autodiff::<B, burn::backend::Flex>(conv, x, weight, bias) {
+        Ok(y) => return Ok(y),
+        Err(inputs) => inputs,
+    };
+    #[cfg(feature = "ndarray")]
+    let (x, weight, bias) = match on_autodiff::<B, burn::backend::NdArray>(conv, x, weight, bias) {
+        Ok(y) => return Ok(y),
+        Err(inputs) => inputs,
+    };
+    if B::ad_enabled(&x.device()) {
+        return Err((x, weight, bias));
+    }
+    Ok(conv.forward_tensor(x, weight, bias))
+}
+
+/// The convolution as a node of `Autodiff<IB>`'s graph when `B` is that backend.
+fn on_autodiff<B: Backend, IB: Backend>(
+    conv: Conv,
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+) -> Result<Tensor<B, 4>, Inputs<B>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<IB>>() {
+        return Err((x, weight, bias));
+    }
+    fn to<A: Backend, T: Backend, const D: usize>(t: Tensor<A, D>) -> Tensor<T, D> {
+        cast(t).unwrap_or_else(|_| unreachable!("the backend was just matched"))
+    }
+    let y = autodiff::<IB>(conv, to(x), to(weight), to(bias));
+    Ok(to(y))
+}
+
+fn autodiff<IB: Backend>(
+    conv: Conv,
+    x: Tensor<Autodiff<IB>, 4>,
+    weight: Tensor<Autodiff<IB>, 4>,
+    bias: Tensor<Autodiff<IB>, 1>,
+) -> Tensor<Autodiff<IB>, 4> {
+    let x = x.into_primitive().tensor();
+    let weight = weight.into_primitive().tensor();
+    let bias = bias.into_primitive().tensor();
+    let inner = |p| Tensor::<IB, 4>::from_primitive(TensorPrimitive::Float(p));
+    let y = conv
+        .forward_tensor(
+            inner(x.primitive.clone()),
+            inner(weight.primitive.clone()),
+            Tensor::<IB, 1>::from_primitive(TensorPrimitive::Float(bias.primitive)),
+        )
+        .into_primitive()
+        .tensor();
+    let out = match ConvBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((conv, x.primitive, weight.primitive), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The autodiff node; its state is the geometry, the input and the weight (the patches are
+/// recomputed in the backward pass rather than kept).
+#[derive(Debug)]
+struct ConvBackward;
+
+impl<IB: Backend> Backward<IB, 3> for ConvBackward {
+    type State = (Conv, IB::FloatTensorPrimitive, IB::FloatTensorPrimitive);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<IB>(&ops.node);
+        let (conv, x, weight) = ops.state;
+        let dy = host(Tensor::<IB, 4>::from_primitive(TensorPrimitive::Float(dy)));
+        let x = host(Tensor::<IB, 4>::from_primitive(TensorPrimitive::Float(x)));
+        let weight = host(Tensor::<IB, 4>::from_primitive(TensorPrimitive::Float(
+            weight,
+        )));
+        let device = dy.device();
+        let (dx, dw, db) = conv.backward(
+            x.as_slice(),
+            weight.as_slice(),
+            dy.as_slice(),
+            node_x.is_some(),
+        );
+        let Geometry { n, c, h, w, k, .. } = conv.g;
+        let tensor = |values: Vec<f32>, shape: Vec<usize>| {
+            IB::float_from_data(TensorData::new(values, shape), &device)
+        };
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<IB>(node.id, tensor(dx, vec![n, c, h, w]));
+        }
+        if let Some(node) = node_w {
+            grads.register::<IB>(node.id, tensor(dw, vec![conv.c_out, c, k, k]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<IB>(node.id, tensor(db, vec![conv.c_out]));
+        }
+    }
+}
+
+/// One convolution: the geometry of its input and its output channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Conv {
+    g: Geometry,
+    c_out: usize,
+}
+
+impl Conv {
+    /// The output as a tensor of the CPU backend `B`.
+    fn forward_tensor<B: Backend>(
+        self,
+        x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+        bias: Tensor<B, 1>,
+    ) -> Tensor<B, 4> {
+        let device = x.device();
+        let (x, weight, bias) = (host(x), host(weight), host(bias));
+        let y = self.forward(x.as_slice(), weight.as_slice(), bias.as_slice());
+        let (ho, wo) = self.g.output().expect("checked by conv2d");
+        Tensor::from_data(TensorData::new(y, [self.g.n, self.c_out, ho, wo]), &device)
+    }
+
+    /// `[n, c_out, h_out, w_out]` outputs of `x` `[n, c, h, w]`.
+    fn forward(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+        let g = &self.g;
+        let (ho, wo) = g.output().expect("checked by conv2d");
+        let (pos, cols, c_out) = (ho * wo, g.cols(), self.c_out);
+        let mut y = vec![0.0f32; g.n * c_out * pos];
+        y.par_chunks_mut(c_out * pos)
+            .zip(x.par_chunks(g.c * g.h * g.w))
+            .for_each_init(
+                || vec![0.0f32; pos * cols],
+                |patches, (y_img, x_img)| {
+                    g.unfold_image(x_img, patches);
+                    for (row, &b) in y_img.chunks_mut(pos).zip(bias) {
+                        row.fill(b);
+                    }
+                    // Y_n [c_out, pos] += W [c_out, cols] · P_nᵀ [cols, pos].
+                    // SAFETY: every operand covers the extents and strides given.
+                    unsafe {
+                        gemm::gemm(
+                            c_out,
+                            pos,
+                            cols,
+                            y_img.as_mut_ptr(),
+                            1,
+                            pos as isize,
+                            true,
+                            weight.as_ptr(),
+                            1,
+                            cols as isize,
+                            patches.as_ptr(),
+                            cols as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        )
+                    }
+                },
+            );
+        y
+    }
+
+    /// The gradients of the input (when `need_dx`), the weight and the bias from `dy`, the
+    /// gradient of the output.
+    fn backward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+        need_dx: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let g = &self.g;
+        let (ho, wo) = g.output().expect("checked by conv2d");
+        let (pos, cols, c_out) = (ho * wo, g.cols(), self.c_out);
+        let image = g.c * g.h * g.w;
+        let groups = g.n.div_ceil(GROUP);
+        let mut dw_parts = vec![0.0f32; groups * c_out * cols];
+        let mut db_parts = vec![0.0f32; groups * c_out];
+        let mut dx = vec![0.0f32; if need_dx { g.n * image } else { 0 }];
+        let dx_parts: Vec<&mut [f32]> = if need_dx {
+            dx.chunks_mut(GROUP * image).collect()
+        } else {
+            (0..groups).map(|_| <&mut [f32]>::default()).collect()
+        };
+        dw_parts
+            .par_chunks_mut(c_out * cols)
+            .zip(db_parts.par_chunks_mut(c_out))
+            .zip(dx_parts)
+            .enumerate()
+            .for_each(|(group, ((dw, db), dx))| {
+                let mut patches = vec![0.0f32; pos * cols];
+                let mut d_patches = vec![0.0f32; if need_dx { pos * cols } else { 0 }];
+                let first = group * GROUP;
+                for i in first..(first + GROUP).min(g.n) {
+                    let x_img = &x[i * image..][..image];
+                    let dy_img = &dy[i * c_out * pos..][..c_out * pos];
+                    g.unfold_image(x_img, &mut patches);
+                    // dW [c_out, cols] += dY_n [c_out, pos] · P_n [pos, cols].
+                    // SAFETY: every operand covers the extents and strides given.
+                    unsafe {
+                        gemm::gemm(
+                            c_out,
+                            cols,
+                            pos,
+                            dw.as_mut_ptr(),
+                            1,
+                            cols as isize,
+                            i > first,
+                            dy_img.as_ptr(),
+                            1,
+                            pos as isize,
+                            patches.as_ptr(),
+                            1,
+                            cols as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        )
+                    }
+                    for (b, row) in db.iter_mut().zip(dy_img.chunks(pos)) {
+                        *b += row.iter().sum::<f32>();
+                    }
+                    if need_dx {
+                        // dP_n [pos, cols] = dY_nᵀ [pos, c_out] · W [c_out, cols].
+                        // SAFETY: every operand covers the extents and strides given.
+                        unsafe {
+                            gemm::gemm(
+                                pos,
+                                cols,
+                                c_out,
+                                d_patches.as_mut_ptr(),
+                                1,
+                                cols as isize,
+                                false,
+                                dy_img.as_ptr(),
+                                pos as isize,
+                                1,
+                                weight.as_ptr(),
+                                1,
+                                cols as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
+                            )
+                        }
+                        g.fold_image(&d_patches, &mut dx[(i - first) * image..][..image]);
+                    }
+                }
+            });
+        let sum_parts = |parts: &[f32], len: usize| {
+            let mut total = vec![0.0f32; len];
+            for part in parts.chunks(len) {
+                for (t, p) in total.iter_mut().zip(part) {
+                    *t += p;
+                }
+            }
+            total
+        };
+        let dw = sum_parts(&dw_parts, c_out * cols);
+        let db = sum_parts(&db_parts, c_out);
+        (need_dx.then_some(dx), dw, db)
+    }
+}
+
+/// The geometry of one stride-1 convolution with a square kernel and symmetric zero padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Images.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel size.
+    pub k: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl Geometry {
+    /// Output height and width, or `None` when the kernel does not fit.
+    pub fn output(&self) -> Option<(usize, usize)> {
+        let grown = |s: usize| (s + 2 * self.padding).checked_sub(self.k - 1);
+        Some((grown(self.h)?, grown(self.w)?))
+    }
+
+    /// Columns of the patch matrix: `c * k * k`.
+    pub fn cols(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// For each output position of image `image` (`x_img` its `[c, h, w]` pixels), its patch
+    /// as a row of `rows`.
+    fn unfold_image(&self, x_img: &[f32], rows: &mut [f32]) {
+        let (ho, wo) = self.output().expect("checked by the caller");
+        let (k, p, cols) = (self.k, self.padding as isize, self.cols());
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let row = &mut rows[(oh * wo + ow) * cols..][..cols];
+                for c in 0..self.c {
+                    let plane = &x_img[c * self.h * self.w..][..self.h * self.w];
+                    for kh in 0..k {
+                        let ih = oh as isize + kh as isize - p;
+                        let out = &mut row[(c * k + kh) * k..][..k];
+                        if ih < 0 || ih >= self.h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let line = &plane[ih as usize * self.w..][..self.w];
+                        for (kw, o) in out.iter_mut().enumerate() {
+                            let iw = ow as isize + kw as isize - p;
+                            *o = if iw < 0 || iw >= self.w as isize {
+                                0.0
+                            } else {
+                                line[iw as usize]
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Geometry::unfold_image`]: adds each patch element back onto its pixel.
+    fn fold_image(&self, rows: &[f32], dx_img: &mut [f32]) {
+        let (ho, wo) = self.output().expect("checked by the caller");
+        let (k, p, cols) = (self.k, self.padding as isize, self.cols());
+        dx_img.fill(0.0);
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let row = &rows[(oh * wo + ow) * cols..][..cols];
+                for c in 0..self.c {
+                    let plane = &mut dx_img[c * self.h * self.w..][..self.h * self.w];
+                    for kh in 0..k {
+                        let ih = oh as isize + kh as isize - p;
+                        if ih < 0 || ih >= self.h as isize {
+                            continue;
+                        }
+                        let line = &mut plane[ih as usize * self.w..][..self.w];
+                        for (kw, &g) in row[(c * k + kh) * k..][..k].iter().enumerate() {
+                            let iw = ow as isize + kw as isize - p;
+                            if iw >= 0 && iw < self.w as isize {
+                                line[iw as usize] += g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Patches of every image: `x` is `[n, c, h, w]`, the result `[n * h_out * w_out, cols]`.
+    pub fn unfold(&self, x: &[f32]) -> Vec<f32> {
+        let (ho, wo) = self.output().expect("checked by the caller");
+        let per_image = ho * wo * self.cols();
+        let mut rows = vec![0.0f32; self.n * per_image];
+        rows.par_chunks_mut(per_image.max(1))
+            .zip(x.par_chunks((self.c * self.h * self.w).max(1)))
+            .for_each(|(rows, x_img)| self.unfold_image(x_img, rows));
+        rows
+    }
+
+    /// The gradient of the images from the gradient of their patches.
+    pub fn fold(&self, rows: &[f32]) -> Vec<f32> {
+        let (ho, wo) = self.output().expect("checked by the caller");
+        let per_image = ho * wo * self.cols();
+        let mut dx = vec![0.0f32; self.n * self.c * self.h * self.w];
+        dx.par_chunks_mut((self.c * self.h * self.w).max(1))
+            .zip(rows.par_chunks(per_image.max(1)))
+            .for_each(|(dx_img, rows)| self.fold_image(rows, dx_img));
+        dx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_is_the_adjoint_of_unfold() {
+        // <unfold(x), r> == <x, fold(r)> for any x and r.
+        for (c, h, w, k, padding) in [(1, 5, 4, 3, 0), (2, 4, 4, 3, 1), (3, 6, 5, 2, 1)] {
+            let g = Geometry {
+                n: 2,
+                c,
+                h,
+                w,
+                k,
+                padding,
+            };
+            let x: Vec<f32> = (0..2 * c * h * w).map(|i| (i % 7) as f32 - 3.0).collect();
+            let (ho, wo) = g.output().unwrap();
+            let r: Vec<f32> = (0..2 * ho * wo * g.cols())
+                .map(|i| (i % 5) as f32 - 2.0)
+                .collect();
+            let lhs: f32 = g.unfold(&x).iter().zip(&r).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(g.fold(&r)).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn patches_follow_the_weight_layout() {
+        // One 2-channel 3x3 image, 2x2 kernel, no padding: the first patch is
+        // (c0: x00 x01 x10 x11, c1: the same of channel 1).
+        let g = Geometry {
+            n: 1,
+            c: 2,
+            h: 3,
+            w: 3,
+            k: 2,
+            padding: 0,
+        };
+        let x: Vec<f32> = (0..18).map(|i| i as f32).collect();
+        let rows = g.unfold(&x);
+        assert_eq!(&rows[..8], &[0., 1., 3., 4., 9., 10., 12., 13.]);
+        assert_eq!(rows.len(), 4 * 8);
+    }
+}
