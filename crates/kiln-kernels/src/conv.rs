@@ -3,13 +3,13 @@
 //! burn-flex runs a convolution's backward pass as a convolution of transposed tensors and a
 //! transposed convolution, whose layout copies and serial outer loops are most of a CNN's step;
 //! burn-ndarray's convolution is about 15 times slower still. Here each image is lowered to its
-//! patch matrix `P` (`[h_out * w_out, c * k * k]`, im2col) in a buffer of the thread's own that
+//! patch matrix `P` (`[c * k * k, h_out * w_out]`, im2col) in a buffer of the thread's own that
 //! stays in cache, and every product is one call of the `gemm` crate (the one burn-flex uses,
 //! with its AVX-512 kernels where the CPU has them) on strided views, without transposing copies:
 //!
-//! - forward: `Y_n = W P_nᵀ + b`, written straight into the `[n, c_out, h_out, w_out]` output;
-//! - backward: `dW = Σ_n dY_n P_n`, `db = Σ_n Σ_positions dY_n`, and, when the input needs a
-//!   gradient, `dP_n = dY_nᵀ W` added back onto the image's pixels (col2im).
+//! - forward: `Y_n = W P_n + b`, written straight into the `[n, c_out, h_out, w_out]` output;
+//! - backward: `dW = Σ_n dY_n P_nᵀ`, `db = Σ_n Σ_positions dY_n`, and, when the input needs a
+//!   gradient, `dP_n = Wᵀ dY_n` added back onto the image's pixels (col2im).
 //!
 //! Images run in parallel on rayon's threads. The weight and bias gradients are summed per fixed
 //! group of images and then over the groups in order, so the result is the same for any number
@@ -205,7 +205,7 @@ impl Conv {
                     for (row, &b) in y_img.chunks_mut(pos).zip(bias) {
                         row.fill(b);
                     }
-                    // Y_n [c_out, pos] += W [c_out, cols] · P_nᵀ [cols, pos].
+                    // Y_n [c_out, pos] += W [c_out, cols] · P_n [cols, pos].
                     // SAFETY: every operand covers the extents and strides given.
                     unsafe {
                         gemm::gemm(
@@ -220,8 +220,8 @@ impl Conv {
                             1,
                             cols as isize,
                             patches.as_ptr(),
-                            cols as isize,
                             1,
+                            pos as isize,
                             1.0,
                             1.0,
                             false,
@@ -270,7 +270,7 @@ impl Conv {
                     let x_img = &x[i * image..][..image];
                     let dy_img = &dy[i * c_out * pos..][..c_out * pos];
                     g.unfold_image(x_img, &mut patches);
-                    // dW [c_out, cols] += dY_n [c_out, pos] · P_n [pos, cols].
+                    // dW [c_out, cols] += dY_n [c_out, pos] · P_nᵀ [pos, cols].
                     // SAFETY: every operand covers the extents and strides given.
                     unsafe {
                         gemm::gemm(
@@ -285,8 +285,8 @@ impl Conv {
                             1,
                             pos as isize,
                             patches.as_ptr(),
+                            pos as isize,
                             1,
-                            cols as isize,
                             1.0,
                             1.0,
                             false,
@@ -299,23 +299,23 @@ impl Conv {
                         *b += row.iter().sum::<f32>();
                     }
                     if need_dx {
-                        // dP_n [pos, cols] = dY_nᵀ [pos, c_out] · W [c_out, cols].
+                        // dP_n [cols, pos] = Wᵀ [cols, c_out] · dY_n [c_out, pos].
                         // SAFETY: every operand covers the extents and strides given.
                         unsafe {
                             gemm::gemm(
-                                pos,
                                 cols,
+                                pos,
                                 c_out,
                                 d_patches.as_mut_ptr(),
                                 1,
-                                cols as isize,
-                                false,
-                                dy_img.as_ptr(),
                                 pos as isize,
-                                1,
+                                false,
                                 weight.as_ptr(),
-                                1,
                                 cols as isize,
+                                1,
+                                dy_img.as_ptr(),
+                                1,
+                                pos as isize,
                                 0.0,
                                 1.0,
                                 false,
@@ -345,59 +345,64 @@ impl Conv {
 
 /// The geometry of one stride-1 convolution with a square kernel and symmetric zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
+struct Geometry {
     /// Images.
-    pub n: usize,
+    n: usize,
     /// Input channels.
-    pub c: usize,
+    c: usize,
     /// Input height.
-    pub h: usize,
+    h: usize,
     /// Input width.
-    pub w: usize,
+    w: usize,
     /// Kernel size.
-    pub k: usize,
+    k: usize,
     /// Zero padding on every side.
-    pub padding: usize,
+    padding: usize,
 }
 
 impl Geometry {
     /// Output height and width, or `None` when the kernel does not fit.
-    pub fn output(&self) -> Option<(usize, usize)> {
+    fn output(&self) -> Option<(usize, usize)> {
         let grown = |s: usize| (s + 2 * self.padding).checked_sub(self.k - 1);
         Some((grown(self.h)?, grown(self.w)?))
     }
 
-    /// Columns of the patch matrix: `c * k * k`.
-    pub fn cols(&self) -> usize {
+    /// Rows of the patch matrix: `c * k * k`, in the `(c, kh, kw)` order of a weight
+    /// `[c_out, c, k, k]`.
+    fn cols(&self) -> usize {
         self.c * self.k * self.k
     }
 
-    /// For each output position of image `image` (`x_img` its `[c, h, w]` pixels), its patch
-    /// as a row of `rows`.
-    fn unfold_image(&self, x_img: &[f32], rows: &mut [f32]) {
+    /// The output columns `ow` whose input column `ow + kw - padding` is inside the image.
+    fn inside(&self, kw: usize, wo: usize) -> std::ops::Range<usize> {
+        let lo = self.padding.saturating_sub(kw).min(wo);
+        let hi = (self.w + self.padding).saturating_sub(kw).min(wo).max(lo);
+        lo..hi
+    }
+
+    /// The patch matrix `[c * k * k, h_out * w_out]` of one image (`x_img` its `[c, h, w]`
+    /// pixels): row `(c, kh, kw)` holds, for every output position, the pixel under that kernel
+    /// element, zero in the padding. Each row is the image plane shifted, so it is copied a line
+    /// segment at a time.
+    fn unfold_image(&self, x_img: &[f32], patches: &mut [f32]) {
         let (ho, wo) = self.output().expect("checked by the caller");
-        let (k, p, cols) = (self.k, self.padding as isize, self.cols());
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let row = &mut rows[(oh * wo + ow) * cols..][..cols];
-                for c in 0..self.c {
-                    let plane = &x_img[c * self.h * self.w..][..self.h * self.w];
-                    for kh in 0..k {
-                        let ih = oh as isize + kh as isize - p;
-                        let out = &mut row[(c * k + kh) * k..][..k];
-                        if ih < 0 || ih >= self.h as isize {
-                            out.fill(0.0);
+        let (h, w, k, p) = (self.h, self.w, self.k, self.padding);
+        for (c, plane) in x_img.chunks(h * w).enumerate() {
+            for kh in 0..k {
+                for kw in 0..k {
+                    let row = &mut patches[((c * k + kh) * k + kw) * ho * wo..][..ho * wo];
+                    let inside = self.inside(kw, wo);
+                    for (oh, seg) in row.chunks_mut(wo).enumerate() {
+                        let ih = (oh + kh).wrapping_sub(p);
+                        if ih >= h || inside.is_empty() {
+                            seg.fill(0.0);
                             continue;
                         }
-                        let line = &plane[ih as usize * self.w..][..self.w];
-                        for (kw, o) in out.iter_mut().enumerate() {
-                            let iw = ow as isize + kw as isize - p;
-                            *o = if iw < 0 || iw >= self.w as isize {
-                                0.0
-                            } else {
-                                line[iw as usize]
-                            };
-                        }
+                        let start = inside.start + kw - p;
+                        seg[..inside.start].fill(0.0);
+                        seg[inside.clone()]
+                            .copy_from_slice(&plane[ih * w + start..][..inside.len()]);
+                        seg[inside.end..].fill(0.0);
                     }
                 }
             }
@@ -405,53 +410,32 @@ impl Geometry {
     }
 
     /// The adjoint of [`Geometry::unfold_image`]: adds each patch element back onto its pixel.
-    fn fold_image(&self, rows: &[f32], dx_img: &mut [f32]) {
+    fn fold_image(&self, patches: &[f32], dx_img: &mut [f32]) {
         let (ho, wo) = self.output().expect("checked by the caller");
-        let (k, p, cols) = (self.k, self.padding as isize, self.cols());
+        let (h, w, k, p) = (self.h, self.w, self.k, self.padding);
         dx_img.fill(0.0);
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let row = &rows[(oh * wo + ow) * cols..][..cols];
-                for c in 0..self.c {
-                    let plane = &mut dx_img[c * self.h * self.w..][..self.h * self.w];
-                    for kh in 0..k {
-                        let ih = oh as isize + kh as isize - p;
-                        if ih < 0 || ih >= self.h as isize {
+        for (c, plane) in dx_img.chunks_mut(h * w).enumerate() {
+            for kh in 0..k {
+                for kw in 0..k {
+                    let row = &patches[((c * k + kh) * k + kw) * ho * wo..][..ho * wo];
+                    let inside = self.inside(kw, wo);
+                    if inside.is_empty() {
+                        continue;
+                    }
+                    let start = inside.start + kw - p;
+                    for (oh, seg) in row.chunks(wo).enumerate() {
+                        let ih = (oh + kh).wrapping_sub(p);
+                        if ih >= h {
                             continue;
                         }
-                        let line = &mut plane[ih as usize * self.w..][..self.w];
-                        for (kw, &g) in row[(c * k + kh) * k..][..k].iter().enumerate() {
-                            let iw = ow as isize + kw as isize - p;
-                            if iw >= 0 && iw < self.w as isize {
-                                line[iw as usize] += g;
-                            }
+                        let line = &mut plane[ih * w + start..][..inside.len()];
+                        for (d, &g) in line.iter_mut().zip(&seg[inside.clone()]) {
+                            *d += g;
                         }
                     }
                 }
             }
         }
-    }
-
-    /// Patches of every image: `x` is `[n, c, h, w]`, the result `[n * h_out * w_out, cols]`.
-    pub fn unfold(&self, x: &[f32]) -> Vec<f32> {
-        let (ho, wo) = self.output().expect("checked by the caller");
-        let per_image = ho * wo * self.cols();
-        let mut rows = vec![0.0f32; self.n * per_image];
-        rows.par_chunks_mut(per_image.max(1))
-            .zip(x.par_chunks((self.c * self.h * self.w).max(1)))
-            .for_each(|(rows, x_img)| self.unfold_image(x_img, rows));
-        rows
-    }
-
-    /// The gradient of the images from the gradient of their patches.
-    pub fn fold(&self, rows: &[f32]) -> Vec<f32> {
-        let (ho, wo) = self.output().expect("checked by the caller");
-        let per_image = ho * wo * self.cols();
-        let mut dx = vec![0.0f32; self.n * self.c * self.h * self.w];
-        dx.par_chunks_mut((self.c * self.h * self.w).max(1))
-            .zip(rows.par_chunks(per_image.max(1)))
-            .for_each(|(dx_img, rows)| self.fold_image(rows, dx_img));
-        dx
     }
 }
 
@@ -461,32 +445,44 @@ mod tests {
 
     #[test]
     fn fold_is_the_adjoint_of_unfold() {
-        // <unfold(x), r> == <x, fold(r)> for any x and r.
-        for (c, h, w, k, padding) in [(1, 5, 4, 3, 0), (2, 4, 4, 3, 1), (3, 6, 5, 2, 1)] {
+        // <unfold(x), r> == <x, fold(r)> for any x and r, also where the padding is wider than
+        // the kernel reaches.
+        for (c, h, w, k, padding) in [
+            (1, 5, 4, 3, 0),
+            (2, 4, 4, 3, 1),
+            (3, 6, 5, 2, 1),
+            (1, 3, 2, 2, 3),
+        ] {
             let g = Geometry {
-                n: 2,
+                n: 1,
                 c,
                 h,
                 w,
                 k,
                 padding,
             };
-            let x: Vec<f32> = (0..2 * c * h * w).map(|i| (i % 7) as f32 - 3.0).collect();
+            let x: Vec<f32> = (0..c * h * w).map(|i| (i % 7) as f32 - 3.0).collect();
             let (ho, wo) = g.output().unwrap();
-            let r: Vec<f32> = (0..2 * ho * wo * g.cols())
+            let r: Vec<f32> = (0..ho * wo * g.cols())
                 .map(|i| (i % 5) as f32 - 2.0)
                 .collect();
-            let lhs: f32 = g.unfold(&x).iter().zip(&r).map(|(a, b)| a * b).sum();
-            let rhs: f32 = x.iter().zip(g.fold(&r)).map(|(a, b)| a * b).sum();
+            let mut patches = vec![f32::NAN; r.len()];
+            g.unfold_image(&x, &mut patches);
+            let mut dx = vec![f32::NAN; x.len()];
+            g.fold_image(&r, &mut dx);
+            let lhs: f32 = patches.iter().zip(&r).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
             assert_eq!(lhs, rhs, "{g:?}");
         }
     }
 
     #[test]
     fn patches_follow_the_weight_layout() {
-        // One 2-channel 3x3 image, 2x2 kernel, no padding: the first patch is
-        // (c0: x00 x01 x10 x11, c1: the same of channel 1).
-        let g = Geometry {
+        // One 2-channel 3x3 image, 2x2 kernel: row (c0, kh0, kw0) is pixels 0 1 3 4 of the four
+        // output positions, row (c0, kh0, kw1) pixels 1 2 4 5; with padding 1 the first row of
+        // the 4x4 output starts with padding zeros.
+        let x: Vec<f32> = (1..=18).map(|i| i as f32).collect();
+        let mut g = Geometry {
             n: 1,
             c: 2,
             h: 3,
@@ -494,9 +490,13 @@ mod tests {
             k: 2,
             padding: 0,
         };
-        let x: Vec<f32> = (0..18).map(|i| i as f32).collect();
-        let rows = g.unfold(&x);
-        assert_eq!(&rows[..8], &[0., 1., 3., 4., 9., 10., 12., 13.]);
-        assert_eq!(rows.len(), 4 * 8);
+        let mut patches = vec![f32::NAN; 8 * 4];
+        g.unfold_image(&x, &mut patches);
+        assert_eq!(&patches[..8], &[1., 2., 4., 5., 2., 3., 5., 6.]);
+        assert_eq!(&patches[4 * 4..4 * 4 + 4], &[10., 11., 13., 14.]);
+        g.padding = 1;
+        let mut patches = vec![f32::NAN; 8 * 16];
+        g.unfold_image(&x, &mut patches);
+        assert_eq!(&patches[..8], &[0., 0., 0., 0., 0., 1., 2., 3.]);
     }
 }
