@@ -260,8 +260,9 @@ def main():
         p.error(f"--models {','.join(bad)}: choose from {','.join(MODELS)}")
     a.kiln, a.bench = Path(a.kiln), Path(a.bench)
     if not a.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "kiln-benches"], check=True,
-                       cwd=ROOT)
+        subprocess.run(["cargo", "build", "--release", "-p", "kiln-benches",
+                        "--features", "export-bench", "--bin", "kiln-export-bench"],
+                       check=True, cwd=ROOT)
         if not a.kiln.exists():
             subprocess.run(["cargo", "build", "--release", "-p", "kiln-cli"], check=True,
                            cwd=ROOT)

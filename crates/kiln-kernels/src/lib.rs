@@ -13,9 +13,11 @@
 #![warn(missing_docs)]
 
 pub mod adamw;
+pub mod attention;
 pub mod conv;
 pub mod gelu;
 pub mod host;
+pub mod layer_norm;
 pub mod op;
 mod simd;
 pub mod softmax;

@@ -22,13 +22,13 @@ const ROWS: usize = 64;
 
 /// Which scores a softmax row sees, and their scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Rows {
+pub(crate) struct Rows {
     /// Row length (the last axis).
-    len: usize,
+    pub(crate) len: usize,
     /// Rows per causal block (the second-to-last axis); row `r` sees columns `0..=r % block`.
-    block: usize,
-    causal: bool,
-    scale: f32,
+    pub(crate) block: usize,
+    pub(crate) causal: bool,
+    pub(crate) scale: f32,
 }
 
 impl Rows {
@@ -41,7 +41,8 @@ impl Rows {
         }
     }
 
-    fn forward(&self, first_row: usize, x: &[f32], y: &mut [f32]) {
+    /// Writes the weights of rows `first_row..` of scores `x` to `y`.
+    pub(crate) fn forward(&self, first_row: usize, x: &[f32], y: &mut [f32]) {
         for (i, (x, y)) in x.chunks(self.len).zip(y.chunks_mut(self.len)).enumerate() {
             let seen = self.visible(first_row + i);
             let (x, (y, hidden)) = (&x[..seen], y.split_at_mut(seen));
@@ -61,7 +62,7 @@ impl Rows {
     }
 
     /// `g` (the gradient of the weights) becomes the gradient of the scores, in place.
-    fn backward(&self, first_row: usize, y: &[f32], g: &mut [f32]) {
+    pub(crate) fn backward(&self, first_row: usize, y: &[f32], g: &mut [f32]) {
         for (i, (y, g)) in y.chunks(self.len).zip(g.chunks_mut(self.len)).enumerate() {
             let seen = self.visible(first_row + i);
             let dot: f32 = y[..seen].iter().zip(&g[..seen]).map(|(y, g)| y * g).sum();

@@ -17,7 +17,7 @@ use kiln_core::config::{GeluForm, ModelSection, Precision};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
-use crate::precision::{linear, matmul};
+use crate::precision::{compute_dtype, linear, matmul};
 use crate::Observer;
 
 /// The shape of a GPT, from the `[model]` section and the tokenizer.
@@ -131,7 +131,7 @@ impl<B: Backend> Gpt<B> {
         let wpe = embedding(block_size, init);
         let norm = || {
             LayerNormConfig::new(n_embd)
-                .with_epsilon(1e-5)
+                .with_epsilon(LAYER_NORM_EPSILON)
                 .with_bias(bias)
                 .init(device)
         };
@@ -194,14 +194,14 @@ impl<B: Backend> Gpt<B> {
             x.clone().reshape([b * t, d])
         };
         for (i, block) in self.h.iter().enumerate() {
-            let normed = block.ln_1.forward(x.clone());
+            let normed = layer_norm(&block.ln_1, x.clone());
             observer.observe(&|| format!("h.{i}.attn.c_attn.weight"), &|| rows(&normed));
             let attended = self.attention(&block.attn, normed, mask.clone(), &mut |y| {
                 observer.observe(&|| format!("h.{i}.attn.c_proj.weight"), &|| rows(y));
             });
             x = x + attended;
             let m = &block.mlp;
-            let normed = block.ln_2.forward(x.clone());
+            let normed = layer_norm(&block.ln_2, x.clone());
             observer.observe(&|| format!("h.{i}.mlp.c_fc.weight"), &|| rows(&normed));
             let hidden = linear(&m.c_fc, normed, self.precision);
             let hidden = match self.gelu {
@@ -211,7 +211,7 @@ impl<B: Backend> Gpt<B> {
             observer.observe(&|| format!("h.{i}.mlp.c_proj.weight"), &|| rows(&hidden));
             x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
         }
-        let x = self.ln_f.forward(x);
+        let x = layer_norm(&self.ln_f, x);
         let n_embd = x.dims()[2];
         let head_name = if self.lm_head.is_some() {
             "lm_head"
@@ -241,30 +241,54 @@ impl<B: Backend> Gpt<B> {
     ) -> Tensor<B, 3> {
         let [batch, t, n_embd] = x.dims();
         let (heads, head_dim) = (self.n_head, n_embd / self.n_head);
-        let mut qkv = linear(&attn.c_attn, x, self.precision)
-            .chunk(3, 2)
-            .into_iter()
-            .map(|p| p.reshape([batch, t, heads, head_dim]).swap_dims(1, 2));
-        let (q, k, v) = (
-            qkv.next().expect("q"),
-            qkv.next().expect("k"),
-            qkv.next().expect("v"),
-        );
-        let scores = matmul(q, k.swap_dims(2, 3), self.precision);
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let weights = kiln_kernels::softmax::softmax(scores, scale, true, |scores| {
-            let scores = scores
-                .mul_scalar(scale)
-                .mask_fill(mask.expand([batch, heads, t, t]), f32::NEG_INFINITY);
-            softmax(scores, 3)
+        let qkv = linear(&attn.c_attn, x, self.precision);
+        // In f32 with no dropout on the weights (none configured, or evaluating), the CPU
+        // backends run the whole attention as Kiln's kernel: no split, transposes or copies of
+        // the heads.
+        let fused = compute_dtype(self.precision).is_none()
+            && (self.dropout == 0.0 || !B::ad_enabled(&qkv.device()));
+        let attended = if fused {
+            kiln_kernels::attention::causal_self_attention(qkv, heads)
+        } else {
+            Err(qkv)
+        };
+        let y = attended.unwrap_or_else(|qkv| {
+            let mut qkv = qkv
+                .chunk(3, 2)
+                .into_iter()
+                .map(|p| p.reshape([batch, t, heads, head_dim]).swap_dims(1, 2));
+            let (q, k, v) = (
+                qkv.next().expect("q"),
+                qkv.next().expect("k"),
+                qkv.next().expect("v"),
+            );
+            let scores = matmul(q, k.swap_dims(2, 3), self.precision);
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let weights = kiln_kernels::softmax::softmax(scores, scale, true, |scores| {
+                let scores = scores
+                    .mul_scalar(scale)
+                    .mask_fill(mask.expand([batch, heads, t, t]), f32::NEG_INFINITY);
+                softmax(scores, 3)
+            });
+            let weights = dropout(weights, self.dropout);
+            matmul(weights, v, self.precision)
+                .swap_dims(1, 2)
+                .reshape([batch, t, n_embd])
         });
-        let weights = dropout(weights, self.dropout);
-        let y = matmul(weights, v, self.precision)
-            .swap_dims(1, 2)
-            .reshape([batch, t, n_embd]);
         before_proj(&y);
         dropout(linear(&attn.c_proj, y, self.precision), self.dropout)
     }
+}
+
+/// The epsilon of every LayerNorm (GPT-2's).
+const LAYER_NORM_EPSILON: f64 = 1e-5;
+
+/// `norm(x)`: on the CPU backends by Kiln's one-pass kernel, elsewhere by burn's module.
+fn layer_norm<B: Backend>(norm: &LayerNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let gamma = norm.gamma.val();
+    let beta = norm.beta.as_ref().map(|b| b.val());
+    kiln_kernels::layer_norm::layer_norm(x, gamma, beta, LAYER_NORM_EPSILON)
+        .unwrap_or_else(|x| norm.forward(x))
 }
 
 /// `[1, 1, t, t]`, true where a position would see a later one.

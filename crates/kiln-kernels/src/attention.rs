@@ -1,0 +1,338 @@
+//! Causal multi-head self-attention from the fused `[q | k | v]` projection, forward and
+//! backward, one `(sequence, head)` pair per task.
+//!
+//! Written with burn's tensor operations, attention splits the projection into three tensors,
+//! reshapes and transposes each into `[batch, heads, t, head_dim]` and the result back, and
+//! burn's CPU backends copy each of those layouts before their batched matrix products. Here
+//! every product is one call of the `gemm` crate on strided views of the projection itself
+//! (row stride `3 * n_embd`), the softmax is [`crate::softmax`]'s row kernel, and the output is
+//! written straight into `[batch, t, n_embd]` with the heads side by side:
+//!
+//! - forward: `S = Q Kᵀ`, `P = softmax(scale * S)` causally, `O = P V`;
+//! - backward: `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = scale * P (dP - rowsum(dP P))`, `dQ = dS K`,
+//!   `dK = dSᵀ Q`, into the gradient of the projection.
+//!
+//! The attention weights `P` are kept for the backward pass (`batch * heads * t²` floats). Each
+//! task writes its own columns of the output, so the result does not depend on the number of
+//! threads.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::op::{has_kernels, host, on_cpu_autodiff, AutodiffNode};
+use crate::softmax::Rows;
+
+/// `softmax(q kᵀ / √head_dim) v` per head with a causal mask (query `i` sees keys `0..=i`), for
+/// `qkv` `[batch, t, 3 * n_embd]` holding the queries, keys and values side by side (each
+/// `n_head` heads of `n_embd / n_head` columns, as `c_attn` of GPT-2 computes them); the
+/// result is `[batch, t, n_embd]`, the heads side by side. On the CPU backends (differentiable
+/// under their autodiff); `qkv` comes back as `Err` on other backends and for shapes this does
+/// not cover.
+pub fn causal_self_attention<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
+    let [batch, t, width] = qkv.dims();
+    let fits = n_head > 0 && width % (3 * n_head) == 0 && batch * t * width > 0;
+    if !fits || !has_kernels::<B>() {
+        return Err(qkv);
+    }
+    let attn = Attn {
+        batch,
+        t,
+        heads: n_head,
+        head_dim: width / (3 * n_head),
+    };
+    let qkv = match on_cpu_autodiff(attn, qkv) {
+        Ok(y) => return Ok(y),
+        Err(qkv) => qkv,
+    };
+    if B::ad_enabled(&qkv.device()) {
+        return Err(qkv);
+    }
+    Ok(attn.forward_tensor(qkv).0)
+}
+
+/// The shape of one attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attn {
+    batch: usize,
+    t: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+/// A buffer that tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes only its own elements (its head's columns, its own weights).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// `dst [m, n] = beta * lhs [m, k] · rhs [k, n]` (`accumulate`: plus `dst`), each operand as
+/// `(pointer, row stride, column stride)`.
+///
+/// # Safety
+/// The operands must cover the extents and strides given, and `dst` must not overlap them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        false,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+impl Attn {
+    fn n_embd(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn scale(&self) -> f32 {
+        (1.0 / (self.head_dim as f64).sqrt()) as f32
+    }
+
+    /// The causal softmax over rows of `t` scores.
+    fn rows(&self) -> Rows {
+        Rows {
+            len: self.t,
+            block: self.t,
+            causal: true,
+            scale: self.scale(),
+        }
+    }
+
+    /// The output as a tensor of the CPU backend `B`, and the attention weights.
+    fn forward_tensor<B: Backend>(self, qkv: Tensor<B, 3>) -> (Tensor<B, 3>, Vec<f32>) {
+        let device = qkv.device();
+        let qkv = host(qkv);
+        let (y, weights) = self.forward(qkv.as_slice());
+        let y = Tensor::from_data(
+            TensorData::new(y, [self.batch, self.t, self.n_embd()]),
+            &device,
+        );
+        (y, weights)
+    }
+
+    fn forward(&self, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (t, dh, d) = (self.t, self.head_dim, self.n_embd());
+        let mut y = vec![0.0f32; self.batch * t * d];
+        let mut weights = vec![0.0f32; self.batch * self.heads * t * t];
+        let out = Shared(y.as_mut_ptr());
+        let rows = self.rows();
+        weights
+            .par_chunks_mut(t * t)
+            .enumerate()
+            .for_each_init(
+                || vec![0.0f32; t * t],
+                |scores, (task, p)| {
+                    let (b, h) = (task / self.heads, task % self.heads);
+                    let q = qkv[b * t * 3 * d + h * dh..].as_ptr();
+                    let k = q.wrapping_add(d);
+                    let v = q.wrapping_add(2 * d);
+                    let out = out;
+                    // SAFETY: the views stay inside `qkv`, `scores`, `p` and this task's
+                    // columns of `y`, which no other task writes.
+                    unsafe {
+                        product((t, t, dh), (scores.as_mut_ptr(), t, 1), (q, 3 * d, 1), (k, 1, 3 * d), 1.0);
+                        rows.forward(0, scores, p);
+                        let o = out.0.add(b * t * d + h * dh);
+                        product((t, dh, t), (o, d, 1), (p.as_ptr(), t, 1), (v, 3 * d, 1), 1.0);
+                    }
+                },
+            );
+        (y, weights)
+    }
+
+    /// The gradient of `qkv` from `dy`, the gradient of the output.
+    fn backward(&self, qkv: &[f32], weights: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (t, dh, d) = (self.t, self.head_dim, self.n_embd());
+        let mut dqkv = vec![0.0f32; qkv.len()];
+        let grad = Shared(dqkv.as_mut_ptr());
+        let rows = self.rows();
+        (0..self.batch * self.heads).into_par_iter().for_each_init(
+            || vec![0.0f32; t * t],
+            |d_scores, task| {
+                let (b, h) = (task / self.heads, task % self.heads);
+                let offset = b * t * 3 * d + h * dh;
+                let q = qkv[offset..].as_ptr();
+                let (k, v) = (q.wrapping_add(d), q.wrapping_add(2 * d));
+                let p = &weights[task * t * t..][..t * t];
+                let d_out = dy[b * t * d + h * dh..].as_ptr();
+                let grad = grad;
+                // SAFETY: the views stay inside the buffers; this task writes only its head's
+                // columns of `dqkv` and its own `d_scores`.
+                unsafe {
+                    let dq = grad.0.add(offset);
+                    let (dk, dv) = (dq.add(d), dq.add(2 * d));
+                    // dV = Pᵀ dO; dP = dO Vᵀ.
+                    product((t, dh, t), (dv, 3 * d, 1), (p.as_ptr(), 1, t), (d_out, d, 1), 1.0);
+                    product((t, t, dh), (d_scores.as_mut_ptr(), t, 1), (d_out, d, 1), (v, 1, 3 * d), 1.0);
+                    // dS = scale * P (dP - rowsum(dP P)), in place.
+                    rows.backward(0, p, d_scores);
+                    // dQ = dS K; dK = dSᵀ Q.
+                    product((t, dh, t), (dq, 3 * d, 1), (d_scores.as_ptr(), t, 1), (k, 3 * d, 1), 1.0);
+                    product((t, dh, t), (dk, 3 * d, 1), (d_scores.as_ptr(), 1, t), (q, 3 * d, 1), 1.0);
+                }
+            },
+        );
+        dqkv
+    }
+}
+
+fn autodiff<IB: Backend>(attn: Attn, qkv: Tensor<Autodiff<IB>, 3>) -> Tensor<Autodiff<IB>, 3> {
+    let x = qkv.into_primitive().tensor();
+    let (y, weights) = attn.forward_tensor(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(
+        x.primitive.clone(),
+    )));
+    let y = y.into_primitive().tensor();
+    let out = match AttnBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((attn, x.primitive, Arc::new(weights)), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+impl AutodiffNode<3, 3> for Attn {
+    fn record<IB: Backend>(self, x: Tensor<Autodiff<IB>, 3>) -> Tensor<Autodiff<IB>, 3> {
+        autodiff::<IB>(self, x)
+    }
+}
+
+/// The autodiff node; its state is the projection and the attention weights.
+#[derive(Debug)]
+struct AttnBackward;
+
+impl<IB: Backend> Backward<IB, 1> for AttnBackward {
+    type State = (Attn, IB::FloatTensorPrimitive, Arc<Vec<f32>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (attn, qkv, weights) = ops.state;
+        unary::<IB, _>(ops.parents, ops.node, grads, |grad| {
+            let qkv = host(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(qkv)));
+            let dy = host(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(grad)));
+            let device = dy.device();
+            let dqkv = attn.backward(qkv.as_slice(), &weights, dy.as_slice());
+            IB::float_from_data(TensorData::new(dqkv, qkv.shape()), &device)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Flex, NdArray};
+    use burn::tensor::activation::softmax;
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::Bool;
+
+    /// Output and gradient of `sum(r * attention(qkv))`, Kiln's or by burn's operations.
+    fn run<B: AutodiffBackend>(batch: usize, t: usize, heads: usize, dh: usize, kiln: bool) -> [Vec<f32>; 2] {
+        let device = Default::default();
+        let d = heads * dh;
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 31 + seed * 7) % 97) as f32 / 48.0 - 1.0)
+                .collect()
+        };
+        let qkv = Tensor::<B, 3>::from_data(TensorData::new(values(batch * t * 3 * d, 0), [batch, t, 3 * d]), &device)
+            .require_grad();
+        let y = if kiln {
+            causal_self_attention(qkv.clone(), heads).unwrap_or_else(|_| panic!("a CPU backend"))
+        } else {
+            let mut parts = qkv
+                .clone()
+                .chunk(3, 2)
+                .into_iter()
+                .map(|p| p.reshape([batch, t, heads, dh]).swap_dims(1, 2));
+            let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let later: Vec<bool> = (0..t * t).map(|i| i % t > i / t).collect();
+            let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(later, [1, 1, t, t]), &device);
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar(1.0 / (dh as f64).sqrt())
+                .mask_fill(mask.expand([batch, heads, t, t]), f32::NEG_INFINITY);
+            softmax(scores, 3)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([batch, t, d])
+        };
+        let r = Tensor::<B, 3>::from_data(TensorData::new(values(batch * t * d, 1), [batch, t, d]), &device);
+        let grads = (y.clone() * r).sum().backward();
+        [
+            y.inner().into_data().to_vec::<f32>().unwrap(),
+            qkv.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+        ]
+    }
+
+    /// Kiln's kernel on `B` against burn's operations on flex (burn-ndarray's own chain is off
+    /// by up to 2e-5 in a few gradient elements where flex's agrees with the kernel to 1e-7).
+    fn matches_burn<B: AutodiffBackend>() {
+        for (batch, t, heads, dh) in [(1, 1, 1, 4), (2, 5, 3, 4), (3, 17, 2, 8)] {
+            let ours = run::<B>(batch, t, heads, dh, true);
+            let theirs = run::<Autodiff<Flex>>(batch, t, heads, dh, false);
+            for (what, (a, b)) in ["output", "qkv grad"].iter().zip(ours.iter().zip(&theirs)) {
+                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 2e-6 * scale.max(1.0),
+                        "{what} ({batch}, {t}, {heads}, {dh}): {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_burns_operations_in_output_and_gradient() {
+        matches_burn::<Autodiff<Flex>>();
+        matches_burn::<Autodiff<NdArray>>();
+    }
+
+    #[test]
+    fn attention_gives_the_same_bits_on_one_thread_and_on_many() {
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run::<Autodiff<Flex>>(3, 9, 2, 4, true))
+        };
+        assert_eq!(on(1), on(3));
+    }
+}
