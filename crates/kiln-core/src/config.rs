@@ -1014,30 +1014,26 @@ mod tests {
         assert_eq!(c, again);
     }
 
-    fn repo_file(path: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(path)
-    }
-
-    /// The shipped runs were written by earlier versions of Kiln: their configs must hash as they
-    /// did then, or resuming them (and comparing them) breaks.
+    /// Runs written by an earlier version of Kiln (before `model.gelu` existed): their resolved
+    /// configs and the hash their checkpoints recorded (tests/fixtures/earlier-runs). Their
+    /// configs must hash as they did then, or resuming them breaks.
     #[test]
     fn configs_of_runs_written_by_earlier_versions_keep_their_hash() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/earlier-runs");
         for run in [
             "fashion-mnist-mlp",
             "fashion-mnist-cnn",
             "shakespeare-char-gpt",
         ] {
-            let dir = repo_file(&format!("checkpoints/{run}"));
+            let dir = fixtures.join(run);
             let config = Config::load(&dir.join("config.toml"), &[]).unwrap();
-            let latest = std::fs::read_to_string(dir.join("latest")).unwrap();
-            let state: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join(latest.trim()).join("state.json")).unwrap(),
+            let recorded: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("config_hash.json")).unwrap(),
             )
             .unwrap();
             assert_eq!(
-                state["config_hash"].as_str(),
+                recorded["config_hash"].as_str(),
                 Some(config.maths_hash().as_str()),
                 "{run}"
             );
@@ -1046,7 +1042,8 @@ mod tests {
 
     #[test]
     fn model_gelu_hashes_like_its_absence_when_exact_and_is_for_the_gpt_only() {
-        let path = repo_file("checkpoints/shakespeare-char-gpt/config.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/earlier-runs/shakespeare-char-gpt/config.toml");
         let with = |o: &[&str]| {
             let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
             Config::load(&path, &o)

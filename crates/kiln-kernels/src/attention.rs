@@ -78,6 +78,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The buffer's start (a method, so that closures capture the whole `Shared`).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst [m, n] = beta * lhs [m, k] · rhs [k, n]` (`accumulate`: plus `dst`), each operand as
 /// `(pointer, row stride, column stride)`.
 ///
@@ -151,27 +158,35 @@ impl Attn {
         let mut weights = vec![0.0f32; self.batch * self.heads * t * t];
         let out = Shared(y.as_mut_ptr());
         let rows = self.rows();
-        weights
-            .par_chunks_mut(t * t)
-            .enumerate()
-            .for_each_init(
-                || vec![0.0f32; t * t],
-                |scores, (task, p)| {
-                    let (b, h) = (task / self.heads, task % self.heads);
-                    let q = qkv[b * t * 3 * d + h * dh..].as_ptr();
-                    let k = q.wrapping_add(d);
-                    let v = q.wrapping_add(2 * d);
-                    let out = out;
-                    // SAFETY: the views stay inside `qkv`, `scores`, `p` and this task's
-                    // columns of `y`, which no other task writes.
-                    unsafe {
-                        product((t, t, dh), (scores.as_mut_ptr(), t, 1), (q, 3 * d, 1), (k, 1, 3 * d), 1.0);
-                        rows.forward(0, scores, p);
-                        let o = out.0.add(b * t * d + h * dh);
-                        product((t, dh, t), (o, d, 1), (p.as_ptr(), t, 1), (v, 3 * d, 1), 1.0);
-                    }
-                },
-            );
+        weights.par_chunks_mut(t * t).enumerate().for_each_init(
+            || vec![0.0f32; t * t],
+            |scores, (task, p)| {
+                let (b, h) = (task / self.heads, task % self.heads);
+                let q = qkv[b * t * 3 * d + h * dh..].as_ptr();
+                let k = q.wrapping_add(d);
+                let v = q.wrapping_add(2 * d);
+                // SAFETY: the views stay inside `qkv`, `scores`, `p` and this task's
+                // columns of `y`, which no other task writes.
+                unsafe {
+                    product(
+                        (t, t, dh),
+                        (scores.as_mut_ptr(), t, 1),
+                        (q, 3 * d, 1),
+                        (k, 1, 3 * d),
+                        1.0,
+                    );
+                    rows.forward(0, scores, p);
+                    let o = out.ptr().add(b * t * d + h * dh);
+                    product(
+                        (t, dh, t),
+                        (o, d, 1),
+                        (p.as_ptr(), t, 1),
+                        (v, 3 * d, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
         (y, weights)
     }
 
@@ -190,20 +205,43 @@ impl Attn {
                 let (k, v) = (q.wrapping_add(d), q.wrapping_add(2 * d));
                 let p = &weights[task * t * t..][..t * t];
                 let d_out = dy[b * t * d + h * dh..].as_ptr();
-                let grad = grad;
                 // SAFETY: the views stay inside the buffers; this task writes only its head's
                 // columns of `dqkv` and its own `d_scores`.
                 unsafe {
-                    let dq = grad.0.add(offset);
+                    let dq = grad.ptr().add(offset);
                     let (dk, dv) = (dq.add(d), dq.add(2 * d));
                     // dV = Pᵀ dO; dP = dO Vᵀ.
-                    product((t, dh, t), (dv, 3 * d, 1), (p.as_ptr(), 1, t), (d_out, d, 1), 1.0);
-                    product((t, t, dh), (d_scores.as_mut_ptr(), t, 1), (d_out, d, 1), (v, 1, 3 * d), 1.0);
+                    product(
+                        (t, dh, t),
+                        (dv, 3 * d, 1),
+                        (p.as_ptr(), 1, t),
+                        (d_out, d, 1),
+                        1.0,
+                    );
+                    product(
+                        (t, t, dh),
+                        (d_scores.as_mut_ptr(), t, 1),
+                        (d_out, d, 1),
+                        (v, 1, 3 * d),
+                        1.0,
+                    );
                     // dS = scale * P (dP - rowsum(dP P)), in place.
                     rows.backward(0, p, d_scores);
                     // dQ = dS K; dK = dSᵀ Q.
-                    product((t, dh, t), (dq, 3 * d, 1), (d_scores.as_ptr(), t, 1), (k, 3 * d, 1), 1.0);
-                    product((t, dh, t), (dk, 3 * d, 1), (d_scores.as_ptr(), 1, t), (q, 3 * d, 1), 1.0);
+                    product(
+                        (t, dh, t),
+                        (dq, 3 * d, 1),
+                        (d_scores.as_ptr(), t, 1),
+                        (k, 3 * d, 1),
+                        1.0,
+                    );
+                    product(
+                        (t, dh, t),
+                        (dk, 3 * d, 1),
+                        (d_scores.as_ptr(), 1, t),
+                        (q, 3 * d, 1),
+                        1.0,
+                    );
                 }
             },
         );
@@ -213,9 +251,9 @@ impl Attn {
 
 fn autodiff<IB: Backend>(attn: Attn, qkv: Tensor<Autodiff<IB>, 3>) -> Tensor<Autodiff<IB>, 3> {
     let x = qkv.into_primitive().tensor();
-    let (y, weights) = attn.forward_tensor(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(
-        x.primitive.clone(),
-    )));
+    let (y, weights) = attn.forward_tensor(Tensor::<IB, 3>::from_primitive(
+        TensorPrimitive::Float(x.primitive.clone()),
+    ));
     let y = y.into_primitive().tensor();
     let out = match AttnBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
@@ -245,7 +283,9 @@ impl<IB: Backend> Backward<IB, 1> for AttnBackward {
         let (attn, qkv, weights) = ops.state;
         unary::<IB, _>(ops.parents, ops.node, grads, |grad| {
             let qkv = host(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(qkv)));
-            let dy = host(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(grad)));
+            let dy = host(Tensor::<IB, 3>::from_primitive(TensorPrimitive::Float(
+                grad,
+            )));
             let device = dy.device();
             let dqkv = attn.backward(qkv.as_slice(), &weights, dy.as_slice());
             IB::float_from_data(TensorData::new(dqkv, qkv.shape()), &device)
@@ -262,7 +302,13 @@ mod tests {
     use burn::tensor::Bool;
 
     /// Output and gradient of `sum(r * attention(qkv))`, Kiln's or by burn's operations.
-    fn run<B: AutodiffBackend>(batch: usize, t: usize, heads: usize, dh: usize, kiln: bool) -> [Vec<f32>; 2] {
+    fn run<B: AutodiffBackend>(
+        batch: usize,
+        t: usize,
+        heads: usize,
+        dh: usize,
+        kiln: bool,
+    ) -> [Vec<f32>; 2] {
         let device = Default::default();
         let d = heads * dh;
         let values = |n: usize, seed: usize| -> Vec<f32> {
@@ -270,8 +316,11 @@ mod tests {
                 .map(|i| ((i * 31 + seed * 7) % 97) as f32 / 48.0 - 1.0)
                 .collect()
         };
-        let qkv = Tensor::<B, 3>::from_data(TensorData::new(values(batch * t * 3 * d, 0), [batch, t, 3 * d]), &device)
-            .require_grad();
+        let qkv = Tensor::<B, 3>::from_data(
+            TensorData::new(values(batch * t * 3 * d, 0), [batch, t, 3 * d]),
+            &device,
+        )
+        .require_grad();
         let y = if kiln {
             causal_self_attention(qkv.clone(), heads).unwrap_or_else(|_| panic!("a CPU backend"))
         } else {
@@ -280,9 +329,14 @@ mod tests {
                 .chunk(3, 2)
                 .into_iter()
                 .map(|p| p.reshape([batch, t, heads, dh]).swap_dims(1, 2));
-            let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let (q, k, v) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
             let later: Vec<bool> = (0..t * t).map(|i| i % t > i / t).collect();
-            let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(later, [1, 1, t, t]), &device);
+            let mask =
+                Tensor::<B, 4, Bool>::from_data(TensorData::new(later, [1, 1, t, t]), &device);
             let scores = q
                 .matmul(k.swap_dims(2, 3))
                 .mul_scalar(1.0 / (dh as f64).sqrt())
@@ -292,11 +346,18 @@ mod tests {
                 .swap_dims(1, 2)
                 .reshape([batch, t, d])
         };
-        let r = Tensor::<B, 3>::from_data(TensorData::new(values(batch * t * d, 1), [batch, t, d]), &device);
+        let r = Tensor::<B, 3>::from_data(
+            TensorData::new(values(batch * t * d, 1), [batch, t, d]),
+            &device,
+        );
         let grads = (y.clone() * r).sum().backward();
         [
             y.inner().into_data().to_vec::<f32>().unwrap(),
-            qkv.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+            qkv.grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
         ]
     }
 

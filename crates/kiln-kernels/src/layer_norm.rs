@@ -354,9 +354,11 @@ mod tests {
                 .map(|i| (((i * 37 + seed * 11) % 101) as f32 / 25.0 - 2.0) * (1.0 + seed as f32))
                 .collect()
         };
-        let x = Tensor::<B, 3>::from_data(TensorData::new(values(rows * d, 0), [rows, 1, d]), &device)
-            .require_grad();
-        let gamma = Tensor::<B, 1>::from_data(TensorData::new(values(d, 1), [d]), &device).require_grad();
+        let x =
+            Tensor::<B, 3>::from_data(TensorData::new(values(rows * d, 0), [rows, 1, d]), &device)
+                .require_grad();
+        let gamma =
+            Tensor::<B, 1>::from_data(TensorData::new(values(d, 1), [d]), &device).require_grad();
         let beta = bias.then(|| {
             Tensor::<B, 1>::from_data(TensorData::new(values(d, 2), [d]), &device).require_grad()
         });
@@ -372,10 +374,12 @@ mod tests {
             ln.beta = beta.clone().map(burn::module::Param::from_tensor);
             ln.forward(x.clone())
         };
-        let r = Tensor::<B, 3>::from_data(TensorData::new(values(rows * d, 3), [rows, 1, d]), &device);
+        let r =
+            Tensor::<B, 3>::from_data(TensorData::new(values(rows * d, 3), [rows, 1, d]), &device);
         let grads = (y.clone() * r).sum().backward();
         let flat = |t: Option<Tensor<B::InnerBackend, 1>>| {
-            t.map(|t| t.into_data().to_vec::<f32>().unwrap()).unwrap_or_default()
+            t.map(|t| t.into_data().to_vec::<f32>().unwrap())
+                .unwrap_or_default()
         };
         vec![
             y.inner().into_data().to_vec::<f32>().unwrap(),
