@@ -25,10 +25,9 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::op::{has_kernels, host, on_cpu_autodiff, AutodiffNode};
+use crate::op::{has_kernels, host, on_cpu_autodiff, product, AutodiffNode};
 use crate::softmax::Rows;
 
 /// `softmax(q kᵀ / √head_dim) v` per head with a causal mask (query `i` sees keys `0..=i`), for
@@ -85,42 +84,6 @@ impl Shared {
     }
 }
 
-/// `dst [m, n] = beta * lhs [m, k] · rhs [k, n]` (`accumulate`: plus `dst`), each operand as
-/// `(pointer, row stride, column stride)`.
-///
-/// # Safety
-/// The operands must cover the extents and strides given, and `dst` must not overlap them.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, usize, usize),
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    beta: f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2 as isize,
-        dst.1 as isize,
-        false,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        0.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
-}
-
 impl Attn {
     fn n_embd(&self) -> usize {
         self.heads * self.head_dim
@@ -174,6 +137,7 @@ impl Attn {
                         (q, 3 * d, 1),
                         (k, 1, 3 * d),
                         1.0,
+                        false,
                     );
                     rows.forward(0, scores, p);
                     let o = out.ptr().add(b * t * d + h * dh);
@@ -183,6 +147,7 @@ impl Attn {
                         (p.as_ptr(), t, 1),
                         (v, 3 * d, 1),
                         1.0,
+                        false,
                     );
                 }
             },
@@ -217,6 +182,7 @@ impl Attn {
                         (p.as_ptr(), 1, t),
                         (d_out, d, 1),
                         1.0,
+                        false,
                     );
                     product(
                         (t, t, dh),
@@ -224,6 +190,7 @@ impl Attn {
                         (d_out, d, 1),
                         (v, 1, 3 * d),
                         1.0,
+                        false,
                     );
                     // dS = scale * P (dP - rowsum(dP P)), in place.
                     rows.backward(0, p, d_scores);
@@ -234,6 +201,7 @@ impl Attn {
                         (d_scores.as_ptr(), t, 1),
                         (k, 3 * d, 1),
                         1.0,
+                        false,
                     );
                     product(
                         (t, dh, t),
@@ -241,6 +209,7 @@ impl Attn {
                         (d_scores.as_ptr(), 1, t),
                         (q, 3 * d, 1),
                         1.0,
+                        false,
                     );
                 }
             },

@@ -24,10 +24,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::op::{cast, has_kernels, host};
+use crate::op::{has_kernels, host, matched, product, sum_parts};
 
 /// Images per partial sum of the weight and bias gradients.
 const GROUP: usize = 2;
@@ -92,11 +91,8 @@ fn on_autodiff<B: Backend, IB: Backend>(
     if TypeId::of::<B>() != TypeId::of::<Autodiff<IB>>() {
         return Err((x, weight, bias));
     }
-    fn to<A: Backend, T: Backend, const D: usize>(t: Tensor<A, D>) -> Tensor<T, D> {
-        cast(t).unwrap_or_else(|_| unreachable!("the backend was just matched"))
-    }
-    let y = autodiff::<IB>(conv, to(x), to(weight), to(bias));
-    Ok(to(y))
+    let y = autodiff::<IB>(conv, matched(x), matched(weight), matched(bias));
+    Ok(matched(y))
 }
 
 fn autodiff<IB: Backend>(
@@ -208,26 +204,13 @@ impl Conv {
                     // Y_n [c_out, pos] += W [c_out, cols] · P_n [cols, pos].
                     // SAFETY: every operand covers the extents and strides given.
                     unsafe {
-                        gemm::gemm(
-                            c_out,
-                            pos,
-                            cols,
-                            y_img.as_mut_ptr(),
-                            1,
-                            pos as isize,
+                        product(
+                            (c_out, pos, cols),
+                            (y_img.as_mut_ptr(), pos, 1),
+                            (weight.as_ptr(), cols, 1),
+                            (patches.as_ptr(), pos, 1),
+                            1.0,
                             true,
-                            weight.as_ptr(),
-                            1,
-                            cols as isize,
-                            patches.as_ptr(),
-                            1,
-                            pos as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
                         )
                     }
                 },
@@ -273,26 +256,13 @@ impl Conv {
                     // dW [c_out, cols] += dY_n [c_out, pos] · P_nᵀ [pos, cols].
                     // SAFETY: every operand covers the extents and strides given.
                     unsafe {
-                        gemm::gemm(
-                            c_out,
-                            cols,
-                            pos,
-                            dw.as_mut_ptr(),
-                            1,
-                            cols as isize,
+                        product(
+                            (c_out, cols, pos),
+                            (dw.as_mut_ptr(), cols, 1),
+                            (dy_img.as_ptr(), pos, 1),
+                            (patches.as_ptr(), 1, pos),
+                            1.0,
                             i > first,
-                            dy_img.as_ptr(),
-                            1,
-                            pos as isize,
-                            patches.as_ptr(),
-                            pos as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
                         )
                     }
                     for (b, row) in db.iter_mut().zip(dy_img.chunks(pos)) {
@@ -302,41 +272,19 @@ impl Conv {
                         // dP_n [cols, pos] = Wᵀ [cols, c_out] · dY_n [c_out, pos].
                         // SAFETY: every operand covers the extents and strides given.
                         unsafe {
-                            gemm::gemm(
-                                cols,
-                                pos,
-                                c_out,
-                                d_patches.as_mut_ptr(),
-                                1,
-                                pos as isize,
-                                false,
-                                weight.as_ptr(),
-                                cols as isize,
-                                1,
-                                dy_img.as_ptr(),
-                                1,
-                                pos as isize,
-                                0.0,
+                            product(
+                                (cols, pos, c_out),
+                                (d_patches.as_mut_ptr(), pos, 1),
+                                (weight.as_ptr(), 1, cols),
+                                (dy_img.as_ptr(), pos, 1),
                                 1.0,
                                 false,
-                                false,
-                                false,
-                                Parallelism::None,
                             )
                         }
                         g.fold_image(&d_patches, &mut dx[(i - first) * image..][..image]);
                     }
                 }
             });
-        let sum_parts = |parts: &[f32], len: usize| {
-            let mut total = vec![0.0f32; len];
-            for part in parts.chunks(len) {
-                for (t, p) in total.iter_mut().zip(part) {
-                    *t += p;
-                }
-            }
-            total
-        };
         let dw = sum_parts(&dw_parts, c_out * cols);
         let db = sum_parts(&db_parts, c_out);
         (need_dx.then_some(dx), dw, db)

@@ -24,7 +24,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{cast, has_kernels, host};
+use crate::op::{has_kernels, host, matched, sum_parts};
 
 /// Rows per parallel task (and per partial sum of `dγ`, `dβ`).
 const ROWS: usize = 32;
@@ -73,11 +73,13 @@ fn on_autodiff<B: Backend, IB: Backend, const D: usize>(
     if TypeId::of::<B>() != TypeId::of::<Autodiff<IB>>() {
         return Err(x);
     }
-    fn to<A: Backend, T: Backend, const D: usize>(t: Tensor<A, D>) -> Tensor<T, D> {
-        cast(t).unwrap_or_else(|_| unreachable!("the backend was just matched"))
-    }
-    let y = autodiff::<IB, D>(norm, to(x), to(gamma.clone()), beta.clone().map(to));
-    Ok(to(y))
+    let y = autodiff::<IB, D>(
+        norm,
+        matched(x),
+        matched(gamma.clone()),
+        beta.clone().map(matched),
+    );
+    Ok(matched(y))
 }
 
 fn autodiff<IB: Backend, const D: usize>(
@@ -325,17 +327,8 @@ impl Norm {
                     }
                 }
             });
-        let sum_parts = |parts: &[f32]| {
-            let mut total = vec![0.0f32; d];
-            for part in parts.chunks(d) {
-                for (t, p) in total.iter_mut().zip(part) {
-                    *t += p;
-                }
-            }
-            total
-        };
-        let dgamma = sum_parts(&dgamma_parts);
-        let dbeta = sum_parts(&dbeta_parts);
+        let dgamma = sum_parts(&dgamma_parts, d);
+        let dbeta = sum_parts(&dbeta_parts, d);
         (need_dx.then_some(dx), dgamma, dbeta)
     }
 }

@@ -83,17 +83,14 @@ pub(crate) fn on_cpu_autodiff<B: Backend, N: AutodiffNode<D, E>, const D: usize,
     node: N,
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, E>, Tensor<B, D>> {
-    fn back<A: Backend, T: Backend, const E: usize>(y: Tensor<A, E>) -> Tensor<T, E> {
-        cast(y).unwrap_or_else(|_| unreachable!("the backend was just matched"))
-    }
     #[cfg(feature = "flex")]
     let x = match cast::<B, Autodiff<burn::backend::Flex>, D>(x) {
-        Ok(x) => return Ok(back(node.record(x))),
+        Ok(x) => return Ok(matched(node.record(x))),
         Err(x) => x,
     };
     #[cfg(feature = "ndarray")]
     let x = match cast::<B, Autodiff<burn::backend::NdArray>, D>(x) {
-        Ok(x) => return Ok(back(node.record(x))),
+        Ok(x) => return Ok(matched(node.record(x))),
         Err(x) => x,
     };
     let _ = node;
@@ -108,6 +105,59 @@ impl<O: HostUnary, const D: usize> AutodiffNode<D, D> for Elementwise<O> {
     fn record<IB: Backend>(self, x: Tensor<Autodiff<IB>, D>) -> Tensor<Autodiff<IB>, D> {
         autodiff::<IB, D, O>(self.0, x)
     }
+}
+
+/// `x` as a tensor of backend `T`, which the caller has already matched with `A`.
+pub(crate) fn matched<A: Backend, T: Backend, const D: usize>(x: Tensor<A, D>) -> Tensor<T, D> {
+    cast(x).unwrap_or_else(|_| unreachable!("the backend was just matched"))
+}
+
+/// `dst [m, n] = beta * lhs [m, k] · rhs [k, n]` (`accumulate`: plus `dst`) on one thread, each
+/// operand as `(pointer, row stride, column stride)`.
+///
+/// # Safety
+/// The operands must cover the extents and strides given, and `dst` must not overlap them.
+pub(crate) unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+    accumulate: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        accumulate,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// The sum of the `len`-long partial sums laid end to end in `parts`, added in order (so the
+/// result does not depend on which thread made which part).
+pub(crate) fn sum_parts(parts: &[f32], len: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; len];
+    for part in parts.chunks(len) {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    total
 }
 
 /// `x` as a tensor of backend `T`, when `T` is `A`.
