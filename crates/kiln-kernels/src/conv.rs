@@ -26,7 +26,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{has_kernels, host, matched, product, sum_parts};
+use crate::op::{has_kernels, host, matched, par_new, product, sum_parts};
 
 /// Images per partial sum of the weight and bias gradients.
 const GROUP: usize = 2;
@@ -191,31 +191,30 @@ impl Conv {
         let g = &self.g;
         let (ho, wo) = g.output().expect("checked by conv2d");
         let (pos, cols, c_out) = (ho * wo, g.cols(), self.c_out);
-        let mut y = vec![0.0f32; g.n * c_out * pos];
-        y.par_chunks_mut(c_out * pos)
-            .zip(x.par_chunks(g.c * g.h * g.w))
-            .for_each_init(
-                || vec![0.0f32; pos * cols],
-                |patches, (y_img, x_img)| {
-                    g.unfold_image(x_img, patches);
-                    for (row, &b) in y_img.chunks_mut(pos).zip(bias) {
-                        row.fill(b);
-                    }
-                    // Y_n [c_out, pos] += W [c_out, cols] · P_n [cols, pos].
-                    // SAFETY: every operand covers the extents and strides given.
-                    unsafe {
-                        product(
-                            (c_out, pos, cols),
-                            (y_img.as_mut_ptr(), pos, 1),
-                            (weight.as_ptr(), cols, 1),
-                            (patches.as_ptr(), pos, 1),
-                            1.0,
-                            true,
-                        )
-                    }
-                },
-            );
-        y
+        let image = g.c * g.h * g.w;
+        par_new(
+            g.n * c_out * pos,
+            c_out * pos,
+            || vec![0.0f32; pos * cols],
+            |patches, i, y_img| {
+                g.unfold_image(&x[i * image..][..image], patches);
+                for (row, &b) in y_img.chunks_mut(pos).zip(bias) {
+                    row.fill(b);
+                }
+                // Y_n [c_out, pos] += W [c_out, cols] · P_n [cols, pos].
+                // SAFETY: every operand covers the extents and strides given.
+                unsafe {
+                    product(
+                        (c_out, pos, cols),
+                        (y_img.as_mut_ptr(), pos, 1),
+                        (weight.as_ptr(), cols, 1),
+                        (patches.as_ptr(), pos, 1),
+                        1.0,
+                        true,
+                    )
+                }
+            },
+        )
     }
 
     /// The gradients of the input (when `need_dx`), the weight and the bias from `dy`, the

@@ -20,7 +20,9 @@ pub mod conv;
 pub mod gelu;
 pub mod host;
 pub mod layer_norm;
+pub mod linear;
 pub mod op;
+pub mod relu;
 mod simd;
 pub mod softmax;
 
@@ -31,6 +33,12 @@ use burn::tensor::Tensor;
 /// kernels (forward and backward), elsewhere by burn's `gelu`.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     op::apply(gelu::Gelu, x, burn::tensor::activation::gelu)
+}
+
+/// ReLU, `max(x, 0)`: on the CPU backends by [`relu::Relu`]'s multi-threaded kernels (forward
+/// and backward), elsewhere by burn's `relu`.
+pub fn relu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    op::apply(relu::Relu, x, burn::tensor::activation::relu)
 }
 
 /// GPT-2's tanh GELU, `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` (`gelu_new` in transformers):

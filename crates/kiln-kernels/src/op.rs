@@ -188,16 +188,47 @@ pub(crate) fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> HostTensor<B,
 /// A new tensor holding `op(x)`.
 fn forward<B: Backend, const D: usize, O: HostUnary>(op: O, x: &HostTensor<B, D>) -> Tensor<B, D> {
     let x_host = x.as_slice();
-    let mut y = vec![0.0f32; x_host.len()];
-    if y.len() < 2 * CHUNK {
-        op.forward(x_host, &mut y);
+    let chunk = if x_host.len() < 2 * CHUNK {
+        x_host.len().max(1)
     } else {
-        y.par_chunks_mut(CHUNK)
-            .zip(x_host.par_chunks(CHUNK))
-            .for_each(|(y, x)| op.forward(x, y));
-    }
+        CHUNK
+    };
+    let y = par_new(
+        x_host.len(),
+        chunk,
+        || (),
+        |_, i, y| op.forward(&x_host[i * chunk..][..y.len()], y),
+    );
     let like = x.shape();
     Tensor::from_data(TensorData::new(y, like), &x.device())
+}
+
+/// A new buffer of `len` elements written by `fill(state, i, chunk)` for its `i`-th
+/// `chunk`-long chunk (the last one shorter), the chunks in parallel on rayon's threads, `state`
+/// made by `init` once per rayon job (scratch space, as in `for_each_init`). Each task zeroes
+/// its own chunk just before `fill` runs, in cache: the buffer is never zeroed in one serial
+/// pass.
+pub(crate) fn par_new<S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each_init(init, |state, (i, part)| {
+            for v in part.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element of `part` was initialized just above.
+            let part = unsafe { &mut *(part as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            fill(state, i, part);
+        });
+    // SAFETY: the chunks cover the first `len` elements, each initialized above.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// `op(x)` as a node of the autodiff graph over the host backend `IB`.

@@ -17,7 +17,7 @@ use kiln_core::config::{GeluForm, ModelSection, Precision};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
-use crate::precision::{compute_dtype, linear, matmul};
+use crate::precision::{affine, compute_dtype, linear, matmul};
 use crate::Observer;
 
 /// The shape of a GPT, from the `[model]` section and the tokenizer.
@@ -223,7 +223,7 @@ impl<B: Backend> Gpt<B> {
             Some(w) => w.val(),
             None => self.wte.weight.val().transpose(),
         };
-        matmul(x.reshape([batch * t, n_embd]), head, self.precision).reshape([
+        affine(x.reshape([batch * t, n_embd]), head, None, self.precision).reshape([
             batch,
             t,
             self.vocab_size,

@@ -89,7 +89,7 @@ pub fn activate<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     use burn::tensor::activation as act;
     match activation {
-        Activation::Relu => act::relu(x),
+        Activation::Relu => kiln_kernels::relu(x),
         Activation::Gelu => kiln_kernels::gelu(x),
         Activation::Tanh => act::tanh(x),
         Activation::Sigmoid => act::sigmoid(x),

@@ -29,22 +29,38 @@ pub fn linear<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     precision: Precision,
 ) -> Tensor<B, D> {
-    if D > 2 {
-        let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let y = linear(layer, x.reshape([rows, dims[D - 1]]), precision);
-        let mut out = dims;
-        out[D - 1] = y.dims()[1];
-        return y.reshape(out);
-    }
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, dims[D - 1]]);
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let y = affine(x, layer.weight.val(), bias, precision);
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
+}
+
+/// `x · weight + bias` for `x` `[rows, d_in]` and `weight` `[d_in, d_out]` (burn's `Linear`
+/// layout, or a transposed view such as a tied output layer's), with the product in `precision`;
+/// the result is f32.
+///
+/// In f32 on the CPU backends this is Kiln's kernel ([`kiln_kernels::linear::linear`]: the
+/// products tiled over the threads, results written unzeroed, the bias added in the same pass);
+/// elsewhere burn's `linear`.
+pub fn affine<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    precision: Precision,
+) -> Tensor<B, 2> {
     match compute_dtype(precision) {
-        None => layer.forward(x),
-        Some(dt) => burn::tensor::module::linear(
-            x.cast(dt),
-            layer.weight.val().cast(dt),
-            layer.bias.as_ref().map(|b| b.val().cast(dt)),
-        )
-        .cast(FloatDType::F32),
+        None => match kiln_kernels::linear::linear(x, weight, bias) {
+            Ok(y) => y,
+            Err((x, weight, bias)) => burn::tensor::module::linear(x, weight, bias),
+        },
+        Some(dt) => {
+            burn::tensor::module::linear(x.cast(dt), weight.cast(dt), bias.map(|b| b.cast(dt)))
+                .cast(FloatDType::F32)
+        }
     }
 }
 
