@@ -27,7 +27,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{has_kernels, host, on_cpu_autodiff, product, AutodiffNode};
+use crate::op::{has_kernels, host, on_cpu_autodiff, product, zeros, AutodiffNode};
 use crate::softmax::Rows;
 
 /// `softmax(q kᵀ / √head_dim) v` per head with a causal mask (query `i` sees keys `0..=i`), for
@@ -117,8 +117,8 @@ impl Attn {
 
     fn forward(&self, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let (t, dh, d) = (self.t, self.head_dim, self.n_embd());
-        let mut y = vec![0.0f32; self.batch * t * d];
-        let mut weights = vec![0.0f32; self.batch * self.heads * t * t];
+        let mut y = zeros(self.batch * t * d);
+        let mut weights = zeros(self.batch * self.heads * t * t);
         let out = Shared(y.as_mut_ptr());
         let rows = self.rows();
         weights.par_chunks_mut(t * t).enumerate().for_each_init(
@@ -158,7 +158,7 @@ impl Attn {
     /// The gradient of `qkv` from `dy`, the gradient of the output.
     fn backward(&self, qkv: &[f32], weights: &[f32], dy: &[f32]) -> Vec<f32> {
         let (t, dh, d) = (self.t, self.head_dim, self.n_embd());
-        let mut dqkv = vec![0.0f32; qkv.len()];
+        let mut dqkv = zeros(qkv.len());
         let grad = Shared(dqkv.as_mut_ptr());
         let rows = self.rows();
         (0..self.batch * self.heads).into_par_iter().for_each_init(

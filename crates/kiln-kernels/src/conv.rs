@@ -26,7 +26,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{has_kernels, host, matched, par_new, product, sum_parts};
+use crate::op::{has_kernels, host, matched, par_new, product, sum_parts, zeros};
 
 /// Images per partial sum of the weight and bias gradients.
 const GROUP: usize = 2;
@@ -231,9 +231,9 @@ impl Conv {
         let (pos, cols, c_out) = (ho * wo, g.cols(), self.c_out);
         let image = g.c * g.h * g.w;
         let groups = g.n.div_ceil(GROUP);
-        let mut dw_parts = vec![0.0f32; groups * c_out * cols];
-        let mut db_parts = vec![0.0f32; groups * c_out];
-        let mut dx = vec![0.0f32; if need_dx { g.n * image } else { 0 }];
+        let mut dw_parts = zeros(groups * c_out * cols);
+        let mut db_parts = zeros(groups * c_out);
+        let mut dx = zeros(if need_dx { g.n * image } else { 0 });
         let dx_parts: Vec<&mut [f32]> = if need_dx {
             dx.chunks_mut(GROUP * image).collect()
         } else {

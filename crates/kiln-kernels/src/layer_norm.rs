@@ -24,7 +24,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{has_kernels, host, matched, sum_parts};
+use crate::op::{has_kernels, host, matched, sum_parts, zeros};
 
 /// Rows per parallel task (and per partial sum of `dγ`, `dβ`).
 const ROWS: usize = 32;
@@ -240,7 +240,7 @@ impl Norm {
         beta: Option<&[f32]>,
     ) -> (Vec<f32>, Vec<(f32, f32)>) {
         let d = self.d;
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = zeros(x.len());
         let mut stats = vec![(0.0f32, 0.0f32); x.len() / d];
         y.par_chunks_mut(ROWS * d)
             .zip(x.par_chunks(ROWS * d))
@@ -287,7 +287,7 @@ impl Norm {
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let d = self.d;
         let chunks = stats.len().div_ceil(ROWS);
-        let mut dx = vec![0.0f32; if need_dx { x.len() } else { 0 }];
+        let mut dx = zeros(if need_dx { x.len() } else { 0 });
         let mut dgamma_parts = vec![0.0f32; chunks * d];
         let mut dbeta_parts = vec![0.0f32; chunks * d];
         let dx_parts: Vec<&mut [f32]> = if need_dx {

@@ -151,12 +151,17 @@ pub(crate) unsafe fn product(
 /// The sum of the `len`-long partial sums laid end to end in `parts`, added in order (so the
 /// result does not depend on which thread made which part).
 pub(crate) fn sum_parts(parts: &[f32], len: usize) -> Vec<f32> {
-    let mut total = vec![0.0f32; len];
-    for part in parts.chunks(len) {
-        for (t, p) in total.iter_mut().zip(part) {
-            *t += p;
-        }
-    }
+    let mut total = zeros(len);
+    total
+        .par_chunks_mut(CHUNK / 4)
+        .enumerate()
+        .for_each(|(i, total)| {
+            for part in parts.chunks(len) {
+                for (t, p) in total.iter_mut().zip(&part[i * (CHUNK / 4)..]) {
+                    *t += p;
+                }
+            }
+        });
     total
 }
 
@@ -201,6 +206,15 @@ fn forward<B: Backend, const D: usize, O: HostUnary>(op: O, x: &HostTensor<B, D>
     );
     let like = x.shape();
     Tensor::from_data(TensorData::new(y, like), &x.device())
+}
+
+/// `len` zeros, written by rayon's threads when the buffer is large (a result buffer: burn's CPU
+/// backends zero theirs on the calling thread, the serial part of a step).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < 2 * CHUNK {
+        return vec![0.0; len];
+    }
+    par_new(len, CHUNK, || (), |_, _, _| ())
 }
 
 /// A new buffer of `len` elements written by `fill(state, i, chunk)` for its `i`-th

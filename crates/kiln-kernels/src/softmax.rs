@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{host, on_cpu_autodiff, AutodiffNode};
+use crate::op::{host, on_cpu_autodiff, zeros, AutodiffNode};
 
 /// Rows per rayon task.
 const ROWS: usize = 64;
@@ -114,7 +114,7 @@ fn forward<B: Backend>(rows: Rows, scores: Tensor<B, 4>) -> Tensor<B, 4> {
     let dims = scores.dims();
     let device = scores.device();
     let x = host(scores);
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = zeros(x.len());
     rows.par(x.as_slice(), &mut y, |r, x, y| rows.forward(r, x, y));
     Tensor::from_data(TensorData::new(y, dims), &device)
 }
