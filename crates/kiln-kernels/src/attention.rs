@@ -27,7 +27,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::op::{has_kernels, host, on_cpu_autodiff, product, zeros, AutodiffNode};
+use crate::op::{has_kernels, host, on_cpu_autodiff, product, zeros, AutodiffNode, Shared};
 use crate::softmax::Rows;
 
 /// `softmax(q kᵀ / √head_dim) v` per head with a causal mask (query `i` sees keys `0..=i`), for
@@ -68,20 +68,6 @@ struct Attn {
     t: usize,
     heads: usize,
     head_dim: usize,
-}
-
-/// A buffer that tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own elements (its head's columns, its own weights).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The buffer's start (a method, so that closures capture the whole `Shared`).
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl Attn {

@@ -22,6 +22,7 @@ pub mod host;
 pub mod layer_norm;
 pub mod linear;
 pub mod op;
+pub mod pool;
 pub mod relu;
 mod simd;
 pub mod softmax;

@@ -26,7 +26,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::host::HostTensor;
-use crate::op::{has_kernels, host, matched, product};
+use crate::op::{has_kernels, host, matched, product, Shared};
 
 /// A linear layer's input, weight and bias, given back when [`linear`] does not apply.
 pub type Inputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
@@ -250,7 +250,7 @@ fn par_product(
         // each written by one task; the operands cover the extents and strides (asserted
         // above); gemm writes every element of the tile without reading it (`accumulate` false).
         unsafe {
-            let tile_dst = dst.at(part * m * n + i * n + j);
+            let tile_dst = dst.ptr().add(part * m * n + i * n + j);
             product(
                 (rows, cols, depth),
                 (tile_dst, n, 1),
@@ -342,24 +342,6 @@ fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
             }
         });
     sums
-}
-
-/// The output buffer, shared by the tile tasks, each writing only its own tile.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-
-// SAFETY: the tasks write disjoint elements (see `par_product`).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The element `offset` places from the start.
-    ///
-    /// # Safety
-    /// `offset` must be inside the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        unsafe { self.0.add(offset) }
-    }
 }
 
 #[cfg(test)]

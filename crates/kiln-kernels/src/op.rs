@@ -165,6 +165,21 @@ pub(crate) fn sum_parts(parts: &[f32], len: usize) -> Vec<f32> {
     total
 }
 
+/// A buffer that parallel tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared(pub(crate) *mut f32);
+
+// SAFETY: users hand each task its own elements of the buffer, and read it only after the tasks.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The buffer's start (a method, so that closures capture the whole `Shared`).
+    pub(crate) fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `x` as a tensor of backend `T`, when `T` is `A`.
 pub(crate) fn cast<A: Backend, T: Backend, const D: usize>(
     x: Tensor<A, D>,

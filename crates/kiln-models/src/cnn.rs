@@ -147,7 +147,7 @@ impl<B: Backend> Cnn<B> {
             }
             x = activate(x, self.activation);
             if let Some(pool) = &block.max_pool {
-                x = pool.forward(x);
+                x = max_pool(pool, x);
             }
             if let Some(pool) = &block.avg_pool {
                 x = pool.forward(x);
@@ -155,5 +155,25 @@ impl<B: Backend> Cnn<B> {
         }
         self.head
             .forward_observed(x.flatten(1, 3), "head.", observer)
+    }
+}
+
+/// `pool(x)`: non-overlapping windows (kernel = stride, no padding or dilation, floor mode),
+/// the only kind `Cnn::new` builds, by Kiln's kernel on the CPU backends
+/// ([`kiln_kernels::pool::max_pool2d`]), anything else by burn's.
+fn max_pool<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [k, k_w] = pool.kernel_size;
+    let plain = k == k_w
+        && pool.stride == pool.kernel_size
+        && pool.dilation == [1, 1]
+        && !pool.ceil_mode
+        && matches!(pool.padding, burn::nn::PaddingConfig2d::Valid);
+    if plain {
+        match kiln_kernels::pool::max_pool2d(x, k) {
+            Ok(y) => y,
+            Err(x) => pool.forward(x),
+        }
+    } else {
+        pool.forward(x)
     }
 }
