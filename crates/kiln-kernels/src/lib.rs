@@ -15,6 +15,7 @@
 #![cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 
 pub mod adamw;
+pub mod add;
 pub mod attention;
 pub mod conv;
 pub mod gelu;

@@ -26,7 +26,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::host::HostTensor;
-use crate::op::{has_kernels, host, matched, product, Shared};
+use crate::op::{column_sums, has_kernels, host, matched, product, Shared};
 
 /// A linear layer's input, weight and bias, given back when [`linear`] does not apply.
 pub type Inputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
@@ -43,9 +43,6 @@ const MIN_TASKS: usize = 4;
 
 /// The shortest part of a sum cut into parts.
 const MIN_DEPTH: usize = 256;
-
-/// Bias-gradient columns per task.
-const BIAS_COLUMNS: usize = 64;
 
 /// `x W + b` for `x` `[m, k]`, `weight` `[k, n]` (burn's `Linear` layout, any strides) and an
 /// optional `bias` `[n]`, all `f32`, on the CPU backends (differentiable under their autodiff).
@@ -325,23 +322,6 @@ impl Split {
             bk: k.div_ceil(parts),
         }
     }
-}
-
-/// The sums over the rows of a row-major `[rows, n]` matrix, column blocks in parallel, each
-/// column added in row order.
-fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
-    let mut sums = vec![0.0f32; n];
-    sums.par_chunks_mut(BIAS_COLUMNS)
-        .enumerate()
-        .for_each(|(block, sums)| {
-            let first = block * BIAS_COLUMNS;
-            for row in values.chunks_exact(n) {
-                for (s, v) in sums.iter_mut().zip(&row[first..]) {
-                    *s += v;
-                }
-            }
-        });
-    sums
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ use rayon::prelude::*;
 use crate::host::HostTensor;
 
 /// Elements per rayon task.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Columns per task of [`column_sums`].
+const SUM_COLUMNS: usize = 64;
 
 /// An element-wise function `y = f(x)` with host kernels for it and its derivative.
 pub trait HostUnary: Copy + Send + Sync + std::fmt::Debug + 'static {
@@ -163,6 +166,23 @@ pub(crate) fn sum_parts(parts: &[f32], len: usize) -> Vec<f32> {
             }
         });
     total
+}
+
+/// The sums over the rows of a row-major `[rows, n]` matrix, column blocks in parallel, each
+/// column added in row order (so the result does not depend on the number of threads).
+pub(crate) fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; n];
+    sums.par_chunks_mut(SUM_COLUMNS)
+        .enumerate()
+        .for_each(|(block, sums)| {
+            let first = block * SUM_COLUMNS;
+            for row in values.chunks_exact(n) {
+                for (s, v) in sums.iter_mut().zip(&row[first..]) {
+                    *s += v;
+                }
+            }
+        });
+    sums
 }
 
 /// A buffer that parallel tasks write disjoint parts of.

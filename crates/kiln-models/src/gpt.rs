@@ -19,6 +19,7 @@ use crate::dropout::dropout;
 use crate::init::HostInit;
 use crate::precision::{affine, compute_dtype, linear, matmul};
 use crate::Observer;
+use kiln_kernels::add::add;
 
 /// The shape of a GPT, from the `[model]` section and the tokenizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +187,7 @@ impl<B: Backend> Gpt<B> {
         );
         let device = tokens.device();
         let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
-        let x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        let x = add(self.wte.forward(tokens), self.wpe.forward(positions));
         let mut x = dropout(x, self.dropout);
         let mask = causal_mask::<B>(t, &device);
         let rows = |x: &Tensor<B, 3>| {
@@ -199,7 +200,7 @@ impl<B: Backend> Gpt<B> {
             let attended = self.attention(&block.attn, normed, mask.clone(), &mut |y| {
                 observer.observe(&|| format!("h.{i}.attn.c_proj.weight"), &|| rows(y));
             });
-            x = x + attended;
+            x = add(x, attended);
             let m = &block.mlp;
             let normed = layer_norm(&block.ln_2, x.clone());
             observer.observe(&|| format!("h.{i}.mlp.c_fc.weight"), &|| rows(&normed));
@@ -209,7 +210,10 @@ impl<B: Backend> Gpt<B> {
                 GeluForm::Tanh => kiln_kernels::gelu_tanh(hidden),
             };
             observer.observe(&|| format!("h.{i}.mlp.c_proj.weight"), &|| rows(&hidden));
-            x = x + dropout(linear(&m.c_proj, hidden, self.precision), self.dropout);
+            x = add(
+                x,
+                dropout(linear(&m.c_proj, hidden, self.precision), self.dropout),
+            );
         }
         let x = layer_norm(&self.ln_f, x);
         let n_embd = x.dims()[2];
