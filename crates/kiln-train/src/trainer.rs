@@ -297,6 +297,7 @@ pub fn train<B: AutodiffBackend>(
         lr = schedule.next_lr();
         debug_assert!(lr.is_finite(), "the schedule gave lr {lr} at step {step}");
         let parallel = world > 1;
+        let step_started = Instant::now();
         let (next, stats) = train_step(
             model,
             &mut optim,
@@ -308,6 +309,7 @@ pub fn train<B: AutodiffBackend>(
             if parallel { Some(&mut *comm) } else { None },
         )?;
         model = next;
+        window.step_secs += step_started.elapsed().as_secs_f64();
         window.add(stats, n);
 
         let last = step == total_steps;
@@ -320,6 +322,7 @@ pub fn train<B: AutodiffBackend>(
                 "loss": stats.loss, "accuracy": stats.accuracy, "lr": lr,
                 "samples_per_sec": stats.samples_per_sec,
                 "data_wait_secs": wait.as_secs_f64(),
+                "step_secs": stats.step_secs, "window_secs": stats.window_secs,
             });
             if let Some(g) = stats.grad_norm {
                 event["grad_norm"] = json!(g);
@@ -349,6 +352,7 @@ pub fn train<B: AutodiffBackend>(
 
         let mut new_best = false;
         if (t.eval_every > 0 && step % t.eval_every == 0) || last {
+            let eval_started = Instant::now();
             if data.has(Split::Valid) {
                 let r = evaluate_sharded(&model, &data, Split::Valid, config, &device, comm)?;
                 if let Some(run) = run.as_mut() {
@@ -374,7 +378,7 @@ pub fn train<B: AutodiffBackend>(
                     }
                 }
             }
-            window.restart_clock();
+            window.exclude(eval_started);
         }
 
         // Every worker stops at the same step: a signal to any of them stops all.
@@ -391,6 +395,7 @@ pub fn train<B: AutodiffBackend>(
         let every = config.checkpoint.every_steps;
         let due = (every > 0 && step % every == 0) || last || new_best || step == stop_at;
         if due || stopping {
+            let save_started = Instant::now();
             let window_state = window.state_of_all(comm)?;
             if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
                 let state = TrainState {
@@ -418,7 +423,7 @@ pub fn train<B: AutodiffBackend>(
                 };
                 saver.save(step, &model, &optim, &table, state, new_best, run)?;
             }
-            window.restart_clock();
+            window.exclude(save_started);
         }
         if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
             saver.poll(run)?;
@@ -637,8 +642,12 @@ struct Window<B: AutodiffBackend> {
     correct: Tensor<B::InnerBackend, 1, Int>,
     samples: usize,
     since: Instant,
+    /// Evaluation and checkpoint time since `since`, left out of the window's duration.
+    excluded: Duration,
     grad_norm: Option<f64>,
     comm_secs: f64,
+    /// Seconds inside `train_step` during the window (the rest is the loop's own time).
+    step_secs: f64,
 }
 
 struct WindowStats {
@@ -648,6 +657,10 @@ struct WindowStats {
     grad_norm: Option<f64>,
     /// This worker's seconds in gradient all-reduces during the window.
     comm_secs: f64,
+    /// This worker's seconds inside `train_step` during the window.
+    step_secs: f64,
+    /// The window's seconds of training (evaluation and checkpoints excluded).
+    window_secs: f64,
 }
 
 impl<B: AutodiffBackend> Window<B> {
@@ -658,8 +671,10 @@ impl<B: AutodiffBackend> Window<B> {
             correct: Tensor::zeros([1], device),
             samples: 0,
             since: Instant::now(),
+            excluded: Duration::ZERO,
             grad_norm: None,
             comm_secs: 0.0,
+            step_secs: 0.0,
         }
     }
 
@@ -688,9 +703,10 @@ impl<B: AutodiffBackend> Window<B> {
         self.grad_norm = s.grad_norm;
     }
 
-    /// Evaluation and checkpoint time does not count against training throughput.
-    fn restart_clock(&mut self) {
-        self.since = Instant::now();
+    /// Evaluation and checkpoint time does not count against training throughput: the time
+    /// since `started` is left out of the window.
+    fn exclude(&mut self, started: Instant) {
+        self.excluded += started.elapsed();
     }
 
     /// The accumulators summed over all workers, for rank 0's checkpoint.
@@ -710,7 +726,9 @@ impl<B: AutodiffBackend> Window<B> {
     fn take(&mut self, comm: &mut dyn Communicator<B::InnerBackend>) -> Result<WindowStats> {
         let fresh = Window::<B>::new(&self.device);
         let old = std::mem::replace(self, fresh);
-        let secs = old.since.elapsed().as_secs_f64().max(1e-9);
+        let secs = (old.since.elapsed().saturating_sub(old.excluded))
+            .as_secs_f64()
+            .max(1e-9);
         let mut sums = [
             old.loss_sum.into_scalar().elem::<f64>(),
             old.correct.into_scalar().elem::<f64>(),
@@ -726,6 +744,8 @@ impl<B: AutodiffBackend> Window<B> {
             samples_per_sec: n / secs,
             grad_norm: old.grad_norm,
             comm_secs: old.comm_secs,
+            step_secs: old.step_secs,
+            window_secs: secs,
         })
     }
 }
