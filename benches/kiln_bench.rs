@@ -4,8 +4,9 @@
 //! `kiln-bench --backend flex|ndarray|wgpu|cuda --model mlp|cnn|gpt [--batch 64] [--warmup 5]
 //! [--steps 30]`, and for the GPT `[--vocab 65] [--n-layer 4] [--n-head 4] [--n-embd 128]
 //! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, plus
-//! `[--framework kiln|burn] [--slowdown F]`, prints one JSON line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
-//! batch, the same work as the reference. `--framework burn` runs the same models written with
+//! `[--framework kiln|burn] [--slowdown F] [--batches N]`, prints one JSON line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
+//! batch, the same work as the reference; `--batches N` (MLP and CNN) cycles through `N`
+//! different batches instead, as a training loop's fresh data does (one batch stays in cache). `--framework burn` runs the same models written with
 //! burn's own modules, loss and optimizer instead (`burn_loop.rs`), in this same binary.
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +37,8 @@ struct Bench {
     /// Each timed step is made this many times longer by busy-waiting (to check that the CI
     /// guard catches a slowdown); 1 = none.
     slowdown: f64,
+    /// Different input batches the steps cycle through (1: the same batch every step).
+    batches: usize,
 }
 
 fn main() -> Result<()> {
@@ -84,7 +87,16 @@ fn main() -> Result<()> {
         slowdown: get("--slowdown", "1")
             .parse()
             .context("--slowdown: expected a number")?,
+        batches: num("--batches", "1")?,
     };
+    if bench.batches == 0
+        || (bench.batches > 1 && (bench.model == "gpt" || bench.framework == "burn"))
+    {
+        bail!(
+            "--batches {}: expected at least 1, and more than 1 only for Kiln's mlp and cnn",
+            bench.batches
+        );
+    }
     if bench.slowdown.is_nan() || bench.slowdown < 1.0 {
         bail!("--slowdown {}: expected a factor >= 1", bench.slowdown);
     }
@@ -161,6 +173,7 @@ impl BackendTask for Bench {
             )
         };
         let t = spec.block_size;
+        let mut extra = Vec::new();
         let (input, y, targets) = if self.model == "gpt" {
             let stream: Vec<i64> = (0..n * (t + 1))
                 .map(|i| ((i * 7919) % self.vocab) as i64)
@@ -174,13 +187,18 @@ impl BackendTask for Bench {
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(rows(1), [n * t]), &device);
             (Input::Tokens(x), y, n * t)
         } else {
-            let x_host: Vec<f32> = (0..n * 784)
-                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
-                .collect();
-            let y_host: Vec<i64> = (0..n).map(|i| (i * 31 % 10) as i64).collect();
-            let x = Tensor::<B, 2>::from_data(TensorData::new(x_host, [n, 784]), &device);
-            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
-            (Input::Features(x), y, n)
+            let batch = |b: usize| {
+                let x_host: Vec<f32> = (b * n * 784..(b + 1) * n * 784)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                    .collect();
+                let y_host: Vec<i64> = (b * n..(b + 1) * n).map(|i| (i * 31 % 10) as i64).collect();
+                let x = Tensor::<B, 2>::from_data(TensorData::new(x_host, [n, 784]), &device);
+                let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
+                (Input::Features(x), y)
+            };
+            extra.extend((1..self.batches).map(batch));
+            let (x, y) = batch(0);
+            (x, y, n)
         };
         if self.framework == "burn" {
             return self.bare_burn::<B>(backend, input, y, targets, &device);
@@ -188,18 +206,24 @@ impl BackendTask for Bench {
         let mut model = Model::<B>::new(&spec, &shape, self.precision, 0, &device)?;
         let params = model.num_params();
         let mut optim = Optim::<B>::new(&optimizer).without_decay(model.no_decay());
-        let input_of = || match &input {
-            Input::Features(x) => Input::Features(x.clone()),
-            Input::Tokens(x) => Input::Tokens(x.clone()),
+        let batches: Vec<(Input<B>, Tensor<B, 1, Int>)> =
+            std::iter::once((input, y)).chain(extra).collect();
+        let batch_of = |step: usize| {
+            let (input, y) = &batches[step % batches.len()];
+            let input = match input {
+                Input::Features(x) => Input::Features(x.clone()),
+                Input::Tokens(x) => Input::Tokens(x.clone()),
+            };
+            (input, y.clone())
         };
 
         // Like the reference, the loss is read (a device sync) only after the last step.
         let mut scaler = (self.precision == Precision::F16).then(LossScale::default);
         let mut run_steps = |count: usize, mut m: Model<B>, optim: &mut Optim<B>| {
             let mut loss = None;
-            for _ in 0..count {
+            for step in 0..count {
                 let step_started = std::time::Instant::now();
-                let micro = vec![(input_of(), y.clone())];
+                let micro = vec![batch_of(step)];
                 let (next, stats) =
                     train_step(m, optim, micro, None, 1e-3, None, scaler.as_mut(), None)
                         .expect("a step without a communicator cannot fail");
@@ -235,6 +259,7 @@ impl BackendTask for Bench {
             "precision": self.precision.name(),
             "final_loss": last_loss,
             "cpu_per_wall": cpu_per_wall,
+            "batches": self.batches,
         });
         if self.model == "gpt" {
             out["tokens_per_sec"] = serde_json::json!((self.steps * n * t) as f64 / seconds);
