@@ -256,6 +256,8 @@ mod tests {
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::Bool;
 
+    use crate::testing::{assert_close, on_threads};
+
     /// Output and gradient of `sum(r * attention(qkv))`, Kiln's or by burn's operations.
     fn run<B: AutodiffBackend>(
         batch: usize,
@@ -323,13 +325,7 @@ mod tests {
             let ours = run::<B>(batch, t, heads, dh, true);
             let theirs = run::<Autodiff<Flex>>(batch, t, heads, dh, false);
             for (what, (a, b)) in ["output", "qkv grad"].iter().zip(ours.iter().zip(&theirs)) {
-                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                for (x, y) in a.iter().zip(b) {
-                    assert!(
-                        (x - y).abs() <= 2e-6 * scale.max(1.0),
-                        "{what} ({batch}, {t}, {heads}, {dh}): {x} vs {y}"
-                    );
-                }
+                assert_close(&format!("{what} ({batch}, {t}, {heads}, {dh})"), a, b, 2e-6);
             }
         }
     }
@@ -342,13 +338,7 @@ mod tests {
 
     #[test]
     fn attention_gives_the_same_bits_on_one_thread_and_on_many() {
-        let on = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| run::<Autodiff<Flex>>(3, 9, 2, 4, true))
-        };
+        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(3, 9, 2, 4, true));
         assert_eq!(on(1), on(3));
     }
 }

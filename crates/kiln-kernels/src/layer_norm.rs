@@ -339,6 +339,8 @@ mod tests {
     use burn::backend::{Autodiff, Flex, NdArray};
     use burn::tensor::backend::AutodiffBackend;
 
+    use crate::testing::{assert_close, on_threads};
+
     /// Output and gradients (x, γ, β) of `sum(r * layer_norm(x))`, Kiln's or burn's.
     fn run<B: AutodiffBackend>(rows: usize, d: usize, bias: bool, kiln: bool) -> Vec<Vec<f32>> {
         let device = Default::default();
@@ -390,14 +392,7 @@ mod tests {
                 .iter()
                 .zip(ours.iter().zip(&theirs))
             {
-                assert_eq!(a.len(), b.len(), "{what}");
-                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                for (x, y) in a.iter().zip(b) {
-                    assert!(
-                        (x - y).abs() <= 2e-5 * scale.max(1.0),
-                        "{what} ({rows}x{d}, bias {bias}): {x} vs {y}"
-                    );
-                }
+                assert_close(&format!("{what} ({rows}x{d}, bias {bias})"), a, b, 2e-5);
             }
         }
     }
@@ -410,13 +405,7 @@ mod tests {
 
     #[test]
     fn layer_norm_gives_the_same_bits_on_one_thread_and_on_many() {
-        let on = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| run::<Autodiff<Flex>>(100, 24, true, true))
-        };
+        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(100, 24, true, true));
         assert_eq!(on(1), on(3));
     }
 

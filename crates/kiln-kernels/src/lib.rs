@@ -27,6 +27,8 @@ pub mod pool;
 pub mod relu;
 mod simd;
 pub mod softmax;
+#[cfg(test)]
+mod testing;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;

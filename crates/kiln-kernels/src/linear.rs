@@ -159,27 +159,25 @@ impl<IB: Backend, const N: usize> Backward<IB, N> for LinearBackward {
         let device = dy.device();
         let (dy, x, weight) = (dy.as_slice(), x.as_slice(), weight.as_slice());
         let Shape { m, k, n } = shape;
-        let mut register = |node: Option<NodeId>, values: Vec<f32>, dims: Vec<usize>| {
-            if let Some(id) = node {
-                grads.register::<IB>(
-                    id,
-                    IB::float_from_data(TensorData::new(values, dims), &device),
-                );
-            }
+        let mut register = |id: NodeId, values: Vec<f32>, dims: Vec<usize>| {
+            grads.register::<IB>(
+                id,
+                IB::float_from_data(TensorData::new(values, dims), &device),
+            );
         };
         let parent = |i: usize| ops.parents.get(i).and_then(|p| p.as_ref()).map(|p| p.id);
         if let Some(id) = parent(0) {
             // dX [m, k] = dY [m, n] · Wᵀ [n, k].
             let dx = par_product((m, k, n), (dy, n, 1), (weight, 1, n), None);
-            register(Some(id), dx, vec![m, k]);
+            register(id, dx, vec![m, k]);
         }
         if let Some(id) = parent(1) {
             // dW [k, n] = Xᵀ [k, m] · dY [m, n].
             let dw = par_product((k, n, m), (x, 1, k), (dy, n, 1), None);
-            register(Some(id), dw, vec![k, n]);
+            register(id, dw, vec![k, n]);
         }
         if let Some(id) = parent(2) {
-            register(Some(id), column_sums(dy, n), vec![n]);
+            register(id, column_sums(dy, n), vec![n]);
         }
     }
 }
@@ -330,6 +328,8 @@ mod tests {
     use burn::backend::{Autodiff, Flex, NdArray};
     use burn::tensor::backend::AutodiffBackend;
 
+    use crate::testing::{assert_close, on_threads};
+
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| ((i * 37 + seed * 11) % 101) as f32 / 50.0 - 1.0)
@@ -397,14 +397,7 @@ mod tests {
                 .iter()
                 .zip(ours.iter().zip(&theirs))
             {
-                assert_eq!(a.len(), b.len(), "{what} of {dims:?}");
-                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                for (x, y) in a.iter().zip(b) {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * scale.max(1.0),
-                        "{what} of {dims:?} (bias {bias}): {x} vs {y}"
-                    );
-                }
+                assert_close(&format!("{what} of {dims:?} (bias {bias})"), a, b, 1e-5);
             }
         }
     }
@@ -435,12 +428,10 @@ mod tests {
 
     #[test]
     fn linear_gives_the_same_bits_on_one_thread_and_on_many() {
-        let on = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| run::<Autodiff<Flex>>((700, 96, 300), true, false, true))
+        let on = |threads| {
+            on_threads(threads, || {
+                run::<Autodiff<Flex>>((700, 96, 300), true, false, true)
+            })
         };
         assert_eq!(on(1), on(3));
     }
