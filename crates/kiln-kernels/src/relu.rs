@@ -16,10 +16,10 @@ impl HostUnary for Relu {
     }
 
     fn backward(self, x: &[f32], grad: &mut [f32]) {
+        // A select, not a conditional store: it vectorizes, and a branch on the sign of real
+        // activations (about half negative, in no order) is mispredicted half the time.
         for (g, &x) in grad.iter_mut().zip(x) {
-            if x <= 0.0 {
-                *g = 0.0;
-            }
+            *g = if x <= 0.0 { 0.0 } else { *g };
         }
     }
 }
