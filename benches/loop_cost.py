@@ -16,7 +16,11 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guard import kiln_train  # noqa: E402  (the same `kiln train` run and metrics.jsonl reading)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ["--backend", "flex", "--model", "mlp", "--batch", "64", "--warmup", "20", "--steps", "600"]
@@ -26,15 +30,6 @@ def bench(env, batches):
     out = subprocess.run([str(ROOT / "target/release/kiln-bench")] + BENCH + ["--batches", str(batches)],
                          check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["samples_per_sec"]
-
-
-def train(env):
-    subprocess.run([str(ROOT / "target/release/kiln"), "train", "benches/guard-train.toml", "--backend", "flex"],
-                   check=True, capture_output=True, text=True, cwd=ROOT, env=env)
-    lines = (ROOT / "target/guard/guard-train/metrics.jsonl").read_text().splitlines()
-    windows = [e for e in map(json.loads, lines) if e.get("split") == "train"][1:]
-    rate = statistics.median(e["samples_per_sec"] for e in windows)
-    return rate, statistics.median(1 - e["step_secs"] / e["window_secs"] for e in windows)
 
 
 def main():
@@ -47,7 +42,7 @@ def main():
     for rep in range(a.reps):
         runs["step/1 batch"].append(bench(env, 1))
         runs["step/256 batches"].append(bench(env, 256))
-        rate, share = train(env)
+        rate, share = kiln_train(argparse.Namespace(kiln=ROOT / "target/release/kiln"), env)
         runs["kiln train"].append(rate)
         runs["outside share"].append(share)
         print(f"rep {rep}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in runs.items()))
