@@ -4,10 +4,15 @@
 //! `kiln-bench --backend flex|ndarray|wgpu|cuda --model mlp|cnn|gpt [--batch 64] [--warmup 5]
 //! [--steps 30]`, and for the GPT `[--vocab 65] [--n-layer 4] [--n-head 4] [--n-embd 128]
 //! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, plus
-//! `[--framework kiln|burn] [--slowdown F] [--batches N]`, prints one JSON line. The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
+//! `[--framework kiln|burn] [--slowdown F] [--batches N] [--data CONFIG]`, prints one JSON line.
+//! The step is Kiln's own `train_step` (forward, cross-entropy, backward, AdamW) on a fixed
 //! batch, the same work as the reference; `--batches N` (MLP and CNN) cycles through `N`
-//! different batches instead, as a training loop's fresh data does (one batch stays in cache). `--framework burn` runs the same models written with
-//! burn's own modules, loss and optimizer instead (`burn_loop.rs`), in this same binary.
+//! different batches instead, as a training loop's fresh data does (one batch stays in cache).
+//! `--data CONFIG` takes those batches from the training stream of a `kiln train` config (the
+//! first `N`, loaded, standardized and moved to the device before the clock starts), so the
+//! step sees exactly the data `kiln train CONFIG` does (`benches/loop_cost.py`).
+//! `--framework burn` runs the same models written with burn's own modules, loss and
+//! optimizer instead (`burn_loop.rs`), in this same binary.
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
@@ -39,6 +44,8 @@ struct Bench {
     slowdown: f64,
     /// Different input batches the steps cycle through (1: the same batch every step).
     batches: usize,
+    /// A `kiln train` config whose training batches the steps use instead of synthetic ones.
+    data: Option<kiln_core::config::Config>,
 }
 
 fn main() -> Result<()> {
@@ -88,6 +95,16 @@ fn main() -> Result<()> {
             .parse()
             .context("--slowdown: expected a number")?,
         batches: num("--batches", "1")?,
+        data: match args.iter().position(|a| a == "--data") {
+            None => None,
+            Some(i) => {
+                let path = args.get(i + 1).context("--data: expected a config file")?;
+                Some(
+                    kiln_core::config::Config::load(std::path::Path::new(path), &[])
+                        .with_context(|| format!("--data {path}"))?,
+                )
+            }
+        },
     };
     if bench.batches == 0
         || (bench.batches > 1 && (bench.model == "gpt" || bench.framework == "burn"))
@@ -96,6 +113,9 @@ fn main() -> Result<()> {
             "--batches {}: expected at least 1, and more than 1 only for Kiln's mlp and cnn",
             bench.batches
         );
+    }
+    if bench.data.is_some() && (bench.model == "gpt" || bench.framework == "burn") {
+        bail!("--data: only for Kiln's mlp and cnn");
     }
     if bench.slowdown.is_nan() || bench.slowdown < 1.0 {
         bail!("--slowdown {}: expected a factor >= 1", bench.slowdown);
@@ -196,9 +216,16 @@ impl BackendTask for Bench {
                 let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y_host, [n]), &device);
                 (Input::Features(x), y)
             };
-            extra.extend((1..self.batches).map(batch));
-            let (x, y) = batch(0);
-            (x, y, n)
+            if let Some(config) = &self.data {
+                let mut host = training_batches(config, n, self.batches)?.into_iter();
+                let (x, y) = host.next().expect("at least one batch").to_device(&device);
+                extra.extend(host.map(|b| b.to_device(&device)));
+                (x, y, n)
+            } else {
+                extra.extend((1..self.batches).map(batch));
+                let (x, y) = batch(0);
+                (x, y, n)
+            }
         };
         if self.framework == "burn" {
             return self.bare_burn::<B>(backend, input, y, targets, &device);
@@ -260,12 +287,35 @@ impl BackendTask for Bench {
             "final_loss": last_loss,
             "cpu_per_wall": cpu_per_wall,
             "batches": self.batches,
+            "data": if self.data.is_some() { "config" } else { "synthetic" },
         });
         if self.model == "gpt" {
             out["tokens_per_sec"] = serde_json::json!((self.steps * n * t) as f64 / seconds);
         }
         Ok(out)
     }
+}
+
+/// The first `count` batches of `config`'s training stream (one worker), as `kiln train`
+/// prepares them: each must hold `rows` samples of 784 features (the benchmark's input).
+fn training_batches(
+    config: &kiln_core::config::Config,
+    rows: usize,
+    count: usize,
+) -> Result<Vec<kiln_train::data::HostBatch>> {
+    let data = kiln_train::data::RunData::load(config)?;
+    let mut stream = data.train_stream(config, 0, kiln_data::Shard::default());
+    (0..count)
+        .map(|k| {
+            let b = stream.next_batch();
+            match &b.input {
+                kiln_train::data::HostInput::Features { x, rows: r } if *r == rows && x.len() == rows * 784 => Ok(b),
+                _ => bail!(
+                    "--data: batch {k} of the config's training stream is not {rows} samples of 784 features (set data.batch_size = {rows}, and use 28x28 images)"
+                ),
+            }
+        })
+        .collect()
 }
 
 /// CPU time of the whole process (every thread) so far, in seconds: over the timed steps'

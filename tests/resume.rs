@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{events, fails_with, kiln, repo_root, stderr};
+use common::{assert_same_run, events, fails_with, kiln, repo_root, stderr};
 use serde_json::Value;
 
 const SMOKE: &str = "configs/smoke.toml";
@@ -55,33 +55,6 @@ fn resume_args(target: &Path, backend: &str, extra: &[&str]) -> Vec<String> {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
-}
-
-/// What a user compares between two runs: every logged train/valid/test number, and the final
-/// weights and optimizer state byte for byte.
-fn assert_same_run(a: &Path, b: &Path, step: usize) {
-    for split in ["train", "valid", "test"] {
-        let key = |e: &Value| {
-            (
-                e["step"].clone(),
-                e["loss"].clone(),
-                e["accuracy"].clone(),
-                e["lr"].clone(),
-            )
-        };
-        let ea: Vec<_> = events(a, split).iter().map(key).collect();
-        let eb: Vec<_> = events(b, split).iter().map(key).collect();
-        assert!(!ea.is_empty() || split == "valid", "no {split} events");
-        assert_eq!(ea, eb, "{split} events differ between {a:?} and {b:?}");
-    }
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let fa = std::fs::read(a.join(format!("step-{step}")).join(file)).unwrap();
-        let fb = std::fs::read(b.join(format!("step-{step}")).join(file)).unwrap();
-        assert!(
-            fa == fb,
-            "step-{step}/{file} differs between {a:?} and {b:?}"
-        );
-    }
 }
 
 /// Dropout, several loader threads, warmup + cosine, and 18 batches per epoch, so that 40 steps

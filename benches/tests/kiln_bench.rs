@@ -88,3 +88,45 @@ fn bad_flags_are_clear_errors() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+/// `kiln-bench` from the repository root, where configs name their datasets.
+fn bench_at_root(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln-bench"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("kiln-bench runs")
+}
+
+#[test]
+fn the_step_can_train_on_the_batches_of_a_kiln_train_config() {
+    let mut args = vec!["--backend", "flex", "--model", "mlp", "--batch", "64"];
+    args.extend(["--warmup", "1", "--steps", "3", "--batches", "3"]);
+    let synthetic = bench_at_root(&args);
+    args.extend(["--data", "benches/guard-train.toml"]);
+    let real = bench_at_root(&args);
+    let parse = |out: &std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (synthetic, real) = (parse(&synthetic), parse(&real));
+    assert_eq!(synthetic["data"], "synthetic");
+    assert_eq!(real["data"], "config");
+    let loss = real["final_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss != synthetic["final_loss"].as_f64().unwrap());
+
+    // Batches that are not the benchmark's shape are refused, naming what to change.
+    args[5] = "32";
+    let out = bench_at_root(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not 32 samples of 784 features") && err.contains("data.batch_size = 32"),
+        "{err}"
+    );
+}

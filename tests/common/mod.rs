@@ -117,3 +117,39 @@ pub fn max_weight_diff(a: &Path, b: &Path) -> f32 {
         .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
         .fold(0.0, f32::max)
 }
+
+/// What a user compares between two runs: every logged train/valid/test number, and the final
+/// weights and optimizer state byte for byte. The train and test events must exist.
+pub fn assert_same_run(a: &Path, b: &Path, step: usize) {
+    assert_same_run_logging(a, b, step, &["train", "test"]);
+}
+
+/// [`assert_same_run`] for runs that must have logged events of the splits `required` (a
+/// language model has no test split).
+pub fn assert_same_run_logging(a: &Path, b: &Path, step: usize, required: &[&str]) {
+    for split in ["train", "valid", "test"] {
+        let key = |e: &Value| {
+            (
+                e["step"].clone(),
+                e["loss"].clone(),
+                e["accuracy"].clone(),
+                e["lr"].clone(),
+            )
+        };
+        let ea: Vec<_> = events(a, split).iter().map(key).collect();
+        let eb: Vec<_> = events(b, split).iter().map(key).collect();
+        assert!(
+            !ea.is_empty() || !required.contains(&split),
+            "no {split} events"
+        );
+        assert_eq!(ea, eb, "{split} events differ between {a:?} and {b:?}");
+    }
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let fa = std::fs::read(a.join(format!("step-{step}")).join(file)).unwrap();
+        let fb = std::fs::read(b.join(format!("step-{step}")).join(file)).unwrap();
+        assert!(
+            fa == fb,
+            "step-{step}/{file} differs between {a:?} and {b:?}"
+        );
+    }
+}
