@@ -22,7 +22,7 @@ use kiln_core::config::{
     Activation, ModelKind, ModelSection, OptimizerSection, Pooling, Precision,
 };
 use kiln_core::{dispatch, BackendKind, BackendTask};
-use kiln_models::{DataShape, Input, Model};
+use kiln_models::{DataShape, Input, Model, TrainModel};
 use kiln_train::optim::Optim;
 use kiln_train::scaler::LossScale;
 use kiln_train::step::train_step;
@@ -252,7 +252,7 @@ impl BackendTask for Bench {
                 let step_started = std::time::Instant::now();
                 let micro = vec![batch_of(step)];
                 let (next, stats) =
-                    train_step(m, optim, micro, None, 1e-3, None, scaler.as_mut(), None)
+                    train_step(m, optim, micro, targets, 1e-3, None, scaler.as_mut(), None)
                         .expect("a step without a communicator cannot fail");
                 m = next;
                 loss = Some(stats.loss_sum);

@@ -818,8 +818,5 @@ fn eval<B: Backend>(task: EvalTask, device: B::Device) -> Result<serde_json::Val
     )?;
     let model = weights::load(model, &task.file)?;
     let r = evaluate(&model, data.eval_batches(split, &task.config), &device);
-    Ok(serde_json::json!({
-        "split": name, "loss": r.loss, "accuracy": r.accuracy, "samples": r.samples,
-        "weights": task.file,
-    }))
+    Ok(r.json_with(serde_json::json!({"split": name, "weights": task.file})))
 }

@@ -326,9 +326,35 @@ pub struct CheckpointSection {
     pub every_steps: usize,
     /// Keep only the newest n checkpoints (the best one is always kept); unset keeps all.
     pub keep_last: Option<usize>,
-    /// Track the best checkpoint by this validation metric: "valid.accuracy" (higher is better)
-    /// or "valid.loss" (lower is better). A checkpoint is saved whenever it improves.
+    /// Track the best checkpoint by this validation metric: "valid.loss" or "valid.<metric>"
+    /// for any metric the model logs ("valid.accuracy" for Kiln's models). A checkpoint is saved
+    /// whenever it improves.
     pub best_metric: Option<BestMetric>,
+    /// Whether a larger ("max") or a smaller ("min") `best_metric` is better. Unset: smaller
+    /// for losses and errors (loss, mse, rmse, mae, perplexity, names ending in `loss` or
+    /// `error`), larger for everything else (accuracy, r2, ...).
+    pub best_mode: Option<BestMode>,
+}
+
+impl CheckpointSection {
+    /// Whether a smaller `best_metric` is better (see [`CheckpointSection::best_mode`]).
+    pub fn best_is_lower(&self) -> bool {
+        match (self.best_mode, &self.best_metric) {
+            (Some(mode), _) => mode == BestMode::Min,
+            (None, Some(metric)) => metric.is_lower_better_by_name(),
+            (None, None) => false,
+        }
+    }
+}
+
+/// The direction of `checkpoint.best_metric`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BestMode {
+    /// Smaller is better.
+    Min,
+    /// Larger is better.
+    Max,
 }
 
 /// Data-parallel training (how many workers is up to the launcher: `mpirun -np`, `srun -n`,
@@ -368,29 +394,55 @@ fn default_timeout_secs() -> f64 {
     300.0
 }
 
-/// A validation metric that selects the `best` checkpoint.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub enum BestMetric {
-    #[serde(rename = "valid.accuracy")]
-    ValidAccuracy,
-    #[serde(rename = "valid.loss")]
-    ValidLoss,
+/// A validation metric that selects the `best` checkpoint: `valid.loss` or `valid.<metric>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct BestMetric(String);
+
+impl TryFrom<String> for BestMetric {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.strip_prefix("valid.") {
+            Some(metric) if !metric.is_empty() => Ok(BestMetric(name)),
+            _ => Err(format!(
+                "checkpoint.best_metric = {name:?}: expected \"valid.<metric>\", e.g. \"valid.accuracy\" or \"valid.loss\""
+            )),
+        }
+    }
+}
+
+impl From<BestMetric> for String {
+    fn from(m: BestMetric) -> String {
+        m.0
+    }
 }
 
 impl BestMetric {
-    pub fn name(self) -> &'static str {
-        match self {
-            BestMetric::ValidAccuracy => "valid.accuracy",
-            BestMetric::ValidLoss => "valid.loss",
-        }
+    /// The setting as written: `valid.accuracy`.
+    pub fn name(&self) -> &str {
+        &self.0
     }
 
-    /// Whether `new` is better than `old`.
-    pub fn improves(self, new: f64, old: Option<f64>) -> bool {
-        match (self, old) {
-            (_, None) => true,
-            (BestMetric::ValidAccuracy, Some(old)) => new > old,
-            (BestMetric::ValidLoss, Some(old)) => new < old,
+    /// The metric's name in the validation events: `accuracy` (or `loss`).
+    pub fn metric(&self) -> &str {
+        &self.0["valid.".len()..]
+    }
+
+    /// Whether the name says smaller is better: losses and errors.
+    pub fn is_lower_better_by_name(&self) -> bool {
+        let m = self.metric();
+        matches!(m, "mse" | "rmse" | "mae" | "perplexity")
+            || m.ends_with("loss")
+            || m.ends_with("error")
+    }
+
+    /// Whether `new` is better than `old` (`lower`: smaller is better).
+    pub fn improves(new: f64, old: Option<f64>, lower: bool) -> bool {
+        match old {
+            None => true,
+            Some(old) if lower => new < old,
+            Some(old) => new > old,
         }
     }
 }
@@ -799,6 +851,7 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "checkpoint.every_steps",
     "checkpoint.keep_last",
     "checkpoint.best_metric",
+    "checkpoint.best_mode",
     "data.loader_threads",
     "data.prefetch",
     "data.eval_batch_size",

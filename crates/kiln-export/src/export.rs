@@ -196,14 +196,11 @@ pub fn export<B: Backend>(
         .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
         .collect();
     let exported = if opts.scheme == Scheme::None {
-        float
+        float.clone()
     } else {
         measure(&dequantized, "of the export")?
     };
-    let metrics = json!({
-        "split": split_name, "loss": exported.loss, "accuracy": exported.accuracy,
-        "samples": exported.samples, "backend": opts.backend,
-    });
+    let metrics = exported.json_with(json!({"split": split_name, "backend": opts.backend}));
 
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -251,7 +248,7 @@ pub fn export<B: Backend>(
         "source_bytes": source.bytes,
         "size_ratio": weights_bytes as f64 / source.bytes as f64,
         "metrics": metrics,
-        "float_metrics": {"split": split_name, "loss": float.loss, "accuracy": float.accuracy, "samples": float.samples},
+        "float_metrics": float.json_with(json!({"split": split_name})),
         "source": {"checkpoint": source.checkpoint, "step": source.step, "sha256": source.sha256},
     }))
 }

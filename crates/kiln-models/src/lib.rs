@@ -1,25 +1,32 @@
-//! Kiln's model zoo. Each model is a burn `Module` built from a `[model]` config section, with
-//! initial weights drawn on the host from the run's seed (identical on every backend).
+//! Kiln's model zoo and what the training loop needs from any model. Each model is a burn
+//! `Module` built from a `[model]` config section, with initial weights drawn on the host from
+//! the run's seed (identical on every backend). [`TrainModel`] is the trait a model implements
+//! to train through Kiln's loop; [`Model`], the built-in models, implements it like any other.
 
+pub mod batch;
 pub mod cnn;
 pub mod dropout;
 pub mod gpt;
 pub mod init;
+pub mod loss;
 pub mod mlp;
 pub mod precision;
+pub mod train;
 
 use std::collections::HashSet;
 
 use anyhow::{bail, Result};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use kiln_core::config::{ModelKind, ModelSection, Precision};
 
+pub use batch::{HostBatch, HostInput};
 pub use cnn::Cnn;
 pub use gpt::{Gpt, GptShape};
 pub use init::HostInit;
 pub use mlp::Mlp;
+pub use train::{materialize, rank_one_params, LossOutput, Targets, TrainModel};
 
 /// What the data looks like to a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,24 +162,37 @@ impl<B: Backend> Model<B> {
             _ => panic!("the input kind does not match the model"),
         }
     }
+}
 
-    /// Parameters that weight decay must not touch: biases, normalization parameters (every
-    /// parameter of rank 1) and embeddings.
-    pub fn no_decay(&self) -> HashSet<ParamId> {
-        struct RankOne(HashSet<ParamId>);
-        impl<B: Backend> ModuleVisitor<B> for RankOne {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if D == 1 {
-                    self.0.insert(param.id);
-                }
-            }
+/// Kiln's models as the loop sees them: cross-entropy over `[targets, classes]` logits, and the
+/// accuracy (the count of correct predictions, a mean per target once logged).
+impl<B: Backend> TrainModel<B> for Model<B> {
+    type HostBatch = HostBatch;
+    type Batch = (Input<B>, Tensor<B, 1, Int>);
+
+    fn device_batch(batch: HostBatch, device: &B::Device) -> Self::Batch {
+        batch.to_device(device)
+    }
+
+    fn loss(&self, (input, targets): Self::Batch) -> LossOutput<B> {
+        let (loss_sum, correct) = loss::batch_sums(self.forward(input), targets);
+        LossOutput {
+            loss_sum,
+            sums: vec![correct.float()],
         }
-        let mut v = RankOne(HashSet::new());
-        self.visit(&mut v);
+    }
+
+    fn sum_names(&self) -> Vec<String> {
+        vec!["accuracy".to_string()]
+    }
+
+    /// Biases, normalization parameters (every parameter of rank 1) and embeddings.
+    fn no_decay(&self) -> HashSet<ParamId> {
+        let mut params = rank_one_params(self);
         if let Model::Gpt(g) = self {
-            v.0.insert(g.wte.weight.id);
-            v.0.insert(g.wpe.weight.id);
+            params.insert(g.wte.weight.id);
+            params.insert(g.wpe.weight.id);
         }
-        v.0
+        params
     }
 }

@@ -10,7 +10,6 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
 use kiln_checkpoint::{HostTensor, Payload, Verified};
-use kiln_models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::EvalResult;
@@ -82,12 +81,30 @@ pub struct OptimizerInfo {
     pub buffers: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The sums of a log window that a checkpoint interrupted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WindowState {
     pub loss_sum: f32,
-    pub correct: i64,
+    /// The model's sums ([`kiln_models::TrainModel::sum_names`]) by name.
+    #[serde(default)]
+    pub sums: BTreeMap<String, f64>,
+    /// Checkpoints written before models named their sums hold the count of correct
+    /// predictions here (read as the sum `accuracy`); new ones leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct: Option<i64>,
     pub samples: usize,
     pub grad_norm: Option<f64>,
+}
+
+impl WindowState {
+    /// The sum `name`, also from a checkpoint written before sums were named.
+    pub fn sum(&self, name: &str) -> f64 {
+        match (self.sums.get(name), self.correct) {
+            (Some(&s), _) => s,
+            (None, Some(correct)) if name == "accuracy" => correct as f64,
+            _ => 0.0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,7 +120,7 @@ pub struct ParamTable {
 }
 
 impl ParamTable {
-    pub fn of<B: Backend>(model: &Model<B>) -> Self {
+    pub fn of<B: Backend, M: Module<B>>(model: &M) -> Self {
         let entries = model
             .collect(None, None, true)
             .into_iter()
@@ -114,7 +131,7 @@ impl ParamTable {
 }
 
 /// Copies the model's parameters to host memory.
-pub fn model_to_host<B: Backend>(model: &Model<B>) -> Result<Vec<HostTensor>> {
+pub fn model_to_host<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<HostTensor>> {
     model
         .collect(None, None, true)
         .into_iter()
@@ -248,13 +265,13 @@ pub fn check_fits<B: AutodiffBackend>(
 }
 
 /// Loads a checkpoint (already checked with [`check_fits`]) into the model and optimizer.
-pub fn restore<B: AutodiffBackend>(
+pub fn restore<B: AutodiffBackend, M: Module<B>>(
     v: &Verified,
     table: &ParamTable,
-    model: Model<B>,
+    model: M,
     optim: &mut Optim<B>,
     device: &B::Device,
-) -> Model<B> {
+) -> M {
     let by_name = |file: &str| -> HashMap<&str, &HostTensor> {
         v.files[file].iter().map(|t| (t.name.as_str(), t)).collect()
     };
@@ -317,4 +334,36 @@ pub fn is_checkpoint_dir(path: &Path) -> bool {
             .file_name()
             .and_then(|n| kiln_checkpoint::parse_step_dir(&n.to_string_lossy()))
             .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_saved_before_sums_were_named_reads_its_correct_count_as_the_accuracy_sum() {
+        let old: WindowState = serde_json::from_str(
+            r#"{"loss_sum": 12.5, "correct": 37, "samples": 64, "grad_norm": null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.sum("accuracy"), 37.0);
+        assert_eq!(old.sum("rmse"), 0.0);
+        assert_eq!((old.loss_sum, old.samples), (12.5, 64));
+    }
+
+    #[test]
+    fn a_window_with_named_sums_round_trips_without_the_legacy_field() {
+        let w = WindowState {
+            loss_sum: 3.25,
+            sums: [("accuracy".to_string(), 9.0), ("sq_err".to_string(), 0.5)].into(),
+            correct: None,
+            samples: 16,
+            grad_norm: Some(1.5),
+        };
+        let json = serde_json::to_value(&w).unwrap();
+        assert!(json.get("correct").is_none(), "{json}");
+        let back: WindowState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, w);
+        assert_eq!(back.sum("sq_err"), 0.5);
+    }
 }

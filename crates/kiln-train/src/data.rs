@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::config::{DataFormat, DataSection, TokenDtype};
 use kiln_core::Config;
 use kiln_data::{
@@ -20,79 +18,11 @@ use kiln_data::{
     read_meta, read_text, split, CharTokenizer, Dataset, Loader, LoaderConfig, Shard, Standardizer,
     TokenFile, TokenSource, TokenSpan,
 };
-use kiln_models::{DataShape, Input};
+use kiln_models::DataShape;
+pub use kiln_models::{HostBatch, HostInput};
 
 /// Name of the tokenizer file in a run directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-
-/// A batch in host memory: model inputs and one target class per output row.
-pub struct HostBatch {
-    pub input: HostInput,
-    pub y: Vec<i64>,
-    /// Targets of the whole batch this one is a data-parallel worker's shard of (its own
-    /// targets when alone).
-    pub whole: usize,
-}
-
-pub enum HostInput {
-    /// `[rows, features]`.
-    Features { x: Vec<f32>, rows: usize },
-    /// `[rows, t]` token ids.
-    Tokens { x: Vec<i64>, rows: usize, t: usize },
-}
-
-impl HostBatch {
-    /// Number of targets (samples, or token positions).
-    pub fn targets(&self) -> usize {
-        self.y.len()
-    }
-
-    /// Moves the batch onto `device`.
-    pub fn to_device<B: Backend>(self, device: &B::Device) -> (Input<B>, Tensor<B, 1, Int>) {
-        let n = self.y.len();
-        let y = Tensor::from_data(TensorData::new(self.y, [n]), device);
-        let input = match self.input {
-            HostInput::Features { x, rows } => {
-                let features = x.len() / rows.max(1);
-                Input::Features(Tensor::from_data(
-                    TensorData::new(x, [rows, features]),
-                    device,
-                ))
-            }
-            HostInput::Tokens { x, rows, t } => {
-                Input::Tokens(Tensor::from_data(TensorData::new(x, [rows, t]), device))
-            }
-        };
-        (input, y)
-    }
-}
-
-impl From<kiln_data::Batch> for HostBatch {
-    fn from(b: kiln_data::Batch) -> Self {
-        HostBatch {
-            input: HostInput::Features {
-                x: b.x,
-                rows: b.y.len(),
-            },
-            whole: b.global_len,
-            y: b.y,
-        }
-    }
-}
-
-impl From<kiln_data::TokenBatch> for HostBatch {
-    fn from(b: kiln_data::TokenBatch) -> Self {
-        HostBatch {
-            input: HostInput::Tokens {
-                x: b.x,
-                rows: b.rows,
-                t: b.block_size,
-            },
-            whole: b.y.len(),
-            y: b.y,
-        }
-    }
-}
 
 /// The three splits of a sample-data run, standardized with statistics of the training split.
 pub struct Splits {

@@ -1,136 +1,123 @@
-//! Evaluation on a split: mean cross-entropy and accuracy per target (per sample for
-//! classifiers, per token position for language models).
+//! Evaluation on a split: the mean loss per target (per sample for classifiers, per token
+//! position for language models) and the model's metrics ([`TrainModel::metrics`]).
+
+use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor};
-use kiln_models::Model;
-
-use crate::data::HostBatch;
+use burn::tensor::{ElementConversion, Tensor};
+use kiln_models::{Targets, TrainModel};
 use serde::{Deserialize, Serialize};
 
-/// Loss and accuracy over a whole split.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub use kiln_models::loss::{batch_sums, cross_entropy_sum};
+
+/// The loss and metrics over a whole split. As JSON, the metrics are fields beside `loss` and
+/// `samples` (`{"loss": .., "accuracy": .., "samples": ..}` for a classifier).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EvalResult {
+    /// Mean loss per target.
     pub loss: f64,
-    pub accuracy: f64,
+    /// The model's metrics by name.
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Number of targets evaluated (samples, or token positions).
     pub samples: usize,
 }
 
-/// Sum of per-sample losses and number of correct predictions of one batch, left on the device.
-pub fn batch_sums<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
-    let n = targets.dims()[0];
-    let loss_sum = cross_entropy_sum(logits.clone(), targets.clone());
-    let correct = logits.argmax(1).reshape([n]).equal(targets).int().sum();
-    (loss_sum, correct)
-}
+impl EvalResult {
+    /// The metric `name`, if the model logs one by that name.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).copied()
+    }
 
-/// Summed cross-entropy of `logits` (`[n, classes]`) against class indices.
-///
-/// Its value is the usual `logsumexp(z) - z[target]`; its gradient is built to be exactly
-/// `softmax(z) - one_hot(target)`, the analytic derivative, instead of being propagated through
-/// `log`. On burn 0.21's ndarray backend the derivative of `log` uses the CPU's approximate
-/// reciprocal instruction (12 bits) on SIMD-aligned chunks and an exact division elsewhere, so the
-/// chained gradient is both inexact and different from run to run (memory alignment varies).
-/// This form is exact and reproducible on every backend, and cheaper.
-pub fn cross_entropy_sum<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-) -> Tensor<B, 1> {
-    let [n, classes] = logits.dims();
-    let device = logits.device();
-    let class_ids = Tensor::<B, 1, Int>::arange(0..classes as i64, &device)
-        .reshape([1, classes])
-        .expand([n, classes]);
-    let one_hot = targets
-        .reshape([n, 1])
-        .expand([n, classes])
-        .equal(class_ids)
-        .float();
-    // Shifting by the (detached) row maximum changes neither the value nor the gradient.
-    let shifted = logits.clone() - logits.detach().max_dim(1);
-    let exp = shifted.clone().detach().exp();
-    let sum_exp = exp.clone().sum_dim(1);
-    let probs = exp.div(sum_exp.clone());
-    let log_sum_exp = sum_exp.log().sum();
-    // d/dz of (probs - one_hot) · z, with probs constant, is probs - one_hot; adding the constant
-    // logsumexp - probs · z makes the value the cross-entropy.
-    let surrogate = (probs.clone() - one_hot.clone()).mul(shifted.clone()).sum();
-    let constant = log_sum_exp - probs.mul(shifted.detach()).sum();
-    surrogate + constant
+    /// `{"loss": .., <each metric>: .., "samples": ..}` plus the fields of the object `fields`
+    /// (e.g. the split and step), as Kiln's JSON outputs report an evaluation.
+    pub fn json_with(&self, fields: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let (serde_json::Value::Object(o), serde_json::Value::Object(f)) = (&mut v, fields) {
+            o.extend(f);
+        }
+        v
+    }
 }
 
 /// Evaluates `model` on every batch of `batches`.
-pub fn evaluate<B: Backend>(
-    model: &Model<B>,
-    batches: impl Iterator<Item = HostBatch>,
+pub fn evaluate<B: Backend, M: TrainModel<B>>(
+    model: &M,
+    batches: impl Iterator<Item = M::HostBatch>,
     device: &B::Device,
 ) -> EvalResult {
-    let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
-    let mut correct = Tensor::<B, 1, Int>::zeros([1], device);
-    let mut samples = 0;
-    for batch in batches {
-        samples += batch.targets();
-        let (x, y) = batch.to_device::<B>(device);
-        let (l, c) = batch_sums(model.forward(x), y);
-        loss_sum = loss_sum + l;
-        correct = correct + c;
+    eval_sums(model, batches, device).finish(model)
+}
+
+/// The sums of an evaluation, before they become means and metrics: what data-parallel
+/// workers add up over their shares of a split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSums {
+    /// The loss summed over all targets.
+    pub loss_sum: f64,
+    /// The model's sums ([`TrainModel::sum_names`]), in order.
+    pub sums: Vec<f64>,
+    /// Number of targets.
+    pub targets: usize,
+}
+
+impl EvalSums {
+    /// The mean loss and the model's metrics.
+    pub fn finish<B: Backend, M: TrainModel<B>>(&self, model: &M) -> EvalResult {
+        EvalResult {
+            loss: self.loss_sum / self.targets.max(1) as f64,
+            metrics: model
+                .metrics(&self.sums, self.targets as f64)
+                .into_iter()
+                .collect(),
+            samples: self.targets,
+        }
     }
-    let denom = samples.max(1) as f64;
-    EvalResult {
-        loss: loss_sum.into_scalar().elem::<f64>() / denom,
-        accuracy: correct.into_scalar().elem::<f64>() / denom,
-        samples,
+}
+
+/// Runs `model` on every batch of `batches` and returns the summed loss and sums.
+pub fn eval_sums<B: Backend, M: TrainModel<B>>(
+    model: &M,
+    batches: impl Iterator<Item = M::HostBatch>,
+    device: &B::Device,
+) -> EvalSums {
+    let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
+    let mut sums = vec![Tensor::<B, 1>::zeros([1], device); model.sum_names().len()];
+    let mut targets = 0;
+    for batch in batches.filter(|b| b.targets() > 0) {
+        targets += batch.targets();
+        let out = model.loss(M::device_batch(batch, device));
+        loss_sum = loss_sum + out.loss_sum;
+        for (total, s) in sums.iter_mut().zip(out.sums) {
+            *total = total.clone() + s;
+        }
+    }
+    EvalSums {
+        loss_sum: loss_sum.into_scalar().elem::<f64>(),
+        sums: sums
+            .into_iter()
+            .map(|s| s.into_scalar().elem::<f64>())
+            .collect(),
+        targets,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, Flex};
-    use burn::tensor::activation::{log_softmax, softmax};
-    use burn::tensor::TensorData;
-
-    type B = Autodiff<Flex>;
+    use serde_json::json;
 
     #[test]
-    fn cross_entropy_value_and_gradient_are_the_textbook_ones() {
-        let device = Default::default();
-        let z: Vec<f32> = (0..12)
-            .map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0)
-            .collect();
-        let logits = Tensor::<B, 2>::from_data(TensorData::new(z, [3, 4]), &device).require_grad();
-        let targets =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(vec![2i64, 0, 3], [3]), &device);
-
-        let loss = cross_entropy_sum(logits.clone(), targets.clone());
-        let reference = log_softmax(logits.clone(), 1)
-            .gather(1, targets.clone().reshape([3, 1]))
-            .sum()
-            .neg();
-        let (a, b) = (loss.clone().into_scalar(), reference.into_scalar());
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-
-        let grads = loss.backward();
-        let got = logits
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let probs = softmax(logits.inner(), 1)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        for (i, (g, p)) in got.iter().zip(&probs).enumerate() {
-            let target = [2, 0, 3][i / 4];
-            let expected = p - if i % 4 == target { 1.0 } else { 0.0 };
-            assert!(
-                (g - expected).abs() < 1e-6,
-                "element {i}: {g} vs {expected}"
-            );
-        }
+    fn an_evaluation_reads_and_writes_the_json_of_earlier_versions() {
+        // `last_valid` in a state.json written before metrics were named.
+        let old = json!({"loss": 0.5, "accuracy": 0.875, "samples": 40});
+        let r: EvalResult = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(r.metric("accuracy"), Some(0.875));
+        assert_eq!((r.loss, r.samples), (0.5, 40));
+        assert_eq!(serde_json::to_value(&r).unwrap(), old);
+        assert_eq!(
+            r.json_with(json!({"split": "test", "step": 7})),
+            json!({"loss": 0.5, "accuracy": 0.875, "samples": 40, "split": "test", "step": 7})
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod optim;
+pub mod parts;
 pub mod progress;
 pub mod saver;
 pub mod scaler;
@@ -19,5 +20,5 @@ pub mod workers;
 
 pub use data::{RunData, Split, Splits};
 pub use eval::{evaluate, EvalResult};
-pub use trainer::{train, ResumeFrom, TrainOptions, TrainSummary};
-pub use workers::train_on_devices;
+pub use trainer::{builtin_model, train, train_with, ResumeFrom, TrainOptions, TrainSummary};
+pub use workers::{train_on_devices, train_on_devices_with};

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_checkpoint::{Pending, Writer, Written};
 use kiln_core::{Config, RunDir};
-use kiln_models::Model;
 use serde_json::json;
 
 use crate::checkpoint::{
@@ -43,10 +43,10 @@ impl Saver {
     /// Copies the model, optimizer and `state` to host memory and starts writing them as the
     /// checkpoint of `step` (after the previous write finished).
     #[allow(clippy::too_many_arguments)]
-    pub fn save<B: AutodiffBackend>(
+    pub fn save<B: AutodiffBackend, M: Module<B>>(
         &mut self,
         step: usize,
-        model: &Model<B>,
+        model: &M,
         optim: &Optim<B>,
         table: &ParamTable,
         state: TrainState,

@@ -3,16 +3,15 @@
 //! this.
 
 use anyhow::Result;
-use burn::module::Module;
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 use kiln_dist::Communicator;
-use kiln_models::{Input, Model};
+use kiln_models::TrainModel;
 
 use crate::allreduce::all_reduce_grads;
 use crate::clip::{clip_grad_norm, grad_squared_norm, scale_grads};
-use crate::eval::batch_sums;
 use crate::optim::Optim;
 use crate::scaler::LossScale;
 
@@ -20,57 +19,59 @@ use crate::scaler::LossScale;
 pub struct StepStats<B: AutodiffBackend> {
     /// Sum of the per-target losses of all micro-batches.
     pub loss_sum: Tensor<B::InnerBackend, 1>,
-    /// Number of correct predictions.
-    pub correct: Tensor<B::InnerBackend, 1, Int>,
+    /// The model's named sums ([`TrainModel::sum_names`]) over all micro-batches.
+    pub sums: Vec<Tensor<B::InnerBackend, 1>>,
     /// Global gradient norm before clipping (only computed when clipping).
     pub grad_norm: Option<f64>,
     /// Seconds spent in the gradient all-reduce (data-parallel workers only).
     pub comm_secs: f64,
 }
 
-/// Trains `model` on the micro-batches `micro` (inputs and `[n]` targets) as one batch: each
-/// micro-batch's loss is its summed loss divided by the targets of all of them, so the summed
-/// gradients are those of the mean loss over the whole batch, as if it were one batch.
+/// Trains `model` on the micro-batches `micro` as one batch of `total` targets: each
+/// micro-batch's loss is its summed loss divided by `total`, so the summed gradients are those of
+/// the mean loss over the whole batch, as if it were one batch.
 ///
 /// With a `scaler` (f16), the loss is scaled before the backward pass and the gradients unscaled
 /// after it; a step whose gradients overflowed leaves the model and optimizer untouched.
 ///
 /// Data-parallel workers pass their `comm`, and as `total` the targets of the whole batch of all
-/// workers (`micro` is this worker's shard, possibly empty); the gradients are summed over the
-/// workers before the overflow check, clipping and the update, so every worker takes the same
-/// step. Alone, `total` is `None` (the targets of `micro`).
+/// workers (`micro` is this worker's shard, possibly empty: leave out empty micro-batches); the
+/// gradients are summed over the workers before the overflow check, clipping and the update, so
+/// every worker takes the same step.
 #[allow(clippy::too_many_arguments)]
-pub fn train_step<B: AutodiffBackend>(
-    model: Model<B>,
+pub fn train_step<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
+    model: M,
     optim: &mut Optim<B>,
-    micro: Vec<(Input<B>, Tensor<B, 1, Int>)>,
-    total: Option<usize>,
+    micro: Vec<M::Batch>,
+    total: usize,
     lr: f64,
     clip_norm: Option<f64>,
     scaler: Option<&mut LossScale>,
     comm: Option<&mut dyn Communicator<B::InnerBackend>>,
-) -> Result<(Model<B>, StepStats<B>)> {
+) -> Result<(M, StepStats<B>)> {
     let loss_factor = scaler.as_ref().map_or(1.0, |s| s.scale);
-    let micro: Vec<_> = micro.into_iter().filter(|(_, y)| y.dims()[0] > 0).collect();
-    let total = total.unwrap_or_else(|| micro.iter().map(|(_, y)| y.dims()[0]).sum());
     let count = micro.len();
     let single = count == 1;
-    let mut accumulator = GradientsAccumulator::<Model<B>>::new();
+    let mut accumulator = GradientsAccumulator::<M>::new();
     let mut grads = GradientsParams::new();
     let mut loss_total: Option<Tensor<B::InnerBackend, 1>> = None;
-    let mut correct_total: Option<Tensor<B::InnerBackend, 1, Int>> = None;
-    for (x, y) in micro {
-        let (loss_sum, correct) = batch_sums(model.forward(x), y);
-        let loss = loss_sum.clone().mul_scalar(loss_factor / total as f64);
+    let mut sums_total: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
+    for batch in micro {
+        let out = model.loss(batch);
+        let loss = out.loss_sum.clone().mul_scalar(loss_factor / total as f64);
         let g = GradientsParams::from_grads(loss.backward(), &model);
         if single {
             grads = g;
         } else {
             accumulator.accumulate(&model, g);
         }
-        let (l, c) = (loss_sum.inner(), correct.inner());
+        let l = out.loss_sum.inner();
         loss_total = Some(loss_total.map_or(l.clone(), |t| t + l));
-        correct_total = Some(correct_total.map_or(c.clone(), |t| t + c));
+        let sums = out.sums.into_iter().map(|s| s.inner());
+        sums_total = Some(match sums_total {
+            None => sums.collect(),
+            Some(t) => t.into_iter().zip(sums).map(|(t, s)| t + s).collect(),
+        });
     }
     if count > 1 {
         grads = accumulator.grads();
@@ -86,9 +87,14 @@ pub fn train_step<B: AutodiffBackend>(
         .into_iter()
         .next()
         .expect("a model lives on a device");
+    let names = if sums_total.is_none() {
+        model.sum_names().len()
+    } else {
+        0
+    };
     let stats = |grad_norm| StepStats {
         loss_sum: loss_total.unwrap_or_else(|| Tensor::zeros([1], &device)),
-        correct: correct_total.unwrap_or_else(|| Tensor::zeros([1], &device)),
+        sums: sums_total.unwrap_or_else(|| vec![Tensor::zeros([1], &device); names]),
         grad_norm,
         comm_secs,
     };

@@ -4,31 +4,32 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::tensor::{ElementConversion, Tensor};
 use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
-use kiln_core::config::{BestMetric, Precision};
+use kiln_core::config::Precision;
 use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_data::Shard;
 use kiln_dist::Communicator;
-use kiln_models::Model;
+use kiln_models::{HostBatch, Model, Targets, TrainModel};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::checkpoint::{
-    check_fits, restore, train_state, Best, DataPosition, OptimizerInfo, ParamTable, RngState,
+    check_fits, restore, train_state, DataPosition, OptimizerInfo, ParamTable, RngState,
     ScheduleState, TrainState, WindowState,
 };
 use crate::data::{RunData, Split};
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{eval_sums, EvalResult, EvalSums};
 use crate::optim::Optim;
+use crate::parts::{stop_agreed, BestTracker, CheckpointPolicy, EvalSchedule};
 use crate::progress::Progress;
 use crate::saver::Saver;
 use crate::schedule::LrSchedule;
@@ -86,10 +87,10 @@ pub struct TrainSummary {
 }
 
 /// Where a run begins: step 0 of a fresh run, or a verified checkpoint.
-struct Start<B: AutodiffBackend> {
+struct Start<B: AutodiffBackend, M> {
     /// Rank 0's run directory (other workers write nothing).
     run: Option<RunDir>,
-    model: Model<B>,
+    model: M,
     optim: Optim<B>,
     step: usize,
     state: Option<TrainState>,
@@ -107,22 +108,82 @@ pub fn train<B: AutodiffBackend>(
     options: TrainOptions,
     comm: &mut dyn Communicator<B::InnerBackend>,
 ) -> Result<TrainSummary> {
+    train_with(config, &builtin_model::<B>, device, backend, options, comm)
+}
+
+/// The built-in model of `config`'s `[model]` section for `data`: what [`train`] trains.
+pub fn builtin_model<B: AutodiffBackend>(
+    config: &Config,
+    data: &RunData,
+    device: &B::Device,
+) -> Result<Model<B>> {
+    Model::<B>::new(
+        &config.model,
+        &data.shape(),
+        config.train.precision,
+        config.run.seed,
+        device,
+    )
+}
+
+/// [`train`] with a model of the caller's, built by `build` from the run's config and data on
+/// the worker's device: any [`TrainModel`] that takes Kiln's host batches, with all of the loop
+/// (checkpoints, exact resume, signals, `until_step`, accumulation, clipping, schedules, data
+/// parallelism, evaluation, the best checkpoint, f16 loss scaling). On resume the built model's
+/// weights are replaced by the checkpoint's.
+pub fn train_with<B, M, F>(
+    config: &Config,
+    build: &F,
+    device: B::Device,
+    backend: BackendKind,
+    options: TrainOptions,
+    comm: &mut dyn Communicator<B::InnerBackend>,
+) -> Result<TrainSummary>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B, HostBatch = HostBatch> + AutodiffModule<B>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+    F: Fn(&Config, &RunData, &B::Device) -> Result<M> + ?Sized,
+{
+    kiln_core::backend::check_precision(backend, config.train.precision)?;
+    let data = RunData::load(config)?;
+    // Before the weights are allocated (once per process): see kiln_core::alloc.
+    kiln_core::alloc::tune();
+    // The workers of one process build their models one at a time, each right after seeding
+    // the backend, and draw every initial weight before the next one starts (burn's layers draw
+    // theirs lazily, at first use): a model initialized with the backend's random numbers then
+    // starts from the same weights on every worker and in every run of the same seed.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let model = {
+        let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(&device, config.run.seed);
+        let model = build(config, &data, &device)?;
+        kiln_models::materialize(&model);
+        model
+    };
+    train_loop(config, model, &data, device, backend, options, comm)
+}
+
+/// The loop itself, from a built model.
+fn train_loop<B, M>(
+    config: &Config,
+    model: M,
+    data: &RunData,
+    device: B::Device,
+    backend: BackendKind,
+    options: TrainOptions,
+    comm: &mut dyn Communicator<B::InnerBackend>,
+) -> Result<TrainSummary>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B, HostBatch = HostBatch> + AutodiffModule<B>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+{
     let started = Instant::now();
-    // Model::new below applies kiln_core::alloc's settings (once per process).
     let seed = config.run.seed;
     let (rank, world) = (comm.rank(), comm.world());
     let lead = rank == 0;
     let shard = Shard { rank, world };
-    kiln_core::backend::check_precision(backend, config.train.precision)?;
-    let data = RunData::load(config)?;
-    B::seed(&device, seed);
-    let model = Model::<B>::new(
-        &config.model,
-        &data.shape(),
-        config.train.precision,
-        seed,
-        &device,
-    )?;
     let optim = Optim::<B>::new(&config.optimizer).without_decay(model.no_decay());
     let table = ParamTable::of(&model);
     let mut start = match &options.resume {
@@ -145,7 +206,7 @@ pub fn train<B: AutodiffBackend>(
         }
         Some(from) => resume(config, &options, from, &table, model, optim, &device, lead)?,
     };
-    agree(comm, config, &data, start.step)?;
+    agree(comm, config, data, start.step)?;
     let saved_workers = start.state.as_ref().map_or(world, |s| s.workers);
     if saved_workers != world {
         let b = config.data.batch_size * config.train.grad_accum_steps;
@@ -244,7 +305,7 @@ pub fn train<B: AutodiffBackend>(
 
     let mut micro_done = position.epoch * position.batches_per_epoch + position.batch_in_epoch;
     let mut loader = data.train_stream(config, micro_done, shard);
-    let mut window = Window::<B>::new(&device);
+    let mut window = Window::<B>::new(&device, start.model.sum_names());
     // The saved window holds the sums of all workers: rank 0 carries them on.
     if let Some(s) = st.as_ref().filter(|_| lead) {
         window.restore(&s.window);
@@ -252,8 +313,8 @@ pub fn train<B: AutodiffBackend>(
     // f16 needs loss scaling (bf16 has f32's range); a resumed run continues its scaler.
     let mut loss_scale = (t.precision == Precision::F16)
         .then(|| st.as_ref().and_then(|s| s.loss_scale).unwrap_or_default());
-    let mut best = st.as_ref().and_then(|s| s.best.clone());
-    let mut last_valid = st.as_ref().and_then(|s| s.last_valid);
+    let mut best = BestTracker::new(&config.checkpoint, st.as_ref().and_then(|s| s.best.clone()));
+    let mut last_valid = st.as_ref().and_then(|s| s.last_valid.clone());
     let mut data_wait_total =
         Duration::from_secs_f64(st.as_ref().map_or(0.0, |s| s.data_wait_secs));
     let mut saver = lead.then(|| Saver::new(&run_path, config));
@@ -264,6 +325,8 @@ pub fn train<B: AutodiffBackend>(
     let stop_at = options
         .until_step
         .map_or(total_steps, |u| u.min(total_steps));
+    let eval_schedule = EvalSchedule::new(t.eval_every);
+    let checkpoints = CheckpointPolicy::new(config.checkpoint.every_steps, stop_at);
     let progress = if lead {
         Progress::new(total_steps, first_step)
     } else {
@@ -283,7 +346,9 @@ pub fn train<B: AutodiffBackend>(
             n += batch.targets();
             whole += batch.whole;
             micro_done += 1;
-            micro.push(batch.to_device::<B>(&device));
+            if batch.targets() > 0 {
+                micro.push(M::device_batch(batch, &device));
+            }
         }
         position = DataPosition {
             epoch: micro_done / batches_per_epoch,
@@ -302,7 +367,7 @@ pub fn train<B: AutodiffBackend>(
             model,
             &mut optim,
             micro,
-            parallel.then_some(whole),
+            if parallel { whole } else { n },
             lr,
             t.grad_clip_norm,
             loss_scale.as_mut(),
@@ -316,14 +381,17 @@ pub fn train<B: AutodiffBackend>(
         let summary = if step % t.log_every == 0 || last {
             let wait = loader.take_wait_time();
             data_wait_total += wait;
-            let stats = window.take(comm)?;
+            let stats = window.take(&model, comm)?;
             let mut event = json!({
                 "step": step, "epoch": epoch, "split": "train",
-                "loss": stats.loss, "accuracy": stats.accuracy, "lr": lr,
+                "loss": stats.loss, "lr": lr,
                 "samples_per_sec": stats.samples_per_sec,
                 "data_wait_secs": wait.as_secs_f64(),
                 "step_secs": stats.step_secs, "window_secs": stats.window_secs,
             });
+            for (name, value) in &stats.metrics {
+                event[name.as_str()] = json!(value);
+            }
             if let Some(g) = stats.grad_norm {
                 event["grad_norm"] = json!(g);
             }
@@ -341,9 +409,14 @@ pub fn train<B: AutodiffBackend>(
             if let Some(run) = run.as_mut() {
                 run.log_event(&event)?;
             }
+            let metrics: String = stats
+                .metrics
+                .iter()
+                .map(|(name, v)| format!(" {} {v:.3}", short_name(name)))
+                .collect();
             Some(format!(
-                "loss {:.4} acc {:.3} lr {lr:.2e} {:.0} {unit}/s",
-                stats.loss, stats.accuracy, stats.samples_per_sec
+                "loss {:.4}{metrics} lr {lr:.2e} {:.0} {unit}/s",
+                stats.loss, stats.samples_per_sec
             ))
         } else {
             None
@@ -351,50 +424,27 @@ pub fn train<B: AutodiffBackend>(
         progress.step(step, summary.as_deref());
 
         let mut new_best = false;
-        if (t.eval_every > 0 && step % t.eval_every == 0) || last {
+        if eval_schedule.due(step, last) {
             let eval_started = Instant::now();
             if data.has(Split::Valid) {
-                let r = evaluate_sharded(&model, &data, Split::Valid, config, &device, comm)?;
+                let r = evaluate_sharded(&model, data, Split::Valid, config, &device, comm)?;
                 if let Some(run) = run.as_mut() {
                     run.log_event(&eval_event(step, epoch, "valid", &r))?;
                 }
-                progress.message(&format!(
-                    "step {step}: valid loss {:.4} accuracy {:.4}",
-                    r.loss, r.accuracy
-                ));
+                progress.message(&format!("step {step}: valid {}", describe(&r)));
+                new_best = best.observe(step, &r)?;
                 last_valid = Some(r);
-                if let Some(metric) = config.checkpoint.best_metric {
-                    let value = match metric {
-                        BestMetric::ValidAccuracy => r.accuracy,
-                        BestMetric::ValidLoss => r.loss,
-                    };
-                    if metric.improves(value, best.as_ref().map(|b| b.value)) {
-                        best = Some(Best {
-                            metric: metric.name().to_string(),
-                            value,
-                            step,
-                        });
-                        new_best = true;
-                    }
-                }
             }
             window.exclude(eval_started);
         }
 
-        // Every worker stops at the same step: a signal to any of them stops all.
-        let mut stopping = [f64::from(u8::from(options.stop.load(Ordering::SeqCst)))];
-        if world > 1 {
-            comm.all_reduce_host(&mut stopping, "the stop-flag exchange")?;
-        }
-        let stopping = stopping[0] > 0.0;
+        let stopping = stop_agreed(&options.stop, comm)?;
         if stopping {
             progress.message(&format!(
                 "stop requested (signal): saving a checkpoint at step {step}, then exiting; signal again to exit at once"
             ));
         }
-        let every = config.checkpoint.every_steps;
-        let due = (every > 0 && step % every == 0) || last || new_best || step == stop_at;
-        if due || stopping {
+        if checkpoints.due(step, last, new_best) || stopping {
             let save_started = Instant::now();
             let window_state = window.state_of_all(comm)?;
             if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
@@ -415,8 +465,8 @@ pub fn train<B: AutodiffBackend>(
                         buffers: optim.buffer_names().iter().map(|s| s.to_string()).collect(),
                     },
                     window: window_state,
-                    best: best.clone(),
-                    last_valid,
+                    best: best.best().cloned(),
+                    last_valid: last_valid.clone(),
                     data_wait_secs: data_wait_total.as_secs_f64(),
                     loss_scale,
                     workers: world,
@@ -440,7 +490,7 @@ pub fn train<B: AutodiffBackend>(
     }
 
     let test = if status == "completed" && data.has(Split::Test) {
-        let r = evaluate_sharded(&model, &data, Split::Test, config, &device, comm)?;
+        let r = evaluate_sharded(&model, data, Split::Test, config, &device, comm)?;
         let epoch = position.epoch as f64
             + position.batch_in_epoch as f64 / position.batches_per_epoch as f64;
         if let Some(run) = run.as_mut() {
@@ -464,9 +514,8 @@ pub fn train<B: AutodiffBackend>(
             "done in {seconds:.1} s; weights in {where_}"
         ),
         ("completed", Some(test), _) => tracing::info!(
-            "done in {seconds:.1} s: test loss {:.4} accuracy {:.4}; waited {:.2} s for data in total; weights in {where_}",
-            test.loss,
-            test.accuracy,
+            "done in {seconds:.1} s: test {}; waited {:.2} s for data in total; weights in {where_}",
+            describe(test),
             data_wait_total.as_secs_f64(),
         ),
         _ => tracing::warn!(
@@ -516,52 +565,53 @@ fn agree<B: burn::tensor::backend::Backend>(
 }
 
 /// Evaluates `split` with each worker taking every `world`-th batch; the sums are combined.
-fn evaluate_sharded<B: AutodiffBackend>(
-    model: &Model<B>,
+fn evaluate_sharded<B, M>(
+    model: &M,
     data: &RunData,
     split: Split,
     config: &Config,
     device: &B::Device,
     comm: &mut dyn Communicator<B::InnerBackend>,
-) -> Result<EvalResult> {
+) -> Result<EvalResult>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+{
     let (rank, world) = (comm.rank(), comm.world());
     let batches = data
         .eval_batches(split, config)
         .enumerate()
         .filter(move |(i, _)| i % world == rank)
         .map(|(_, b)| b);
-    let r = evaluate(&model.valid(), batches, device);
-    if world == 1 {
-        return Ok(r);
+    let model = model.valid();
+    let mut sums = eval_sums(&model, batches, device);
+    if world > 1 {
+        let mut all = vec![sums.loss_sum, sums.targets as f64];
+        all.extend(&sums.sums);
+        comm.all_reduce_host(&mut all, "the evaluation all-reduce")?;
+        sums = EvalSums {
+            loss_sum: all[0],
+            targets: all[1] as usize,
+            sums: all[2..].to_vec(),
+        };
     }
-    let n = r.samples as f64;
-    let mut sums = if r.samples == 0 {
-        [0.0; 3]
-    } else {
-        [r.loss * n, r.accuracy * n, n]
-    };
-    comm.all_reduce_host(&mut sums, "the evaluation all-reduce")?;
-    let n = sums[2].max(1.0);
-    Ok(EvalResult {
-        loss: sums[0] / n,
-        accuracy: sums[1] / n,
-        samples: sums[2] as usize,
-    })
+    Ok(sums.finish(&model))
 }
 
 /// Opens the run directory, finds and verifies the checkpoint, and loads it. Only the `lead`
 /// worker (rank 0) changes anything on disk or logs.
 #[allow(clippy::too_many_arguments)]
-fn resume<B: AutodiffBackend>(
+fn resume<B: AutodiffBackend, M: Module<B>>(
     config: &Config,
     options: &TrainOptions,
     from: &ResumeFrom,
     table: &ParamTable,
-    model: Model<B>,
+    model: M,
     mut optim: Optim<B>,
     device: &B::Device,
     lead: bool,
-) -> Result<Start<B>> {
+) -> Result<Start<B, M>> {
     let run_path = from.run_dir();
     let mut run = RunDir::open(run_path)?;
     if lead {
@@ -628,18 +678,35 @@ fn resume<B: AutodiffBackend>(
 }
 
 fn eval_event(step: usize, epoch: f64, split: &str, r: &EvalResult) -> serde_json::Value {
-    json!({
-        "step": step, "epoch": epoch, "split": split,
-        "loss": r.loss, "accuracy": r.accuracy, "samples": r.samples,
-    })
+    r.json_with(json!({"step": step, "epoch": epoch, "split": split}))
+}
+
+/// `loss 0.1234 accuracy 0.9000`: an evaluation for the log.
+fn describe(r: &EvalResult) -> String {
+    let metrics: String = r
+        .metrics
+        .iter()
+        .map(|(name, v)| format!(" {name} {v:.4}"))
+        .collect();
+    format!("loss {:.4}{metrics}", r.loss)
+}
+
+/// A metric's name on the progress line (`acc` for the accuracy).
+fn short_name(name: &str) -> &str {
+    match name {
+        "accuracy" => "acc",
+        other => other,
+    }
 }
 
 /// Training statistics of the steps since the last log event, accumulated on the device so that
 /// logging is the only synchronization.
 struct Window<B: AutodiffBackend> {
     device: B::Device,
+    /// The model's sum names, in the order of its sums.
+    names: Vec<String>,
     loss_sum: Tensor<B::InnerBackend, 1>,
-    correct: Tensor<B::InnerBackend, 1, Int>,
+    sums: Vec<Tensor<B::InnerBackend, 1>>,
     samples: usize,
     since: Instant,
     /// Evaluation and checkpoint time since `since`, left out of the window's duration.
@@ -652,7 +719,8 @@ struct Window<B: AutodiffBackend> {
 
 struct WindowStats {
     loss: f64,
-    accuracy: f64,
+    /// The model's metrics over the window ([`TrainModel::metrics`]).
+    metrics: Vec<(String, f64)>,
     samples_per_sec: f64,
     grad_norm: Option<f64>,
     /// This worker's seconds in gradient all-reduces during the window.
@@ -664,11 +732,12 @@ struct WindowStats {
 }
 
 impl<B: AutodiffBackend> Window<B> {
-    fn new(device: &B::Device) -> Self {
+    fn new(device: &B::Device, names: Vec<String>) -> Self {
         Self {
             device: device.clone(),
             loss_sum: Tensor::zeros([1], device),
-            correct: Tensor::zeros([1], device),
+            sums: vec![Tensor::zeros([1], device); names.len()],
+            names,
             samples: 0,
             since: Instant::now(),
             excluded: Duration::ZERO,
@@ -680,7 +749,9 @@ impl<B: AutodiffBackend> Window<B> {
 
     fn add(&mut self, stats: StepStats<B>, n: usize) {
         self.loss_sum = self.loss_sum.clone() + stats.loss_sum;
-        self.correct = self.correct.clone() + stats.correct;
+        for (total, s) in self.sums.iter_mut().zip(stats.sums) {
+            *total = total.clone() + s;
+        }
         self.samples += n;
         self.grad_norm = stats.grad_norm.or(self.grad_norm);
         self.comm_secs += stats.comm_secs;
@@ -690,7 +761,13 @@ impl<B: AutodiffBackend> Window<B> {
     fn state(&self) -> WindowState {
         WindowState {
             loss_sum: self.loss_sum.clone().into_scalar().elem::<f32>(),
-            correct: self.correct.clone().into_scalar().elem::<i64>(),
+            sums: self
+                .names
+                .iter()
+                .zip(&self.sums)
+                .map(|(n, s)| (n.clone(), s.clone().into_scalar().elem::<f64>()))
+                .collect(),
+            correct: None,
             samples: self.samples,
             grad_norm: self.grad_norm,
         }
@@ -698,7 +775,11 @@ impl<B: AutodiffBackend> Window<B> {
 
     fn restore(&mut self, s: &WindowState) {
         self.loss_sum = Tensor::from_floats([s.loss_sum], &self.device);
-        self.correct = Tensor::from_ints([s.correct], &self.device);
+        self.sums = self
+            .names
+            .iter()
+            .map(|n| Tensor::from_floats([s.sum(n) as f32], &self.device))
+            .collect();
         self.samples = s.samples;
         self.grad_norm = s.grad_norm;
     }
@@ -713,34 +794,38 @@ impl<B: AutodiffBackend> Window<B> {
     fn state_of_all(&self, comm: &mut dyn Communicator<B::InnerBackend>) -> Result<WindowState> {
         let mut s = self.state();
         if comm.world() > 1 {
-            let mut sums = [f64::from(s.loss_sum), s.correct as f64, s.samples as f64];
-            comm.all_reduce_host(&mut sums, "the metrics all-reduce")?;
-            s.loss_sum = sums[0] as f32;
-            s.correct = sums[1] as i64;
-            s.samples = sums[2] as usize;
+            let mut all = vec![f64::from(s.loss_sum), s.samples as f64];
+            all.extend(s.sums.values());
+            comm.all_reduce_host(&mut all, "the metrics all-reduce")?;
+            s.loss_sum = all[0] as f32;
+            s.samples = all[1] as usize;
+            for (v, total) in s.sums.values_mut().zip(&all[2..]) {
+                *v = *total;
+            }
         }
         Ok(s)
     }
 
     /// The statistics of the window over all workers; starts a new window.
-    fn take(&mut self, comm: &mut dyn Communicator<B::InnerBackend>) -> Result<WindowStats> {
-        let fresh = Window::<B>::new(&self.device);
+    fn take<M: TrainModel<B>>(
+        &mut self,
+        model: &M,
+        comm: &mut dyn Communicator<B::InnerBackend>,
+    ) -> Result<WindowStats> {
+        let fresh = Window::<B>::new(&self.device, self.names.clone());
         let old = std::mem::replace(self, fresh);
         let secs = (old.since.elapsed().saturating_sub(old.excluded))
             .as_secs_f64()
             .max(1e-9);
-        let mut sums = [
-            old.loss_sum.into_scalar().elem::<f64>(),
-            old.correct.into_scalar().elem::<f64>(),
-            old.samples as f64,
-        ];
+        let mut all = vec![old.loss_sum.into_scalar().elem::<f64>(), old.samples as f64];
+        all.extend(old.sums.into_iter().map(|s| s.into_scalar().elem::<f64>()));
         if comm.world() > 1 {
-            comm.all_reduce_host(&mut sums, "the metrics all-reduce")?;
+            comm.all_reduce_host(&mut all, "the metrics all-reduce")?;
         }
-        let n = sums[2].max(1.0);
+        let n = all[1].max(1.0);
         Ok(WindowStats {
-            loss: sums[0] / n,
-            accuracy: sums[1] / n,
+            loss: all[0] / n,
+            metrics: model.metrics(&all[2..], all[1]),
             samples_per_sec: n / secs,
             grad_norm: old.grad_norm,
             comm_secs: old.comm_secs,

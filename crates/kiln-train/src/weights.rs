@@ -6,10 +6,9 @@ use anyhow::{bail, Result};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
-use kiln_models::Model;
 
 /// Loads parameters from `path` into `model`, which must have exactly the same tensors.
-pub fn load<B: Backend>(model: Model<B>, path: &Path) -> Result<Model<B>> {
+pub fn load<B: Backend, M: Module<B>>(model: M, path: &Path) -> Result<M> {
     if !path.is_file() {
         bail!("weights file {} does not exist", path.display());
     }
@@ -18,16 +17,16 @@ pub fn load<B: Backend>(model: Model<B>, path: &Path) -> Result<Model<B>> {
 }
 
 /// Loads parameters from safetensors bytes in memory (`origin` names them in messages).
-pub fn load_bytes<B: Backend>(model: Model<B>, bytes: Vec<u8>, origin: &str) -> Result<Model<B>> {
+pub fn load_bytes<B: Backend, M: Module<B>>(model: M, bytes: Vec<u8>, origin: &str) -> Result<M> {
     let store = SafetensorsStore::from_bytes(Some(bytes)).skip_enum_variants(true);
     load_from(model, store, origin)
 }
 
-fn load_from<B: Backend>(
-    model: Model<B>,
+fn load_from<B: Backend, M: Module<B>>(
+    model: M,
     mut store: SafetensorsStore,
     origin: &str,
-) -> Result<Model<B>> {
+) -> Result<M> {
     let mut model = model;
     let result = model.load_from(&mut store).map_err(|e| {
         anyhow::anyhow!(

@@ -10,7 +10,11 @@ use kiln_core::{BackendKind, Config};
 use kiln_dist::local::{Local, LocalGroup};
 use kiln_dist::Watchdog;
 
-use crate::trainer::{train, TrainOptions, TrainSummary};
+use burn::module::AutodiffModule;
+use kiln_models::{HostBatch, TrainModel};
+
+use crate::data::RunData;
+use crate::trainer::{builtin_model, train_with, TrainOptions, TrainSummary};
 
 /// Trains on every device of `devices` as data-parallel workers (rank = position in the list);
 /// returns rank 0's summary. The first worker to fail stops the run with its error.
@@ -20,20 +24,47 @@ pub fn train_on_devices<B: AutodiffBackend>(
     backend: BackendKind,
     options: TrainOptions,
 ) -> Result<TrainSummary> {
+    train_on_devices_with(config, builtin_model::<B>, devices, backend, options)
+}
+
+/// [`train_on_devices`] with a model of the caller's, which `build` makes on each worker's
+/// device (see [`crate::train_with`]).
+pub fn train_on_devices_with<B, M, F>(
+    config: &Config,
+    build: F,
+    devices: Vec<B::Device>,
+    backend: BackendKind,
+    options: TrainOptions,
+) -> Result<TrainSummary>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B, HostBatch = HostBatch> + AutodiffModule<B>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+    F: Fn(&Config, &RunData, &B::Device) -> Result<M> + Send + Sync + 'static,
+{
     let world = devices.len();
     if world == 1 {
         let device = devices.into_iter().next().expect("one device");
-        return train::<B>(config, device, backend, options, &mut kiln_dist::Single);
+        return train_with(
+            config,
+            &build,
+            device,
+            backend,
+            options,
+            &mut kiln_dist::Single,
+        );
     }
+    let build = std::sync::Arc::new(build);
     let group = LocalGroup::new(world);
     let timeout = Duration::from_secs_f64(config.distributed.timeout_secs);
     let (sender, results) = mpsc::channel();
     for (rank, device) in devices.into_iter().enumerate() {
-        let (config, options, group, sender) = (
+        let (config, options, group, sender, build) = (
             config.clone(),
             options.clone(),
             group.clone(),
             sender.clone(),
+            build.clone(),
         );
         let stop = options.stop.clone();
         std::thread::Builder::new()
@@ -42,7 +73,9 @@ pub fn train_on_devices<B: AutodiffBackend>(
                 let who = format!("device {rank} of {world}");
                 let watchdog = Watchdog::new(who, timeout, Some(stop), None);
                 let result = Local::<B::InnerBackend>::join(rank, group, device.clone(), watchdog)
-                    .and_then(|mut comm| train::<B>(&config, device, backend, options, &mut comm))
+                    .and_then(|mut comm| {
+                        train_with(&config, &*build, device, backend, options, &mut comm)
+                    })
                     .with_context(|| format!("device {rank} of {world}"));
                 let _ = sender.send((rank, result));
             })
