@@ -28,7 +28,7 @@ impl EvalSchedule {
 
     /// Whether to evaluate after `step`; `last`: it is the run's final step.
     pub fn due(&self, step: usize, last: bool) -> bool {
-        (self.every > 0 && step % self.every == 0) || last
+        (self.every > 0 && step.is_multiple_of(self.every)) || last
     }
 }
 
@@ -48,7 +48,7 @@ impl CheckpointPolicy {
 
     /// Whether a checkpoint is due after `step`.
     pub fn due(&self, step: usize, last: bool, new_best: bool) -> bool {
-        (self.every > 0 && step % self.every == 0) || last || new_best || step == self.pause_at
+        (self.every > 0 && step.is_multiple_of(self.every)) || last || new_best || step == self.pause_at
     }
 }
 
