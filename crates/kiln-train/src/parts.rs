@@ -48,7 +48,10 @@ impl CheckpointPolicy {
 
     /// Whether a checkpoint is due after `step`.
     pub fn due(&self, step: usize, last: bool, new_best: bool) -> bool {
-        (self.every > 0 && step.is_multiple_of(self.every)) || last || new_best || step == self.pause_at
+        (self.every > 0 && step.is_multiple_of(self.every))
+            || last
+            || new_best
+            || step == self.pause_at
     }
 }
 

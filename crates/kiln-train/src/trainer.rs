@@ -26,12 +26,13 @@ use crate::checkpoint::{
     check_fits, restore, train_state, DataPosition, OptimizerInfo, ParamTable, RngState,
     ScheduleState, TrainState, WindowState,
 };
-use crate::data::{RunData, Split};
+use crate::data::{RunData, Split, TrainStream};
 use crate::eval::{eval_sums, EvalResult, EvalSums};
 use crate::optim::Optim;
 use crate::parts::{stop_agreed, BestTracker, CheckpointPolicy, EvalSchedule};
 use crate::progress::Progress;
 use crate::saver::Saver;
+use crate::scaler::LossScale;
 use crate::schedule::LrSchedule;
 use crate::step::{train_step, StepStats};
 
@@ -164,7 +165,8 @@ where
     train_loop(config, model, &data, device, backend, options, comm)
 }
 
-/// The loop itself, from a built model.
+/// The loop itself, from a built model: each step trains, then the parts decide whether to log,
+/// evaluate, checkpoint or stop.
 fn train_loop<B, M>(
     config: &Config,
     model: M,
@@ -180,37 +182,480 @@ where
     M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
 {
     let started = Instant::now();
-    let seed = config.run.seed;
-    let (rank, world) = (comm.rank(), comm.world());
-    let lead = rank == 0;
-    let shard = Shard { rank, world };
-    let optim = Optim::<B>::new(&config.optimizer).without_decay(model.no_decay());
-    let table = ParamTable::of(&model);
-    let mut start = match &options.resume {
-        None => {
-            let run = if lead {
-                let info = RunInfo::new(backend.name(), &format!("{device:?}"), seed);
-                let run = RunDir::create(config, &info)?;
-                data.save_artifacts(run.path())?;
-                Some(run)
+    let (mut lp, mut model) = Loop::begin(config, model, data, device, backend, &options, comm)?;
+    let mut status = "completed";
+    while lp.step < lp.stop_at {
+        lp.step += 1;
+        let (micro, n, whole) = lp.next_batches::<M>();
+        let lr = lp.schedule.next_lr();
+        debug_assert!(
+            lr.is_finite(),
+            "the schedule gave lr {lr} at step {}",
+            lp.step
+        );
+        model = lp.train(model, micro, n, whole, lr)?;
+        let last = lp.step == lp.total_steps;
+        if lp.step.is_multiple_of(config.train.log_every) || last {
+            lp.log_window(&model, lr)?;
+        } else {
+            lp.progress.step(lp.step, None);
+        }
+        let new_best = lp.validate(&model, last)?;
+        let stopping = stop_agreed(&options.stop, &mut *lp.comm)?;
+        if stopping {
+            lp.progress.message(&format!(
+                "stop requested (signal): saving a checkpoint at step {}, then exiting; signal again to exit at once",
+                lp.step
+            ));
+        }
+        if lp.checkpoints.due(lp.step, last, new_best) || stopping {
+            lp.checkpoint(&model, lr, new_best)?;
+        }
+        if let (Some(saver), Some(run)) = (lp.saver.as_mut(), lp.run.as_mut()) {
+            saver.poll(run)?;
+        }
+        if stopping {
+            status = "interrupted";
+            break;
+        }
+    }
+    lp.progress.finish();
+    if status == "completed" && lp.step < lp.total_steps {
+        status = "paused";
+    }
+    lp.finish(&model, status, started)
+}
+
+/// Everything the loop carries from step to step besides the model.
+struct Loop<'a, B: AutodiffBackend> {
+    config: &'a Config,
+    data: &'a RunData,
+    device: B::Device,
+    comm: &'a mut dyn Communicator<B::InnerBackend>,
+    world: usize,
+    run_path: PathBuf,
+    /// "samples" or "tokens".
+    unit: &'static str,
+    table: ParamTable,
+    optim: Optim<B>,
+    schedule: LrSchedule,
+    /// The schedule's horizon: the run's length when it started.
+    horizon: usize,
+    total_steps: usize,
+    /// Where this invocation stops: the end, or `until_step`.
+    stop_at: usize,
+    first_step: usize,
+    step: usize,
+    batches_per_epoch: usize,
+    /// Micro-batches taken from the stream so far (of all steps, resumed ones included).
+    micro_done: usize,
+    position: DataPosition,
+    loader: TrainStream,
+    window: Window<B>,
+    loss_scale: Option<LossScale>,
+    best: BestTracker,
+    last_valid: Option<EvalResult>,
+    data_wait_total: Duration,
+    eval_schedule: EvalSchedule,
+    checkpoints: CheckpointPolicy,
+    dropout_seed: u64,
+    progress: Progress,
+    /// Rank 0's run directory and checkpoint writer (other workers write nothing).
+    run: Option<RunDir>,
+    saver: Option<Saver>,
+}
+
+impl<'a, B: AutodiffBackend> Loop<'a, B> {
+    /// Starts a fresh run or resumes one: the run directory, the model and optimizer (loaded
+    /// from the checkpoint on resume) and where the data, schedule and statistics continue.
+    fn begin<M>(
+        config: &'a Config,
+        model: M,
+        data: &'a RunData,
+        device: B::Device,
+        backend: BackendKind,
+        options: &TrainOptions,
+        comm: &'a mut dyn Communicator<B::InnerBackend>,
+    ) -> Result<(Self, M)>
+    where
+        M: TrainModel<B> + AutodiffModule<B>,
+    {
+        let (rank, world) = (comm.rank(), comm.world());
+        let lead = rank == 0;
+        let table = ParamTable::of(&model);
+        let (start, run_path) = open_run(
+            config, model, &table, data, &device, backend, options, &mut *comm,
+        )?;
+        let st = start.state;
+        let t = &config.train;
+        let batches_per_epoch = data.batches_per_epoch(config.data.batch_size * world);
+        let total_steps = t.max_steps.unwrap_or_else(|| {
+            (t.epochs.unwrap_or(1) * batches_per_epoch).div_ceil(t.grad_accum_steps)
+        });
+        let horizon = st
+            .as_ref()
+            .map_or(total_steps, |s| s.schedule.horizon_steps);
+        if horizon != total_steps && lead {
+            tracing::info!(
+                "the run now ends at step {total_steps}; its learning-rate schedule keeps the horizon of {horizon} steps it started with"
+            );
+        }
+        let schedule = schedule_at(config, horizon, start.step, st.as_ref(), options.force)?;
+        let position = resume_position(st.as_ref(), batches_per_epoch);
+        let micro_done = position.epoch * position.batches_per_epoch + position.batch_in_epoch;
+        let mut window = Window::<B>::new(&device, start.model.sum_names());
+        // The saved window holds the sums of all workers: rank 0 carries them on.
+        if let Some(s) = st.as_ref().filter(|_| lead) {
+            window.restore(&s.window);
+        }
+        let stop_at = options
+            .until_step
+            .map_or(total_steps, |u| u.min(total_steps));
+        let lp = Loop {
+            config,
+            data,
+            loader: data.train_stream(config, micro_done, Shard { rank, world }),
+            device,
+            world,
+            unit: match data {
+                RunData::Samples(_) => "samples",
+                RunData::Text(_) => "tokens",
+            },
+            table,
+            optim: start.optim,
+            schedule,
+            horizon,
+            total_steps,
+            stop_at,
+            first_step: start.step,
+            step: start.step,
+            batches_per_epoch,
+            micro_done,
+            position,
+            window,
+            // f16 needs loss scaling (bf16 has f32's range); a resumed run continues its scaler.
+            loss_scale: (t.precision == Precision::F16)
+                .then(|| st.as_ref().and_then(|s| s.loss_scale).unwrap_or_default()),
+            best: BestTracker::new(&config.checkpoint, st.as_ref().and_then(|s| s.best.clone())),
+            last_valid: st.as_ref().and_then(|s| s.last_valid.clone()),
+            data_wait_total: Duration::from_secs_f64(st.as_ref().map_or(0.0, |s| s.data_wait_secs)),
+            eval_schedule: EvalSchedule::new(t.eval_every),
+            checkpoints: CheckpointPolicy::new(config.checkpoint.every_steps, stop_at),
+            // Each worker draws its own dropout masks; rank 0's are those of a single worker.
+            dropout_seed: config.run.seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            progress: if lead {
+                Progress::new(total_steps, start.step)
             } else {
-                None
-            };
-            Start {
-                run,
-                model,
-                optim,
-                step: 0,
-                state: None,
+                Progress::quiet()
+            },
+            saver: lead.then(|| Saver::new(&run_path, config)),
+            run: start.run,
+            run_path,
+            comm,
+        };
+        Ok((lp, start.model))
+    }
+
+    /// The step's micro-batches on the device (empty shards left out), their targets and the
+    /// targets of the whole batch of all workers; advances the data position.
+    fn next_batches<M: TrainModel<B, HostBatch = HostBatch>>(
+        &mut self,
+    ) -> (Vec<M::Batch>, usize, usize) {
+        let accum = self.config.train.grad_accum_steps;
+        let mut micro = Vec::with_capacity(accum);
+        let (mut n, mut whole) = (0, 0);
+        for _ in 0..accum {
+            let batch = self.loader.next_batch();
+            n += batch.targets();
+            whole += batch.whole;
+            self.micro_done += 1;
+            if batch.targets() > 0 {
+                micro.push(M::device_batch(batch, &self.device));
             }
         }
-        Some(from) => resume(config, &options, from, &table, model, optim, &device, lead)?,
+        let bpe = self.batches_per_epoch;
+        self.position = DataPosition {
+            epoch: self.micro_done / bpe,
+            batch_in_epoch: self.micro_done % bpe,
+            batches_per_epoch: bpe,
+            samples_seen: self.position.samples_seen + whole as u64,
+        };
+        (micro, n, whole)
+    }
+
+    /// The epoch as a fraction (2.5: half-way through the third).
+    fn epoch(&self) -> f64 {
+        self.micro_done as f64 / self.batches_per_epoch as f64
+    }
+
+    /// One optimizer step on the micro-batches, timed into the log window.
+    fn train<M: TrainModel<B> + AutodiffModule<B>>(
+        &mut self,
+        model: M,
+        micro: Vec<M::Batch>,
+        n: usize,
+        whole: usize,
+        lr: f64,
+    ) -> Result<M> {
+        kiln_models::dropout::reseed(self.dropout_seed, self.step as u64);
+        let parallel = self.world > 1;
+        let started = Instant::now();
+        let (model, stats) = train_step(
+            model,
+            &mut self.optim,
+            micro,
+            if parallel { whole } else { n },
+            lr,
+            self.config.train.grad_clip_norm,
+            self.loss_scale.as_mut(),
+            if parallel {
+                Some(&mut *self.comm)
+            } else {
+                None
+            },
+        )?;
+        self.window.step_secs += started.elapsed().as_secs_f64();
+        self.window.add(stats, n);
+        Ok(model)
+    }
+
+    /// Ends the log window: its event in `metrics.jsonl`, and the progress line.
+    fn log_window<M: TrainModel<B>>(&mut self, model: &M, lr: f64) -> Result<()> {
+        let wait = self.loader.take_wait_time();
+        self.data_wait_total += wait;
+        let stats = self.window.take(model, wait, &mut *self.comm)?;
+        let loss_scale = self.loss_scale.as_ref();
+        let event = train_event(
+            self.step,
+            self.epoch(),
+            lr,
+            &stats,
+            self.unit,
+            loss_scale,
+            self.world,
+        );
+        if let Some(run) = self.run.as_mut() {
+            run.log_event(&event)?;
+        }
+        let metrics: String = stats
+            .metrics
+            .iter()
+            .map(|(name, v)| format!(" {} {v:.3}", short_name(name)))
+            .collect();
+        let line = format!(
+            "loss {:.4}{metrics} lr {lr:.2e} {:.0} {}/s",
+            stats.loss, stats.samples_per_sec, self.unit
+        );
+        self.progress.step(self.step, Some(&line));
+        Ok(())
+    }
+
+    /// Evaluates on the validation split when due; whether the result is a new best.
+    fn validate<M>(&mut self, model: &M, last: bool) -> Result<bool>
+    where
+        M: AutodiffModule<B>,
+        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+    {
+        if !self.eval_schedule.due(self.step, last) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let mut new_best = false;
+        if self.data.has(Split::Valid) {
+            let (config, data, device) = (self.config, self.data, &self.device);
+            let r = evaluate_sharded(model, data, Split::Valid, config, device, &mut *self.comm)?;
+            let event = eval_event(self.step, self.epoch(), "valid", &r);
+            if let Some(run) = self.run.as_mut() {
+                run.log_event(&event)?;
+            }
+            self.progress
+                .message(&format!("step {}: valid {}", self.step, describe(&r)));
+            new_best = self.best.observe(self.step, &r)?;
+            self.last_valid = Some(r);
+        }
+        self.window.exclude(started);
+        Ok(new_best)
+    }
+
+    /// Writes a checkpoint of the step (rank 0; every worker takes part in summing the window).
+    fn checkpoint<M: Module<B>>(&mut self, model: &M, lr: f64, new_best: bool) -> Result<()> {
+        let started = Instant::now();
+        let window = self.window.state_of_all(&mut *self.comm)?;
+        if let (Some(saver), Some(run)) = (self.saver.as_mut(), self.run.as_mut()) {
+            let (step, position) = (self.step, self.position);
+            let state = TrainState {
+                data: position,
+                rng: RngState {
+                    seed: self.config.run.seed,
+                    shuffle_stream: position.epoch,
+                    dropout_next_step: step + 1,
+                },
+                schedule: ScheduleState {
+                    horizon_steps: self.horizon,
+                    steps_done: step,
+                    last_lr: lr,
+                },
+                optimizer: OptimizerInfo {
+                    kind: format!("{:?}", self.config.optimizer.kind).to_lowercase(),
+                    buffers: self
+                        .optim
+                        .buffer_names()
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                },
+                window,
+                best: self.best.best().cloned(),
+                last_valid: self.last_valid.clone(),
+                data_wait_secs: self.data_wait_total.as_secs_f64(),
+                loss_scale: self.loss_scale,
+                workers: self.world,
+            };
+            saver.save(step, model, &self.optim, &self.table, state, new_best, run)?;
+        }
+        self.window.exclude(started);
+        Ok(())
+    }
+
+    /// After the last step of this invocation: the test split (a completed run), the last
+    /// checkpoint written, the closing log line and the summary.
+    fn finish<M>(
+        mut self,
+        model: &M,
+        status: &'static str,
+        started: Instant,
+    ) -> Result<TrainSummary>
+    where
+        M: AutodiffModule<B>,
+        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+    {
+        // The loader's threads stop before the test split is read.
+        drop(self.loader);
+        let (config, data, device) = (self.config, self.data, &self.device);
+        let test = if status == "completed" && data.has(Split::Test) {
+            let r = evaluate_sharded(model, data, Split::Test, config, device, &mut *self.comm)?;
+            let p = self.position;
+            let epoch = p.epoch as f64 + p.batch_in_epoch as f64 / p.batches_per_epoch as f64;
+            if let Some(run) = self.run.as_mut() {
+                run.log_event(&eval_event(self.total_steps, epoch, "test", &r))?;
+            }
+            Some(r)
+        } else {
+            None
+        };
+        let checkpoint = match (self.saver.as_mut(), self.run.as_mut()) {
+            (Some(saver), Some(run)) => saver.finish(run)?,
+            _ => None,
+        };
+        let summary = TrainSummary {
+            status,
+            run_dir: self.run_path,
+            steps: self.step,
+            total_steps: self.total_steps,
+            resumed_from: (self.first_step > 0).then_some(self.first_step),
+            checkpoint,
+            seconds: started.elapsed().as_secs_f64(),
+            data_wait_seconds: self.data_wait_total.as_secs_f64(),
+            workers: self.world,
+            engine: self.comm.engine(),
+            valid: self.last_valid,
+            test,
+        };
+        if self.comm.rank() == 0 {
+            log_end(&summary);
+        }
+        Ok(summary)
+    }
+}
+
+/// The run's closing log line.
+fn log_end(s: &TrainSummary) {
+    let seconds = s.seconds;
+    let where_ = s
+        .checkpoint
+        .as_ref()
+        .map_or("no checkpoint".to_string(), |c| c.display().to_string());
+    match (s.status, &s.test) {
+        ("completed", None) => tracing::info!("done in {seconds:.1} s; weights in {where_}"),
+        ("completed", Some(test)) => tracing::info!(
+            "done in {seconds:.1} s: test {}; waited {:.2} s for data in total; weights in {where_}",
+            describe(test),
+            s.data_wait_seconds,
+        ),
+        (status, _) => tracing::warn!(
+            "{status} at step {} of {}; saved {where_}; continue with: kiln train --resume {}",
+            s.steps,
+            s.total_steps,
+            s.run_dir.display()
+        ),
+    }
+}
+
+/// Rank 0's run directory, fresh or resumed (the checkpoint loaded into the model and a new
+/// optimizer), checked against the other workers and logged.
+#[allow(clippy::too_many_arguments)]
+fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
+    config: &Config,
+    model: M,
+    table: &ParamTable,
+    data: &RunData,
+    device: &B::Device,
+    backend: BackendKind,
+    options: &TrainOptions,
+    comm: &mut dyn Communicator<B::InnerBackend>,
+) -> Result<(Start<B, M>, PathBuf)> {
+    let (lead, world) = (comm.rank() == 0, comm.world());
+    let optim = Optim::<B>::new(&config.optimizer).without_decay(model.no_decay());
+    let start = match &options.resume {
+        None => Start {
+            run: lead
+                .then(|| create_run_dir(config, data, backend, &format!("{device:?}")))
+                .transpose()?,
+            model,
+            optim,
+            step: 0,
+            state: None,
+        },
+        Some(from) => resume(config, options, from, table, model, optim, device, lead)?,
     };
     agree(comm, config, data, start.step)?;
-    let saved_workers = start.state.as_ref().map_or(world, |s| s.workers);
+    check_workers(config, start.state.as_ref(), world, options.force)?;
+    let run_path = options.resume.as_ref().map_or_else(
+        || config.run.output_dir.join(&config.run.name),
+        |r| r.run_dir().to_path_buf(),
+    );
+    if lead {
+        let (device, params) = (format!("{device:?}"), start.model.num_params());
+        log_start(config, data, &run_path, backend, &device, params, &*comm);
+    }
+    Ok((start, run_path))
+}
+
+/// Creates rank 0's run directory for a fresh run, with the data's artifacts (the tokenizer).
+fn create_run_dir(
+    config: &Config,
+    data: &RunData,
+    backend: BackendKind,
+    device: &str,
+) -> Result<RunDir> {
+    let info = RunInfo::new(backend.name(), device, config.run.seed);
+    let run = RunDir::create(config, &info)?;
+    data.save_artifacts(run.path())?;
+    Ok(run)
+}
+
+/// Refuses a checkpoint written by another number of workers unless `force`d: the effective
+/// batch would change.
+fn check_workers(
+    config: &Config,
+    state: Option<&TrainState>,
+    world: usize,
+    force: bool,
+) -> Result<()> {
+    let saved_workers = state.map_or(world, |s| s.workers);
     if saved_workers != world {
         let b = config.data.batch_size * config.train.grad_accum_steps;
-        if !options.force {
+        if !force {
             bail!(
                 "the checkpoint was written by {saved_workers} data-parallel workers (effective batch {}), and this run has {world} (effective batch {}); resume with {saved_workers} workers, or pass --force to continue with the new effective batch from the same point of the epoch",
                 b * saved_workers,
@@ -223,48 +668,48 @@ where
             b * world
         );
     }
-    let run_path = options.resume.as_ref().map_or_else(
-        || config.run.output_dir.join(&config.run.name),
-        |r| r.run_dir().to_path_buf(),
-    );
-    if lead {
-        tracing::info!(
-            "run {} on {backend} ({device:?}, {}): {}; model: {} parameters{}",
-            run_path.display(),
-            config.train.precision.name(),
-            data.describe(),
-            start.model.num_params(),
-            if world > 1 {
-                format!(
-                    "; {world} workers ({}), effective batch {} = {} per worker x {world}{}",
-                    comm.engine(),
-                    config.data.batch_size * world * config.train.grad_accum_steps,
-                    config.data.batch_size,
-                    if config.train.grad_accum_steps > 1 {
-                        format!(" x {} accumulation steps", config.train.grad_accum_steps)
-                    } else {
-                        String::new()
-                    }
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
+    Ok(())
+}
 
-    let d = &config.data;
-    let batches_per_epoch = data.batches_per_epoch(d.batch_size * world);
-    let t = &config.train;
-    let accum = t.grad_accum_steps;
-    let total_steps = t
-        .max_steps
-        .unwrap_or_else(|| (t.epochs.unwrap_or(1) * batches_per_epoch).div_ceil(accum));
-    let unit = match data {
-        RunData::Samples(_) => "samples",
-        RunData::Text(_) => "tokens",
+/// The run's first log line: where, on what, the data, the model size and the workers.
+fn log_start<B: burn::tensor::backend::Backend>(
+    config: &Config,
+    data: &RunData,
+    run_path: &Path,
+    backend: BackendKind,
+    device: &str,
+    params: usize,
+    comm: &dyn Communicator<B>,
+) {
+    let world = comm.world();
+    let (batch, accum) = (config.data.batch_size, config.train.grad_accum_steps);
+    let workers = if world > 1 {
+        let accumulation = if accum > 1 {
+            format!(" x {accum} accumulation steps")
+        } else {
+            String::new()
+        };
+        format!(
+            "; {world} workers ({}), effective batch {} = {batch} per worker x {world}{accumulation}",
+            comm.engine(),
+            batch * world * accum,
+        )
+    } else {
+        String::new()
     };
-    let st = start.state.take();
-    let mut position = st.as_ref().map_or(
+    tracing::info!(
+        "run {} on {backend} ({device}, {}): {}; model: {params} parameters{workers}",
+        run_path.display(),
+        config.train.precision.name(),
+        data.describe(),
+    );
+}
+
+/// Where the data stream continues: a fresh run's start, or the checkpoint's position (for
+/// another number of workers, `--force`, the same fraction of the epoch, rounded down to whole
+/// batches of the new size).
+fn resume_position(state: Option<&TrainState>, batches_per_epoch: usize) -> DataPosition {
+    let mut position = state.map_or(
         DataPosition {
             epoch: 0,
             batch_in_epoch: 0,
@@ -274,269 +719,73 @@ where
         |s| s.data,
     );
     if position.batches_per_epoch != batches_per_epoch {
-        // A different number of workers (--force): the same fraction of the epoch, rounded down
-        // to whole batches of the new size.
         position.batch_in_epoch =
             position.batch_in_epoch * batches_per_epoch / position.batches_per_epoch.max(1);
         position.batches_per_epoch = batches_per_epoch;
     }
-    let horizon = st
-        .as_ref()
-        .map_or(total_steps, |s| s.schedule.horizon_steps);
-    if horizon != total_steps && lead {
-        tracing::info!(
-            "the run now ends at step {total_steps}; its learning-rate schedule keeps the horizon of {horizon} steps it started with"
-        );
-    }
+    position
+}
+
+/// The learning-rate schedule over `horizon` steps, advanced to `step`; unless `force`d, its
+/// rate at `step` must be the one the checkpoint recorded.
+fn schedule_at(
+    config: &Config,
+    horizon: usize,
+    step: usize,
+    state: Option<&TrainState>,
+    force: bool,
+) -> Result<LrSchedule> {
     let mut schedule = LrSchedule::new(&config.schedule, config.optimizer.lr, horizon)?;
     let mut lr = 0.0;
-    for _ in 0..start.step {
+    for _ in 0..step {
         lr = schedule.next_lr();
     }
-    if let Some(s) = st.as_ref().filter(|_| !options.force) {
+    if let Some(s) = state.filter(|_| !force) {
         if lr != s.schedule.last_lr {
             bail!(
-                "the learning-rate schedule of the config gives {lr} at step {}, but the checkpoint recorded {}; the schedule settings changed (pass --force to accept)",
-                start.step,
+                "the learning-rate schedule of the config gives {lr} at step {step}, but the checkpoint recorded {}; the schedule settings changed (pass --force to accept)",
                 s.schedule.last_lr
             );
         }
     }
+    Ok(schedule)
+}
 
-    let mut micro_done = position.epoch * position.batches_per_epoch + position.batch_in_epoch;
-    let mut loader = data.train_stream(config, micro_done, shard);
-    let mut window = Window::<B>::new(&device, start.model.sum_names());
-    // The saved window holds the sums of all workers: rank 0 carries them on.
-    if let Some(s) = st.as_ref().filter(|_| lead) {
-        window.restore(&s.window);
+/// The `metrics.jsonl` event of a log window: loss, the model's metrics, throughput and timing.
+fn train_event(
+    step: usize,
+    epoch: f64,
+    lr: f64,
+    stats: &WindowStats,
+    unit: &str,
+    loss_scale: Option<&LossScale>,
+    world: usize,
+) -> serde_json::Value {
+    let mut event = json!({
+        "step": step, "epoch": epoch, "split": "train",
+        "loss": stats.loss, "lr": lr,
+        "samples_per_sec": stats.samples_per_sec,
+        "data_wait_secs": stats.data_wait_secs,
+        "step_secs": stats.step_secs, "window_secs": stats.window_secs,
+    });
+    for (name, value) in &stats.metrics {
+        event[name.as_str()] = json!(value);
     }
-    // f16 needs loss scaling (bf16 has f32's range); a resumed run continues its scaler.
-    let mut loss_scale = (t.precision == Precision::F16)
-        .then(|| st.as_ref().and_then(|s| s.loss_scale).unwrap_or_default());
-    let mut best = BestTracker::new(&config.checkpoint, st.as_ref().and_then(|s| s.best.clone()));
-    let mut last_valid = st.as_ref().and_then(|s| s.last_valid.clone());
-    let mut data_wait_total =
-        Duration::from_secs_f64(st.as_ref().map_or(0.0, |s| s.data_wait_secs));
-    let mut saver = lead.then(|| Saver::new(&run_path, config));
-    let mut run = start.run;
-    let mut model = start.model;
-    let mut optim = start.optim;
-    let first_step = start.step;
-    let stop_at = options
-        .until_step
-        .map_or(total_steps, |u| u.min(total_steps));
-    let eval_schedule = EvalSchedule::new(t.eval_every);
-    let checkpoints = CheckpointPolicy::new(config.checkpoint.every_steps, stop_at);
-    let progress = if lead {
-        Progress::new(total_steps, first_step)
-    } else {
-        Progress::quiet()
-    };
-    // Each worker draws its own dropout masks; rank 0's are those of a single-worker run.
-    let dropout_seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-
-    let mut step = first_step;
-    let mut status = "completed";
-    while step < stop_at {
-        step += 1;
-        let mut micro = Vec::with_capacity(accum);
-        let (mut n, mut whole) = (0, 0);
-        for _ in 0..accum {
-            let batch = loader.next_batch();
-            n += batch.targets();
-            whole += batch.whole;
-            micro_done += 1;
-            if batch.targets() > 0 {
-                micro.push(M::device_batch(batch, &device));
-            }
-        }
-        position = DataPosition {
-            epoch: micro_done / batches_per_epoch,
-            batch_in_epoch: micro_done % batches_per_epoch,
-            batches_per_epoch,
-            samples_seen: position.samples_seen + whole as u64,
-        };
-        let epoch = micro_done as f64 / batches_per_epoch as f64;
-
-        kiln_models::dropout::reseed(dropout_seed, step as u64);
-        lr = schedule.next_lr();
-        debug_assert!(lr.is_finite(), "the schedule gave lr {lr} at step {step}");
-        let parallel = world > 1;
-        let step_started = Instant::now();
-        let (next, stats) = train_step(
-            model,
-            &mut optim,
-            micro,
-            if parallel { whole } else { n },
-            lr,
-            t.grad_clip_norm,
-            loss_scale.as_mut(),
-            if parallel { Some(&mut *comm) } else { None },
-        )?;
-        model = next;
-        window.step_secs += step_started.elapsed().as_secs_f64();
-        window.add(stats, n);
-
-        let last = step == total_steps;
-        let summary = if step % t.log_every == 0 || last {
-            let wait = loader.take_wait_time();
-            data_wait_total += wait;
-            let stats = window.take(&model, comm)?;
-            let mut event = json!({
-                "step": step, "epoch": epoch, "split": "train",
-                "loss": stats.loss, "lr": lr,
-                "samples_per_sec": stats.samples_per_sec,
-                "data_wait_secs": wait.as_secs_f64(),
-                "step_secs": stats.step_secs, "window_secs": stats.window_secs,
-            });
-            for (name, value) in &stats.metrics {
-                event[name.as_str()] = json!(value);
-            }
-            if let Some(g) = stats.grad_norm {
-                event["grad_norm"] = json!(g);
-            }
-            if unit == "tokens" {
-                event["tokens_per_sec"] = json!(stats.samples_per_sec);
-            }
-            if let Some(s) = &loss_scale {
-                event["loss_scale"] = json!(s.scale);
-                event["skipped_steps"] = json!(s.skipped_steps);
-            }
-            if world > 1 {
-                event["workers"] = json!(world);
-                event["comm_secs"] = json!(stats.comm_secs);
-            }
-            if let Some(run) = run.as_mut() {
-                run.log_event(&event)?;
-            }
-            let metrics: String = stats
-                .metrics
-                .iter()
-                .map(|(name, v)| format!(" {} {v:.3}", short_name(name)))
-                .collect();
-            Some(format!(
-                "loss {:.4}{metrics} lr {lr:.2e} {:.0} {unit}/s",
-                stats.loss, stats.samples_per_sec
-            ))
-        } else {
-            None
-        };
-        progress.step(step, summary.as_deref());
-
-        let mut new_best = false;
-        if eval_schedule.due(step, last) {
-            let eval_started = Instant::now();
-            if data.has(Split::Valid) {
-                let r = evaluate_sharded(&model, data, Split::Valid, config, &device, comm)?;
-                if let Some(run) = run.as_mut() {
-                    run.log_event(&eval_event(step, epoch, "valid", &r))?;
-                }
-                progress.message(&format!("step {step}: valid {}", describe(&r)));
-                new_best = best.observe(step, &r)?;
-                last_valid = Some(r);
-            }
-            window.exclude(eval_started);
-        }
-
-        let stopping = stop_agreed(&options.stop, comm)?;
-        if stopping {
-            progress.message(&format!(
-                "stop requested (signal): saving a checkpoint at step {step}, then exiting; signal again to exit at once"
-            ));
-        }
-        if checkpoints.due(step, last, new_best) || stopping {
-            let save_started = Instant::now();
-            let window_state = window.state_of_all(comm)?;
-            if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
-                let state = TrainState {
-                    data: position,
-                    rng: RngState {
-                        seed,
-                        shuffle_stream: position.epoch,
-                        dropout_next_step: step + 1,
-                    },
-                    schedule: ScheduleState {
-                        horizon_steps: horizon,
-                        steps_done: step,
-                        last_lr: lr,
-                    },
-                    optimizer: OptimizerInfo {
-                        kind: format!("{:?}", config.optimizer.kind).to_lowercase(),
-                        buffers: optim.buffer_names().iter().map(|s| s.to_string()).collect(),
-                    },
-                    window: window_state,
-                    best: best.best().cloned(),
-                    last_valid: last_valid.clone(),
-                    data_wait_secs: data_wait_total.as_secs_f64(),
-                    loss_scale,
-                    workers: world,
-                };
-                saver.save(step, &model, &optim, &table, state, new_best, run)?;
-            }
-            window.exclude(save_started);
-        }
-        if let (Some(saver), Some(run)) = (saver.as_mut(), run.as_mut()) {
-            saver.poll(run)?;
-        }
-        if stopping {
-            status = "interrupted";
-            break;
-        }
+    if let Some(g) = stats.grad_norm {
+        event["grad_norm"] = json!(g);
     }
-    progress.finish();
-    drop(loader);
-    if status == "completed" && step < total_steps {
-        status = "paused";
+    if unit == "tokens" {
+        event["tokens_per_sec"] = json!(stats.samples_per_sec);
     }
-
-    let test = if status == "completed" && data.has(Split::Test) {
-        let r = evaluate_sharded(&model, data, Split::Test, config, &device, comm)?;
-        let epoch = position.epoch as f64
-            + position.batch_in_epoch as f64 / position.batches_per_epoch as f64;
-        if let Some(run) = run.as_mut() {
-            run.log_event(&eval_event(total_steps, epoch, "test", &r))?;
-        }
-        Some(r)
-    } else {
-        None
-    };
-    let checkpoint = match (saver.as_mut(), run.as_mut()) {
-        (Some(saver), Some(run)) => saver.finish(run)?,
-        _ => None,
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let where_ = checkpoint
-        .as_ref()
-        .map_or("no checkpoint".to_string(), |c| c.display().to_string());
-    match (status, &test, lead) {
-        (_, _, false) => {}
-        ("completed", None, _) => tracing::info!(
-            "done in {seconds:.1} s; weights in {where_}"
-        ),
-        ("completed", Some(test), _) => tracing::info!(
-            "done in {seconds:.1} s: test {}; waited {:.2} s for data in total; weights in {where_}",
-            describe(test),
-            data_wait_total.as_secs_f64(),
-        ),
-        _ => tracing::warn!(
-            "{status} at step {step} of {total_steps}; saved {where_}; continue with: kiln train --resume {}",
-            run_path.display()
-        ),
+    if let Some(s) = loss_scale {
+        event["loss_scale"] = json!(s.scale);
+        event["skipped_steps"] = json!(s.skipped_steps);
     }
-    Ok(TrainSummary {
-        status,
-        run_dir: run_path,
-        steps: step,
-        total_steps,
-        resumed_from: (first_step > 0).then_some(first_step),
-        checkpoint,
-        seconds,
-        data_wait_seconds: data_wait_total.as_secs_f64(),
-        workers: world,
-        engine: comm.engine(),
-        valid: last_valid,
-        test,
-    })
+    if world > 1 {
+        event["workers"] = json!(world);
+        event["comm_secs"] = json!(stats.comm_secs);
+    }
+    event
 }
 
 /// Checks that every worker runs the same maths on the same data from the same step.
@@ -729,6 +978,8 @@ struct WindowStats {
     step_secs: f64,
     /// The window's seconds of training (evaluation and checkpoints excluded).
     window_secs: f64,
+    /// Seconds the loop waited for the data loader during the window.
+    data_wait_secs: f64,
 }
 
 impl<B: AutodiffBackend> Window<B> {
@@ -810,6 +1061,7 @@ impl<B: AutodiffBackend> Window<B> {
     fn take<M: TrainModel<B>>(
         &mut self,
         model: &M,
+        data_wait: Duration,
         comm: &mut dyn Communicator<B::InnerBackend>,
     ) -> Result<WindowStats> {
         let fresh = Window::<B>::new(&self.device, self.names.clone());
@@ -831,6 +1083,7 @@ impl<B: AutodiffBackend> Window<B> {
             comm_secs: old.comm_secs,
             step_secs: old.step_secs,
             window_secs: secs,
+            data_wait_secs: data_wait.as_secs_f64(),
         })
     }
 }
