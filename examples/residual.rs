@@ -1,7 +1,8 @@
 //! A model that Kiln does not ship, trained through Kiln's loop from a user's own program: a
 //! residual MLP (pre-norm blocks, `x + fc(relu(norm(x)))`) on the wine table of
-//! `configs/wine-mlp.toml`, paused half-way and resumed, with Kiln's checkpoints, schedule,
-//! clipping and evaluation.
+//! `configs/wine-mlp.toml`, paused part-way and resumed, with Kiln's checkpoints, schedule,
+//! clipping and evaluation. Its matrix products follow `train.precision` through Kiln's
+//! precision helper (f16 or bf16 products on f32 weights, on backends that have them).
 //!
 //!     cargo run --release --example residual
 //!
@@ -13,10 +14,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
+use kiln_core::config::Precision;
 use kiln_core::{BackendKind, Config};
 use kiln_models::loss::batch_sums;
+use kiln_models::precision::linear;
 use kiln_models::{DataShape, HostBatch, Input, LossOutput, TrainModel};
 use kiln_train::{train_with, ResumeFrom, RunData, TrainOptions, TrainSummary};
 
@@ -31,33 +34,43 @@ pub struct ResidualMlp<B: Backend> {
     embed: Linear<B>,
     blocks: Vec<Block<B>>,
     head: Linear<B>,
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl<B: Backend> ResidualMlp<B> {
     pub fn new(
-        features: usize,
+        d_in: usize,
         width: usize,
         depth: usize,
         classes: usize,
+        p: Precision,
         device: &B::Device,
     ) -> Self {
         let block = || Block {
             norm: LayerNormConfig::new(width).init(device),
             fc: LinearConfig::new(width, width).init(device),
         };
+        let (embed, head) = (
+            LinearConfig::new(d_in, width),
+            LinearConfig::new(width, classes),
+        );
+        let blocks = (0..depth).map(|_| block()).collect();
         Self {
-            embed: LinearConfig::new(features, width).init(device),
-            blocks: (0..depth).map(|_| block()).collect(),
-            head: LinearConfig::new(width, classes).init(device),
+            embed: embed.init(device),
+            blocks,
+            head: head.init(device),
+            precision: p,
         }
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let mut x = self.embed.forward(x);
+        let p = self.precision;
+        let mut x = linear(&self.embed, x, p);
         for b in &self.blocks {
-            x = x.clone() + b.fc.forward(relu(b.norm.forward(x)));
+            x = x.clone() + linear(&b.fc, relu(b.norm.forward(x)), p);
         }
-        self.head.forward(x)
+        linear(&self.head, x, p)
     }
 }
 
@@ -87,7 +100,11 @@ impl<B: Backend> TrainModel<B> for ResidualMlp<B> {
 }
 
 /// Builds the model for a run's data on a worker's device (each data-parallel worker calls it).
-pub fn build<B: Backend>(_: &Config, data: &RunData, device: &B::Device) -> Result<ResidualMlp<B>> {
+pub fn build<B: Backend>(
+    config: &Config,
+    data: &RunData,
+    device: &B::Device,
+) -> Result<ResidualMlp<B>> {
     let DataShape::Samples {
         sample_shape,
         num_classes,
@@ -95,20 +112,14 @@ pub fn build<B: Backend>(_: &Config, data: &RunData, device: &B::Device) -> Resu
     else {
         anyhow::bail!("the residual MLP needs sample data, not tokens");
     };
-    Ok(ResidualMlp::new(
-        sample_shape.iter().product(),
-        32,
-        2,
-        num_classes,
-        device,
-    ))
+    let (d_in, p) = (sample_shape.iter().product(), config.train.precision);
+    Ok(ResidualMlp::new(d_in, 32, 2, num_classes, p, device))
 }
 
-pub type Train = Autodiff<Flex>;
-
-/// Trains `config` (resuming `resume` if given) until `until_step` on one CPU device.
-pub fn run(
+/// Trains `config` (resuming `resume` if given) until `until_step` on one device of `B`.
+pub fn run<B: AutodiffBackend>(
     config: &Config,
+    backend: BackendKind,
     resume: Option<ResumeFrom>,
     until_step: Option<usize>,
 ) -> Result<TrainSummary> {
@@ -118,14 +129,7 @@ pub fn run(
         ..Default::default()
     };
     let comm = &mut kiln_dist::Single;
-    train_with::<Train, _, _>(
-        config,
-        &build,
-        Default::default(),
-        BackendKind::Flex,
-        options,
-        comm,
-    )
+    train_with::<B, _, _>(config, &build, Default::default(), backend, options, comm)
 }
 
 fn main() -> Result<()> {
@@ -135,12 +139,14 @@ fn main() -> Result<()> {
         "run.overwrite=true",
     ];
     let config = Config::load("configs/wine-mlp.toml".as_ref(), &sets.map(String::from))?;
-    let paused = run(&config, None, Some(200))?;
+    type Cpu = Autodiff<Flex>;
+    let paused = run::<Cpu>(&config, BackendKind::Flex, None, Some(200))?;
     println!(
         "paused at step {} of {}: {}",
         paused.steps, paused.total_steps, paused.status
     );
-    let done = run(&config, Some(ResumeFrom::Latest(paused.run_dir)), None)?;
+    let resume = Some(ResumeFrom::Latest(paused.run_dir));
+    let done = run::<Cpu>(&config, BackendKind::Flex, resume, None)?;
     let test = done
         .test
         .expect("a completed run is evaluated on its test split");
