@@ -6,27 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::{assert_same_run_logging, kiln, repo_root, stderr};
+use common::{assert_same_run_logging, copy_dir, kiln, repo_root, stderr};
 use serde_json::Value;
 
 fn fixture(relative: &str) -> PathBuf {
     repo_root().join("tests/fixtures/v1").join(relative)
-}
-
-/// Copies the directory tree `from` to `to` (the fixtures stay untouched).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn ok(args: &[&str]) -> Value {
@@ -45,7 +31,7 @@ fn ok(args: &[&str]) -> Value {
 fn resumes_exactly(name: &str, paused: usize, total: usize, splits: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("resumed").join(name);
-    copy_tree(&fixture(&format!("runs/{name}")), &run);
+    copy_dir(&fixture(&format!("runs/{name}")), &run);
 
     let summary = ok(&[
         "train",

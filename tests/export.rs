@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{fails_with, kiln, repo_root, stderr, train};
+use common::{copy_dir, fails_with, kiln, repo_root, stderr, train};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -471,19 +471,6 @@ fn flip_last_byte(path: &Path) {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(path, bytes).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

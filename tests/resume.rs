@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_run, events, fails_with, kiln, repo_root, stderr};
+use common::{assert_same_run, copy_dir, events, fails_with, kiln, repo_root, stderr};
 use serde_json::Value;
 
 const SMOKE: &str = "configs/smoke.toml";
@@ -278,18 +278,6 @@ fn three_checkpoints(out: &Path) -> PathBuf {
     ];
     ok(&train_args(out, "base", "flex", &sets));
     out.join("base")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Rewrites a file of a checkpoint and records its new sha256 in state.json, so that only the

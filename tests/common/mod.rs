@@ -153,3 +153,17 @@ pub fn assert_same_run_logging(a: &Path, b: &Path, step: usize, required: &[&str
         );
     }
 }
+
+/// Copies the directory tree `from` to `to` (e.g. a fixture or a run, to change the copy).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -8,8 +8,6 @@ use burn::tensor::{ElementConversion, Tensor};
 use kiln_models::{Targets, TrainModel};
 use serde::{Deserialize, Serialize};
 
-pub use kiln_models::loss::{batch_sums, cross_entropy_sum};
-
 /// The loss and metrics over a whole split. As JSON, the metrics are fields beside `loss` and
 /// `samples` (`{"loss": .., "accuracy": .., "samples": ..}` for a classifier).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
