@@ -303,11 +303,13 @@ fn training_batches(
     rows: usize,
     count: usize,
 ) -> Result<Vec<kiln_train::data::HostBatch>> {
+    use kiln_train::TrainData;
     let data = kiln_train::data::RunData::load(config)?;
-    let mut stream = data.train_stream(config, 0, kiln_data::Shard::default());
+    let start = Default::default();
+    let mut stream = data.train_stream(config, kiln_data::Shard::default(), &start)?;
     (0..count)
         .map(|k| {
-            let b = stream.next_batch();
+            let b = stream.next_batch()?.batch;
             match &b.input {
                 kiln_train::data::HostInput::Features { x, rows: r } if *r == rows && x.len() == rows * 784 => Ok(b),
                 _ => bail!(

@@ -16,7 +16,7 @@ use kiln_export::{ExportOptions, Format, Scheme, Source};
 use kiln_models::Model;
 use kiln_train::checkpoint::is_checkpoint_dir;
 use kiln_train::generate::{generate, Sampling};
-use kiln_train::{evaluate, weights, ResumeFrom, RunData, TrainOptions};
+use kiln_train::{evaluate, weights, ResumeFrom, RunData, TrainData, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -817,6 +817,6 @@ fn eval<B: Backend>(task: EvalTask, device: B::Device) -> Result<serde_json::Val
         &device,
     )?;
     let model = weights::load(model, &task.file)?;
-    let r = evaluate(&model, data.eval_batches(split, &task.config), &device);
+    let r = evaluate(&model, data.eval_batches(split, &task.config), &device)?;
     Ok(r.json_with(serde_json::json!({"split": name, "weights": task.file})))
 }

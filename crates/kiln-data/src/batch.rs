@@ -1,5 +1,8 @@
 //! Host batches and the sequential evaluation pass.
 
+use anyhow::Result;
+
+use crate::source::Gather;
 use crate::Dataset;
 
 /// A batch in host memory, ready to become a tensor.
@@ -11,14 +14,6 @@ pub struct Batch {
     pub x_shape: Vec<usize>,
     /// One class index per sample.
     pub y: Vec<i64>,
-    /// 0-based epoch this batch belongs to.
-    pub epoch: usize,
-    /// 0-based index of this batch inside its epoch.
-    pub index: usize,
-    /// Number of batches in the epoch.
-    pub batches_in_epoch: usize,
-    /// Samples of the whole batch this one is a shard of (its own length without sharding).
-    pub global_len: usize,
 }
 
 impl Batch {
@@ -33,13 +28,7 @@ impl Batch {
     }
 
     /// Copies the samples `indices` of `ds` into a batch.
-    pub(crate) fn gather(
-        ds: &Dataset,
-        indices: &[usize],
-        epoch: usize,
-        index: usize,
-        batches_in_epoch: usize,
-    ) -> Batch {
+    pub(crate) fn gather(ds: &Dataset, indices: &[usize]) -> Batch {
         let mut x = Vec::with_capacity(indices.len() * ds.sample_len());
         for &i in indices {
             x.extend_from_slice(ds.sample(i));
@@ -50,11 +39,20 @@ impl Batch {
             x,
             x_shape,
             y: indices.iter().map(|&i| i64::from(ds.labels[i])).collect(),
-            epoch,
-            index,
-            batches_in_epoch,
-            global_len: indices.len(),
         }
+    }
+}
+
+/// An in-memory dataset is a random-access source that copies a whole batch at once.
+impl Gather for Dataset {
+    type Batch = Batch;
+
+    fn len(&self) -> usize {
+        Dataset::len(self)
+    }
+
+    fn gather(&self, indices: &[usize]) -> Result<Batch> {
+        Ok(Batch::gather(self, indices))
     }
 }
 
@@ -65,7 +63,7 @@ pub(crate) fn batch_count(len: usize, batch_size: usize) -> usize {
 
 /// One ordered pass over `dataset` in batches of `batch_size` (the last one
 /// may be smaller), for evaluation. Batches are built lazily on the calling
-/// thread and all belong to epoch 0.
+/// thread.
 ///
 /// # Panics
 /// If `batch_size` is 0.
@@ -76,7 +74,7 @@ pub fn eval_batches(dataset: &Dataset, batch_size: usize) -> impl Iterator<Item 
         let start = index * batch_size;
         let end = (start + batch_size).min(dataset.len());
         let indices: Vec<usize> = (start..end).collect();
-        Batch::gather(dataset, &indices, 0, index, batches)
+        Batch::gather(dataset, &indices)
     })
 }
 
@@ -88,14 +86,10 @@ mod tests {
     #[test]
     fn gather_builds_shapes_and_labels() {
         let ds = toy(5);
-        let batch = Batch::gather(&ds, &[4, 0], 3, 1, 2);
+        let batch = Batch::gather(&ds, &[4, 0]);
         assert_eq!(batch.x, vec![4.0, -4.0, 0.0, -0.0]);
         assert_eq!(batch.x_shape, vec![2, 2]);
         assert_eq!(batch.y, vec![1, 0]);
-        assert_eq!(
-            (batch.epoch, batch.index, batch.batches_in_epoch),
-            (3, 1, 2)
-        );
         assert_eq!(batch.len(), 2);
     }
 
@@ -107,12 +101,6 @@ mod tests {
         let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
         assert_eq!(batches[2].x_shape, vec![2, 2]);
-        for (i, batch) in batches.iter().enumerate() {
-            assert_eq!(
-                (batch.epoch, batch.index, batch.batches_in_epoch),
-                (0, i, 3)
-            );
-        }
         let x: Vec<f32> = batches.iter().flat_map(|b| b.x.clone()).collect();
         let y: Vec<i64> = batches.iter().flat_map(|b| b.y.clone()).collect();
         assert_eq!(x, ds.features);

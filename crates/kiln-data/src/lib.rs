@@ -1,6 +1,7 @@
-//! Kiln's data layer: in-memory classification datasets read from IDX and
-//! scikit-learn CSV files, deterministic train/validation splits, feature
-//! standardization, and a background batch loader.
+//! Kiln's data layer: the two kinds of data source a user's data can be ([`RandomAccess`] and
+//! [`Stream`]), the background batch [`Loader`] that shuffles, shards and resumes both exactly,
+//! in-memory classification datasets read from IDX and scikit-learn CSV files, deterministic
+//! train/validation splits and feature standardization.
 //!
 //! The [`text`] module adds language-model data: UTF-8 text files and a
 //! character-level tokenizer, memory-mapped pre-tokenized token files, and
@@ -16,6 +17,7 @@ mod dataset;
 mod idx;
 mod loader;
 mod read;
+mod source;
 mod standardize;
 pub mod text;
 
@@ -23,7 +25,8 @@ pub use batch::{eval_batches, Batch};
 pub use csv::load_sklearn_csv;
 pub use dataset::{split, Dataset};
 pub use idx::{load_idx, load_idx_images};
-pub use loader::{Loader, LoaderConfig, Shard};
+pub use loader::{Loaded, Loader, LoaderConfig, Shard, StreamPosition};
+pub use source::{Collated, Gather, RandomAccess, Stream};
 pub use standardize::Standardizer;
 pub use text::{
     check_span, eval_window_count, eval_windows, meta_path, random_windows, random_windows_from,

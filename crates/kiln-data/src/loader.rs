@@ -1,16 +1,20 @@
-//! The endless, reproducible training batch stream, assembled on background threads.
+//! The endless, reproducible training batch stream, assembled on background threads, from a
+//! random-access source or a stream.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::batch::{batch_count, Batch};
-use crate::Dataset;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::batch_count;
+use crate::source::{Gather, Stream};
 
 /// Settings of a [`Loader`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +38,9 @@ pub struct LoaderConfig {
 /// batches one worker would see, each sample once per epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
+    /// This worker, `0..world`.
     pub rank: usize,
+    /// Number of workers.
     pub world: usize,
 }
 
@@ -55,54 +61,81 @@ impl Default for Shard {
     }
 }
 
-/// An endless stream of training batches, epoch after epoch.
+/// One batch of a [`Loader`]'s stream and where it stands in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<T> {
+    /// This worker's part of the batch.
+    pub batch: T,
+    /// Items in the whole batch, of all workers (the batch's own length without sharding).
+    pub whole: usize,
+    /// 0-based epoch (for a stream: pass) the batch belongs to.
+    pub epoch: usize,
+    /// 0-based index of the batch inside its epoch.
+    pub index: usize,
+    /// Batches in one epoch (the last one may be smaller); unknown for a stream.
+    pub batches_in_epoch: Option<usize>,
+    /// For a stream: where it continues after this batch, for a checkpoint.
+    pub resume: Option<StreamPosition>,
+}
+
+/// Where a [`Stream`]'s batches continue: after batch `batch` of pass `pass`, with the
+/// stream at its [`Stream::position`] `at` (as JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The pass the next item comes from.
+    pub pass: usize,
+    /// Batches of that pass delivered so far.
+    pub batch: usize,
+    /// The stream's own position within the pass.
+    pub at: serde_json::Value,
+}
+
+/// An endless stream of training batches, epoch after epoch, from a random-access source
+/// ([`Loader::new`]) or a stream ([`Loader::stream`]).
 ///
-/// The order of epoch `e` is a pure function of `(seed, e)`: a permutation of
-/// `0..len` drawn from a `ChaCha8Rng` seeded with `seed` on stream `e` (or
-/// `0..len` itself without shuffling). A run can therefore resume at any
-/// epoch and batch without replaying earlier random draws.
+/// From a random-access source, the order of epoch `e` is a pure function of `(seed, e)`: a
+/// permutation of `0..len` drawn from a `ChaCha8Rng` seeded with `seed` on stream `e` (or
+/// `0..len` itself without shuffling). A run can therefore resume at any epoch and batch
+/// without replaying earlier random draws. Batches are assembled on `threads` worker threads:
+/// worker `w` builds the `w`-th, `(w + threads)`-th, ... batch of the stream and hands them
+/// over through its own bounded channel of `prefetch` batches. [`Loader::next_batch`] takes
+/// them round-robin, so the stream is the same for any thread count.
 ///
-/// Batches are assembled on `threads` worker threads: worker `w` builds the
-/// `w`-th, `(w + threads)`-th, ... batch of the stream and hands them over
-/// through its own bounded channel of `prefetch` batches. [`Loader::next_batch`]
-/// takes them round-robin, so the stream is the same for any thread count.
-/// Dropping the loader stops and joins its workers.
-pub struct Loader {
-    /// One channel per worker; batch `k` of the stream comes from `receivers[k % threads]`.
-    receivers: Vec<Receiver<Batch>>,
+/// From a stream, one thread reads the items in order, `batch_size` to a batch (the last batch
+/// of a pass may be smaller), and records after each batch where the stream continues
+/// ([`Loaded::resume`]); a loader started from that position continues with the same batches.
+///
+/// In both, a data-parallel worker keeps its [`Shard`] of every batch. Dropping the loader
+/// stops and joins its threads.
+pub struct Loader<T> {
+    /// One channel per thread; batch `k` of the stream comes from `receivers[k % threads]`.
+    receivers: Vec<Receiver<Result<Loaded<T>>>>,
     workers: Vec<JoinHandle<()>>,
     /// Number of batches handed out so far.
     delivered: usize,
-    batches_per_epoch: usize,
+    batches_per_epoch: Option<usize>,
     /// Time `next_batch` spent blocked since the last `take_wait_time`.
     wait: Duration,
 }
 
-impl Loader {
-    /// Starts the workers; the first batch returned is batch `start_batch` of
-    /// epoch `start_epoch` (a `start_batch` past the end of that epoch
+impl<T: Send + 'static> Loader<T> {
+    /// Starts the workers over a random-access `source`; the first batch returned is batch
+    /// `start_batch` of epoch `start_epoch` (a `start_batch` past the end of that epoch
     /// continues into the following ones).
-    ///
-    /// # Panics
-    /// If the dataset is empty or `batch_size`, `threads` or `prefetch` is 0.
-    pub fn new(
-        dataset: Arc<Dataset>,
+    pub fn new<G: Gather<Batch = T> + 'static>(
+        source: Arc<G>,
         cfg: LoaderConfig,
         start_epoch: usize,
         start_batch: usize,
-    ) -> Loader {
-        assert!(
-            !dataset.is_empty(),
-            "cannot load batches from an empty dataset"
-        );
-        assert!(cfg.batch_size > 0, "loader batch_size must be at least 1");
-        assert!(cfg.threads > 0, "loader threads must be at least 1");
-        assert!(cfg.prefetch > 0, "loader prefetch must be at least 1");
-
-        let batches_per_epoch = batch_count(dataset.len(), cfg.batch_size);
+    ) -> Result<Loader<T>> {
+        cfg.check()?;
+        if source.is_empty() {
+            bail!("cannot load batches from an empty data source");
+        }
+        let batches_per_epoch = batch_count(source.len(), cfg.batch_size);
         let first = start_epoch * batches_per_epoch + start_batch;
         let schedule = Arc::new(Schedule {
-            dataset,
+            source,
             batch_size: cfg.batch_size,
             batches_per_epoch,
             shuffle: cfg.shuffle,
@@ -114,39 +147,69 @@ impl Loader {
                 let (sender, receiver) = sync_channel(cfg.prefetch);
                 let schedule = Arc::clone(&schedule);
                 let stride = cfg.threads;
-                let worker = std::thread::Builder::new()
-                    .name(format!("kiln-loader-{w}"))
-                    .spawn(move || schedule.produce(first + w, stride, sender))
-                    .expect("cannot spawn a data loader thread");
-                (receiver, worker)
+                let worker = spawn(w, move || schedule.produce(first + w, stride, sender))?;
+                Ok((receiver, worker))
             })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
             .unzip();
-        Loader {
+        Ok(Loader {
             receivers,
             workers,
             delivered: 0,
-            batches_per_epoch,
+            batches_per_epoch: Some(batches_per_epoch),
             wait: Duration::ZERO,
-        }
+        })
     }
 
-    /// The next batch of the stream, waiting for its worker if it is not ready yet.
-    ///
-    /// # Panics
-    /// If the worker building this batch has died (it panicked).
-    pub fn next_batch(&mut self) -> Batch {
+    /// Starts reading `source` on a background thread, its items turned into batches by
+    /// `collate`: from the start of pass 0, or from where a checkpoint's [`Loaded::resume`]
+    /// says. `cfg.shuffle` and `cfg.threads` do not apply (a stream has its own order).
+    pub fn stream<S, F>(
+        source: S,
+        collate: F,
+        cfg: LoaderConfig,
+        from: Option<StreamPosition>,
+    ) -> Result<Loader<T>>
+    where
+        S: Stream + 'static,
+        F: Fn(Vec<S::Item>) -> Result<T> + Send + 'static,
+    {
+        cfg.check()?;
+        let (sender, receiver) = sync_channel(cfg.prefetch);
+        let reader = StreamReader {
+            source,
+            collate,
+            batch_size: cfg.batch_size,
+            shard: cfg.shard,
+        };
+        let worker = spawn(0, move || reader.produce(from, sender))?;
+        Ok(Loader {
+            receivers: vec![receiver],
+            workers: vec![worker],
+            delivered: 0,
+            batches_per_epoch: None,
+            wait: Duration::ZERO,
+        })
+    }
+
+    /// The next batch of the stream, waiting for its worker if it is not ready yet; the error
+    /// of a batch that could not be read.
+    pub fn next_batch(&mut self) -> Result<Loaded<T>> {
         let receiver = &self.receivers[self.delivered % self.receivers.len()];
         let started = Instant::now();
-        let batch = receiver
-            .recv()
-            .expect("a data loader worker thread stopped unexpectedly");
+        let batch = receiver.recv().map_err(|_| {
+            anyhow!(
+                "a data loader thread stopped unexpectedly (after an error or a panic; see above)"
+            )
+        })?;
         self.wait += started.elapsed();
         self.delivered += 1;
         batch
     }
 
-    /// Number of batches in one epoch (the last one may be smaller).
-    pub fn batches_per_epoch(&self) -> usize {
+    /// Number of batches in one epoch (the last one may be smaller); `None` for a stream.
+    pub fn batches_per_epoch(&self) -> Option<usize> {
         self.batches_per_epoch
     }
 
@@ -162,7 +225,7 @@ impl Loader {
     }
 }
 
-impl Drop for Loader {
+impl<T> Drop for Loader<T> {
     /// Closes the channels first, so that workers blocked on a full channel
     /// wake up with an error and return, then joins them.
     fn drop(&mut self) {
@@ -174,9 +237,31 @@ impl Drop for Loader {
     }
 }
 
-/// Which samples make up each batch of the stream; shared by all workers.
-struct Schedule {
-    dataset: Arc<Dataset>,
+impl LoaderConfig {
+    fn check(&self) -> Result<()> {
+        for (value, what) in [
+            (self.batch_size, "batch_size"),
+            (self.threads, "threads"),
+            (self.prefetch, "prefetch"),
+        ] {
+            if value == 0 {
+                bail!("the data loader's {what} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spawn(w: usize, work: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("kiln-loader-{w}"))
+        .spawn(work)
+        .context("cannot spawn a data loader thread")
+}
+
+/// Which samples make up each batch of a random-access stream; shared by all workers.
+struct Schedule<G> {
+    source: Arc<G>,
     batch_size: usize,
     batches_per_epoch: usize,
     shuffle: bool,
@@ -184,10 +269,10 @@ struct Schedule {
     shard: Shard,
 }
 
-impl Schedule {
-    /// Builds batches `first`, `first + stride`, ... of the stream and sends
-    /// them until the receiving side is dropped.
-    fn produce(&self, first: usize, stride: usize, sender: SyncSender<Batch>) {
+impl<G: Gather> Schedule<G> {
+    /// Builds batches `first`, `first + stride`, ... of the stream and sends them until the
+    /// receiving side is dropped or a batch cannot be read (its error is the last thing sent).
+    fn produce(&self, first: usize, stride: usize, sender: SyncSender<Result<Loaded<G::Batch>>>) {
         let mut cached: Option<(usize, Vec<usize>)> = None;
         for position in (first..).step_by(stride) {
             let epoch = position / self.batches_per_epoch;
@@ -199,16 +284,21 @@ impl Schedule {
             let start = index * self.batch_size;
             let end = (start + self.batch_size).min(order.len());
             let whole = &order[start..end];
-            let mut batch = Batch::gather(
-                &self.dataset,
-                &whole[self.shard.range(whole.len())],
+            let batch = self
+                .source
+                .gather(&whole[self.shard.range(whole.len())])
+                .with_context(|| format!("reading batch {index} of epoch {epoch}"));
+            let failed = batch.is_err();
+            let loaded = batch.map(|batch| Loaded {
+                batch,
+                whole: whole.len(),
                 epoch,
                 index,
-                self.batches_per_epoch,
-            );
-            batch.global_len = whole.len();
+                batches_in_epoch: Some(self.batches_per_epoch),
+                resume: None,
+            });
             cached = Some((epoch, order));
-            if sender.send(batch).is_err() {
+            if sender.send(loaded).is_err() || failed {
                 return;
             }
         }
@@ -216,7 +306,7 @@ impl Schedule {
 
     /// The order in which epoch `epoch` visits the samples.
     fn epoch_order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
+        let mut order: Vec<usize> = (0..self.source.len()).collect();
         if self.shuffle {
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
             rng.set_stream(epoch as u64);
@@ -226,10 +316,109 @@ impl Schedule {
     }
 }
 
+/// The thread that reads a stream source in batches.
+struct StreamReader<S, F> {
+    source: S,
+    collate: F,
+    batch_size: usize,
+    shard: Shard,
+}
+
+impl<S, F, T> StreamReader<S, F>
+where
+    S: Stream,
+    F: Fn(Vec<S::Item>) -> Result<T>,
+{
+    /// Sends batches until the receiving side is dropped or the stream fails (its error is the
+    /// last thing sent).
+    fn produce(mut self, from: Option<StreamPosition>, sender: SyncSender<Result<Loaded<T>>>) {
+        let result = self.read(from, &sender);
+        if let Err(e) = result {
+            let _ = sender.send(Err(e));
+        }
+    }
+
+    fn read(
+        &mut self,
+        from: Option<StreamPosition>,
+        sender: &SyncSender<Result<Loaded<T>>>,
+    ) -> Result<()> {
+        let (mut pass, mut batch) = from.as_ref().map_or((0, 0), |p| (p.pass, p.batch));
+        self.source
+            .start_pass(pass)
+            .with_context(|| format!("starting pass {pass} of the stream"))?;
+        if let Some(p) = from {
+            let at = serde_json::from_value(p.at.clone()).with_context(|| {
+                format!(
+                    "the checkpoint's stream position {} does not fit this stream",
+                    p.at
+                )
+            })?;
+            self.source
+                .seek(at)
+                .with_context(|| format!("seeking the stream to {} of pass {pass}", p.at))?;
+        }
+        loop {
+            let mut items = Vec::with_capacity(self.batch_size);
+            while items.len() < self.batch_size {
+                let item = self.source.next().with_context(|| {
+                    format!(
+                        "reading item {} of batch {batch} of pass {pass}",
+                        items.len()
+                    )
+                })?;
+                match item {
+                    Some(item) => items.push(item),
+                    None => break,
+                }
+            }
+            let pass_over = items.len() < self.batch_size;
+            if !items.is_empty() {
+                let whole = items.len();
+                let range = self.shard.range(whole);
+                let mine = items
+                    .into_iter()
+                    .skip(range.start)
+                    .take(range.len())
+                    .collect();
+                let loaded = Loaded {
+                    batch: (self.collate)(mine)
+                        .with_context(|| format!("collating batch {batch} of pass {pass}"))?,
+                    whole,
+                    epoch: pass,
+                    index: batch,
+                    batches_in_epoch: None,
+                    resume: Some(StreamPosition {
+                        pass,
+                        batch: batch + 1,
+                        at: serde_json::to_value(self.source.position())
+                            .context("the stream's position cannot be written as JSON")?,
+                    }),
+                };
+                if sender.send(Ok(loaded)).is_err() {
+                    return Ok(());
+                }
+                batch += 1;
+            } else if batch == 0 {
+                bail!("the stream gave no items in pass {pass}: a stream to train on must not be empty");
+            }
+            if pass_over {
+                (pass, batch) = (pass + 1, 0);
+                self.source
+                    .start_pass(pass)
+                    .with_context(|| format!("starting pass {pass} of the stream"))?;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dataset::tests::toy;
+    use crate::source::tests::{Counter, Numbers};
+    use crate::source::Collated;
+    use crate::Batch;
 
     fn config(threads: usize, shuffle: bool) -> LoaderConfig {
         LoaderConfig {
@@ -243,16 +432,21 @@ mod tests {
     }
 
     /// The first `count` batches of a loader over `toy(len)`.
-    fn stream(len: usize, cfg: LoaderConfig, start: (usize, usize), count: usize) -> Vec<Batch> {
-        let mut loader = Loader::new(Arc::new(toy(len)), cfg, start.0, start.1);
-        (0..count).map(|_| loader.next_batch()).collect()
+    fn stream(
+        len: usize,
+        cfg: LoaderConfig,
+        start: (usize, usize),
+        count: usize,
+    ) -> Vec<Loaded<Batch>> {
+        let mut loader = Loader::new(Arc::new(toy(len)), cfg, start.0, start.1).unwrap();
+        (0..count).map(|_| loader.next_batch().unwrap()).collect()
     }
 
     /// The original sample indices in `batches` (the first feature of a toy sample).
-    fn ids(batches: &[Batch]) -> Vec<usize> {
+    fn ids(batches: &[Loaded<Batch>]) -> Vec<usize> {
         batches
             .iter()
-            .flat_map(|b| b.x.chunks(2).map(|s| s[0] as usize))
+            .flat_map(|b| b.batch.x.chunks(2).map(|s| s[0] as usize))
             .collect()
     }
 
@@ -280,11 +474,12 @@ mod tests {
     #[test]
     fn batches_carry_their_position_and_the_last_one_is_partial() {
         let batches = stream(23, config(2, true), (0, 0), 12);
-        for (k, batch) in batches.iter().enumerate() {
-            assert_eq!((batch.epoch, batch.index), (k / 6, k % 6));
-            assert_eq!(batch.batches_in_epoch, 6);
+        for (k, loaded) in batches.iter().enumerate() {
+            assert_eq!((loaded.epoch, loaded.index), (k / 6, k % 6));
+            assert_eq!(loaded.batches_in_epoch, Some(6));
             let expected_len = if k % 6 == 5 { 3 } else { 4 };
-            assert_eq!(batch.len(), expected_len);
+            let batch = &loaded.batch;
+            assert_eq!((batch.len(), loaded.whole), (expected_len, expected_len));
             assert_eq!(batch.x_shape, vec![expected_len, 2]);
             assert_eq!(batch.x.len(), expected_len * 2);
         }
@@ -308,10 +503,10 @@ mod tests {
 
     #[test]
     fn wait_time_accumulates_and_resets() {
-        let mut loader = Loader::new(Arc::new(toy(100)), config(2, true), 0, 0);
-        assert_eq!(loader.batches_per_epoch(), 25);
+        let mut loader = Loader::new(Arc::new(toy(100)), config(2, true), 0, 0).unwrap();
+        assert_eq!(loader.batches_per_epoch(), Some(25));
         for _ in 0..30 {
-            loader.next_batch();
+            loader.next_batch().unwrap();
         }
         let waited = loader.wait_time();
         assert_eq!(loader.take_wait_time(), waited);
@@ -320,8 +515,8 @@ mod tests {
 
     #[test]
     fn dropping_a_loader_with_full_channels_returns_promptly() {
-        let mut loader = Loader::new(Arc::new(toy(1000)), config(4, true), 0, 0);
-        loader.next_batch();
+        let mut loader = Loader::new(Arc::new(toy(1000)), config(4, true), 0, 0).unwrap();
+        loader.next_batch().unwrap();
         std::thread::sleep(Duration::from_millis(100)); // let every channel fill up
         let started = Instant::now();
         drop(loader);
@@ -332,7 +527,7 @@ mod tests {
     fn shards_partition_every_batch_of_the_whole_stream() {
         let whole = stream(23, config(2, true), (1, 2), 9);
         for world in [2, 3, 5] {
-            let shards: Vec<Vec<Batch>> = (0..world)
+            let shards: Vec<Vec<Loaded<Batch>>> = (0..world)
                 .map(|rank| {
                     let cfg = LoaderConfig {
                         shard: Shard { rank, world },
@@ -342,18 +537,150 @@ mod tests {
                 })
                 .collect();
             for (i, batch) in whole.iter().enumerate() {
-                let parts: Vec<Batch> = shards.iter().map(|s| s[i].clone()).collect();
-                let joined: Vec<usize> = parts
-                    .iter()
-                    .flat_map(|b| ids(std::slice::from_ref(b)))
-                    .collect();
+                let parts: Vec<Loaded<Batch>> = shards.iter().map(|s| s[i].clone()).collect();
                 assert_eq!(
-                    joined,
+                    ids(&parts),
                     ids(std::slice::from_ref(batch)),
                     "world {world}, batch {i}"
                 );
-                assert!(parts.iter().all(|p| p.global_len == batch.len()));
+                assert!(parts.iter().all(|p| p.whole == batch.batch.len()));
             }
         }
+    }
+
+    #[test]
+    fn bad_settings_and_empty_sources_are_errors() {
+        let cfg = LoaderConfig {
+            prefetch: 0,
+            ..config(1, true)
+        };
+        let err = Loader::new(Arc::new(toy(5)), cfg, 0, 0).err().unwrap();
+        assert!(
+            err.to_string().contains("prefetch must be at least 1"),
+            "{err}"
+        );
+        let err = Loader::new(Arc::new(toy(0)), config(1, true), 0, 0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_item_stops_the_stream_with_its_error() {
+        let source = Collated::new(
+            Numbers {
+                len: 40,
+                fail: Some(13),
+            },
+            Ok,
+        );
+        let mut loader = Loader::new(Arc::new(source), config(2, false), 0, 0).unwrap();
+        for k in 0..3 {
+            assert_eq!(
+                loader.next_batch().unwrap().batch,
+                (4 * k..4 * k + 4).collect::<Vec<_>>()
+            );
+        }
+        let err = format!("{:#}", loader.next_batch().unwrap_err());
+        assert!(
+            err.contains("batch 3 of epoch 0") && err.contains("item 13"),
+            "{err}"
+        );
+    }
+
+    /// The first `count` batches of a stream loader over a [`Counter`] of `len` items.
+    fn counted(
+        len: usize,
+        cfg: LoaderConfig,
+        from: Option<StreamPosition>,
+        count: usize,
+    ) -> Vec<Loaded<Vec<usize>>> {
+        let mut loader = Loader::stream(Counter::new(len), Ok, cfg, from).unwrap();
+        (0..count).map(|_| loader.next_batch().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_stream_is_read_in_batches_pass_after_pass() {
+        let batches = counted(10, config(1, true), None, 7);
+        let items: Vec<Vec<usize>> = batches.iter().map(|b| b.batch.clone()).collect();
+        assert_eq!(
+            items,
+            vec![
+                vec![0, 1, 2, 3],
+                vec![4, 5, 6, 7],
+                vec![8, 9],
+                vec![10, 11, 12, 13],
+                vec![14, 15, 16, 17],
+                vec![18, 19],
+                vec![20, 21, 22, 23],
+            ]
+        );
+        let at: Vec<(usize, usize)> = batches.iter().map(|b| (b.epoch, b.index)).collect();
+        assert_eq!(
+            at,
+            vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
+        );
+        assert!(batches.iter().all(|b| b.batches_in_epoch.is_none()));
+        // A pass that ends on a batch boundary gives no empty batch.
+        let even = counted(8, config(1, true), None, 3);
+        assert_eq!(even[2].batch, vec![8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn a_stream_resumed_from_any_batch_continues_with_the_same_batches() {
+        for len in [8, 10] {
+            let full = counted(len, config(1, true), None, 12);
+            for k in 0..8 {
+                let from = full[k].resume.clone();
+                let resumed = counted(len, config(1, true), from, 12 - k - 1);
+                assert_eq!(resumed, full[k + 1..], "len {len}, resumed after batch {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_shards_partition_every_batch() {
+        let whole = counted(10, config(1, true), None, 6);
+        for world in [2, 3, 5] {
+            let parts: Vec<Vec<Loaded<Vec<usize>>>> = (0..world)
+                .map(|rank| {
+                    let cfg = LoaderConfig {
+                        shard: Shard { rank, world },
+                        ..config(1, true)
+                    };
+                    counted(10, cfg, None, 6)
+                })
+                .collect();
+            for (i, batch) in whole.iter().enumerate() {
+                let joined: Vec<usize> = parts.iter().flat_map(|p| p[i].batch.clone()).collect();
+                assert_eq!(joined, batch.batch, "world {world}, batch {i}");
+                assert!(parts.iter().all(|p| p[i].whole == batch.whole));
+                assert!(parts.iter().all(|p| p[i].resume == batch.resume));
+            }
+        }
+    }
+
+    #[test]
+    fn stream_errors_reach_the_consumer() {
+        let mut failing = Counter::new(10);
+        failing.fail = Some(6);
+        let mut loader = Loader::stream(failing, Ok, config(1, true), None).unwrap();
+        assert_eq!(loader.next_batch().unwrap().batch, vec![0, 1, 2, 3]);
+        let err = format!("{:#}", loader.next_batch().unwrap_err());
+        assert!(
+            err.contains("item 2 of batch 1 of pass 0") && err.contains("unreadable"),
+            "{err}"
+        );
+        let mut empty = Loader::stream(Counter::new(0), Ok, config(1, true), None).unwrap();
+        let err = empty.next_batch().unwrap_err().to_string();
+        assert!(err.contains("no items in pass 0"), "{err}");
+        let bad = StreamPosition {
+            pass: 0,
+            batch: 1,
+            at: serde_json::json!("not a number"),
+        };
+        let mut loader = Loader::stream(Counter::new(10), Ok, config(1, true), Some(bad)).unwrap();
+        let err = loader.next_batch().unwrap_err().to_string();
+        assert!(err.contains("does not fit this stream"), "{err}");
     }
 }

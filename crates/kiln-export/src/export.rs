@@ -11,7 +11,7 @@ use kiln_core::config::{Activation, DataFormat, ModelKind, ModelSection, Pooling
 use kiln_data::CharTokenizer;
 use kiln_models::DataShape;
 use kiln_train::data::TOKENIZER_FILE;
-use kiln_train::{evaluate, EvalResult, RunData, Split};
+use kiln_train::{evaluate, EvalResult, RunData, Split, TrainData};
 use serde_json::{json, Value};
 
 use crate::calibrate::{calibrate, Calibration};
@@ -173,7 +173,7 @@ pub fn export<B: Backend>(
     }
     let measure = |weights: &HostWeights, what: &str| -> Result<EvalResult> {
         let model = build_model::<B>(section, &shape, weights, what, device)?;
-        Ok(evaluate(&model, data.eval_batches(split, config), device))
+        evaluate(&model, data.eval_batches(split, config), device)
     };
     let float_model = build_model::<B>(
         section,
@@ -182,7 +182,7 @@ pub fn export<B: Backend>(
         "of the checkpoint",
         device,
     )?;
-    let float = evaluate(&float_model, data.eval_batches(split, config), device);
+    let float = evaluate(&float_model, data.eval_batches(split, config), device)?;
 
     // int8's per-channel max-abs scales lose little; int4's coarse steps are worth calibrating.
     let calibration = match (opts.scheme, opts.calibration_samples) {

@@ -47,16 +47,25 @@ impl HostBatch {
     }
 }
 
-impl From<kiln_data::Batch> for HostBatch {
-    fn from(b: kiln_data::Batch) -> Self {
+impl HostBatch {
+    /// A data-parallel worker's shard of a batch of `whole` samples.
+    pub fn from_samples(b: kiln_data::Batch, whole: usize) -> Self {
         HostBatch {
             input: HostInput::Features {
                 x: b.x,
                 rows: b.y.len(),
             },
-            whole: b.global_len,
+            whole,
             y: b.y,
         }
+    }
+}
+
+impl From<kiln_data::Batch> for HostBatch {
+    /// A whole batch of samples.
+    fn from(b: kiln_data::Batch) -> Self {
+        let whole = b.len();
+        HostBatch::from_samples(b, whole)
     }
 }
 

@@ -40,6 +40,22 @@ pub enum DataShape {
     Tokens { vocab_size: usize },
 }
 
+impl DataShape {
+    /// The number of values in a sample and the number of classes: what a classifier of
+    /// flattened samples is built for; an error naming the model for token data.
+    pub fn features_and_classes(&self, model: &str) -> anyhow::Result<(usize, usize)> {
+        match self {
+            DataShape::Samples {
+                sample_shape,
+                num_classes,
+            } => Ok((sample_shape.iter().product(), *num_classes)),
+            DataShape::Tokens { .. } => {
+                anyhow::bail!("{model} classifies samples (table or image data), not tokens")
+            }
+        }
+    }
+}
+
 /// A batch of model inputs on the device.
 pub enum Input<B: Backend> {
     /// `[batch, features]` (images flattened).

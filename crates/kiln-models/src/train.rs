@@ -70,6 +70,13 @@ pub struct LossOutput<B: Backend> {
     pub sums: Vec<Tensor<B, 1>>,
 }
 
+impl<B: Backend> LossOutput<B> {
+    /// The summed loss and the sums named by [`TrainModel::sum_names`].
+    pub fn new(loss_sum: Tensor<B, 1>, sums: Vec<Tensor<B, 1>>) -> Self {
+        LossOutput { loss_sum, sums }
+    }
+}
+
 /// Draws every parameter of `module` that is still lazily uninitialized (burn's layers draw
 /// their initial weights at first use), in the module's order, now.
 pub fn materialize<B: Backend, M: Module<B>>(module: &M) {

@@ -49,12 +49,20 @@ fn one() -> usize {
     1
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+/// Where the training stream continues.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct DataPosition {
+    /// The epoch (for a stream source: the pass) of the next batch.
     pub epoch: usize,
+    /// The next batch's index in its epoch.
     pub batch_in_epoch: usize,
+    /// Batches in one epoch (0 for a stream source, which does not know).
     pub batches_per_epoch: usize,
+    /// Samples (or tokens) trained on so far.
     pub samples_seen: u64,
+    /// A stream source's own position (absent for random-access data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<kiln_data::StreamPosition>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

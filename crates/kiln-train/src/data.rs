@@ -1,6 +1,6 @@
-//! Turns the `[data]` section into what the loop consumes: a reproducible stream of training
-//! micro-batches and the evaluation splits, for sample data (IDX, CSV) and token data (text,
-//! token files) alike.
+//! What the loop consumes ([`TrainData`]), and Kiln's own data ([`RunData`]): the `[data]`
+//! section turned into a reproducible stream of training micro-batches and the evaluation
+//! splits, for sample data (IDX, CSV) and token data (text, token files) alike.
 //!
 //! The preparation is a pure function of the config (splits and standardization statistics come
 //! from the seed and the training split; token windows from the seed and the micro-batch index),
@@ -16,9 +16,11 @@ use kiln_core::Config;
 use kiln_data::{
     check_span, eval_batches, eval_windows, load_idx, load_sklearn_csv, random_windows_from,
     read_meta, read_text, split, CharTokenizer, Dataset, Loader, LoaderConfig, Shard, Standardizer,
-    TokenFile, TokenSource, TokenSpan,
+    StreamPosition, TokenFile, TokenSource, TokenSpan,
 };
-use kiln_models::DataShape;
+use kiln_models::{DataShape, Targets};
+
+use crate::checkpoint::DataPosition;
 pub use kiln_models::{HostBatch, HostInput};
 
 /// Name of the tokenizer file in a run directory.
@@ -58,7 +60,99 @@ pub enum Split {
     Test,
 }
 
+/// What Kiln's loop trains and evaluates on: the data of a run as a stream of training
+/// micro-batches, sharded across data-parallel workers and resumable, and evaluation splits.
+///
+/// Kiln's own data ([`RunData`], the `[data]` section) implements it; so does a user's random
+/// access or stream source through [`crate::SourceData`]. Implement it directly for data that
+/// needs more control (Kiln's token windows are an example).
+pub trait TrainData: Send + Sync {
+    /// A batch in host memory: the model's [`kiln_models::TrainModel::HostBatch`].
+    type Batch: Targets + Send + 'static;
+
+    /// One line for the log, e.g. the split sizes; the data-parallel workers also check that
+    /// they agree on it.
+    fn describe(&self) -> String;
+
+    /// What the logged throughput counts ("samples" or "tokens").
+    fn unit(&self) -> &'static str {
+        "samples"
+    }
+
+    /// Micro-batches of `batch_size` samples in one pass over the training data, or `None`
+    /// when the data does not know its length (a stream: then `train.max_steps` sets the
+    /// run's length).
+    fn batches_per_epoch(&self, batch_size: usize) -> Option<usize>;
+
+    /// The training stream of worker `shard.rank` of `shard.world`, continuing from `from`
+    /// (the start of a fresh run, or a checkpoint's position). Every micro-batch of the stream
+    /// is a whole batch of `data.batch_size` x `shard.world` samples of which this worker
+    /// takes its shard: together the workers see what one worker with a batch that large
+    /// would see.
+    fn train_stream(
+        &self,
+        config: &Config,
+        shard: Shard,
+        from: &DataPosition,
+    ) -> Result<Box<dyn TrainStream<Self::Batch>>>;
+
+    /// Whether `split` holds any data.
+    fn has(&self, split: Split) -> bool;
+
+    /// The evaluation batches of `split`, in a fixed order.
+    fn eval_batches<'a>(
+        &'a self,
+        split: Split,
+        config: &Config,
+    ) -> Box<dyn Iterator<Item = Result<Self::Batch>> + 'a>;
+
+    /// Saves what the run needs besides the weights (Kiln's text data: the tokenizer) into a
+    /// new run directory.
+    fn save_artifacts(&self, _run_dir: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An endless stream of training micro-batches (see [`TrainData::train_stream`]).
+pub trait TrainStream<T>: Send {
+    /// The next micro-batch; the error of one that could not be read.
+    fn next_batch(&mut self) -> Result<Micro<T>>;
+
+    /// Time spent waiting for data since the last call.
+    fn take_wait_time(&mut self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// One micro-batch of a training stream.
+pub struct Micro<T> {
+    /// This worker's shard of the batch.
+    pub batch: T,
+    /// Targets of the whole batch of all workers, when the data knows them (Kiln's data
+    /// does); otherwise data-parallel workers add up their shards' targets.
+    pub whole_targets: Option<usize>,
+    /// For a stream source: where it continues after this batch, saved in checkpoints.
+    pub resume: Option<StreamPosition>,
+}
+
+/// A [`Loader`] of micro-batches is a training stream.
+impl<T: Send + 'static> TrainStream<T> for Loader<T> {
+    fn next_batch(&mut self) -> Result<Micro<T>> {
+        let loaded = Loader::next_batch(self)?;
+        Ok(Micro {
+            batch: loaded.batch,
+            whole_targets: None,
+            resume: loaded.resume,
+        })
+    }
+
+    fn take_wait_time(&mut self) -> Duration {
+        Loader::take_wait_time(self)
+    }
+}
+
 impl RunData {
+    /// Reads the `[data]` section's files and prepares the splits (see the module docs).
     pub fn load(config: &Config) -> Result<RunData> {
         Ok(match config.data.format {
             DataFormat::Idx | DataFormat::Csv => RunData::Samples(Splits::load(config)?),
@@ -78,9 +172,13 @@ impl RunData {
             },
         }
     }
+}
 
-    /// One line for the log: split sizes.
-    pub fn describe(&self) -> String {
+impl TrainData for RunData {
+    type Batch = HostBatch;
+
+    /// Split sizes.
+    fn describe(&self) -> String {
         match self {
             RunData::Samples(s) => format!(
                 "{} train / {} valid / {} test samples",
@@ -98,53 +196,57 @@ impl RunData {
         }
     }
 
-    /// Micro-batches in one pass over the training data (for token data: how many micro-batches
-    /// of windows hold as many tokens as the training split).
-    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
+    fn unit(&self) -> &'static str {
         match self {
-            RunData::Samples(s) => s.train.len().div_ceil(batch_size),
-            RunData::Text(t) => (t.train.len() / (batch_size * t.block_size)).max(1),
+            RunData::Samples(_) => "samples",
+            RunData::Text(_) => "tokens",
         }
     }
 
-    /// The training stream of worker `shard.rank` of `shard.world`, starting at micro-batch
-    /// `start` (0 for a fresh run). Every micro-batch of the stream is a whole batch of
-    /// `data.batch_size` x `shard.world` samples (or windows) of which this worker takes its
-    /// shard: together the workers see what one worker with a batch that large would see.
-    pub fn train_stream(&self, config: &Config, start: usize, shard: Shard) -> TrainStream {
+    /// For token data: how many micro-batches of windows hold as many tokens as the training
+    /// split.
+    fn batches_per_epoch(&self, batch_size: usize) -> Option<usize> {
+        Some(match self {
+            RunData::Samples(s) => s.train.len().div_ceil(batch_size),
+            RunData::Text(t) => (t.train.len() / (batch_size * t.block_size)).max(1),
+        })
+    }
+
+    fn train_stream(
+        &self,
+        config: &Config,
+        shard: Shard,
+        from: &DataPosition,
+    ) -> Result<Box<dyn TrainStream<HostBatch>>> {
         let d = &config.data;
         let whole = d.batch_size * shard.world;
-        match self {
-            RunData::Samples(s) => {
-                let bpe = self.batches_per_epoch(whole);
-                TrainStream::Samples(Loader::new(
-                    s.train.clone(),
-                    LoaderConfig {
-                        batch_size: whole,
-                        threads: d.loader_threads,
-                        prefetch: d.prefetch,
-                        shuffle: d.shuffle,
-                        seed: config.run.seed,
-                        shard,
-                    },
-                    start / bpe,
-                    start % bpe,
-                ))
-            }
-            RunData::Text(t) => TrainStream::Windows {
+        Ok(match self {
+            RunData::Samples(s) => Box::new(Samples(Loader::new(
+                s.train.clone(),
+                LoaderConfig {
+                    batch_size: whole,
+                    threads: d.loader_threads,
+                    prefetch: d.prefetch,
+                    shuffle: d.shuffle,
+                    seed: config.run.seed,
+                    shard,
+                },
+                from.epoch,
+                from.batch_in_epoch,
+            )?)),
+            RunData::Text(t) => Box::new(Windows {
                 span: t.train.clone(),
                 block_size: t.block_size,
                 rows: d.batch_size,
                 skip: d.batch_size * shard.rank,
                 whole: whole * t.block_size,
                 seed: config.run.seed,
-                next: start as u64,
-            },
-        }
+                next: (from.epoch * from.batches_per_epoch + from.batch_in_epoch) as u64,
+            }),
+        })
     }
 
-    /// Whether `split` holds any data.
-    pub fn has(&self, split: Split) -> bool {
+    fn has(&self, split: Split) -> bool {
         match (self, split) {
             (RunData::Samples(s), Split::Valid) => !s.valid.is_empty(),
             (RunData::Samples(s), Split::Test) => !s.test.is_empty(),
@@ -153,31 +255,30 @@ impl RunData {
         }
     }
 
-    /// The evaluation batches of `split`, in a fixed order.
-    pub fn eval_batches<'a>(
+    fn eval_batches<'a>(
         &'a self,
         split: Split,
         config: &Config,
-    ) -> Box<dyn Iterator<Item = HostBatch> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<HostBatch>> + 'a> {
         let d = &config.data;
         let batch = d.eval_batch_size.unwrap_or(d.batch_size);
         match (self, split) {
             (RunData::Samples(s), Split::Valid) => {
-                Box::new(eval_batches(&s.valid, batch).map(HostBatch::from))
+                Box::new(eval_batches(&s.valid, batch).map(|b| Ok(HostBatch::from(b))))
             }
             (RunData::Samples(s), Split::Test) => {
-                Box::new(eval_batches(&s.test, batch).map(HostBatch::from))
+                Box::new(eval_batches(&s.test, batch).map(|b| Ok(HostBatch::from(b))))
             }
             (RunData::Text(t), Split::Valid) => Box::new(
                 eval_windows(&t.valid, t.block_size, batch, d.eval_max_batches)
-                    .map(HostBatch::from),
+                    .map(|b| Ok(HostBatch::from(b))),
             ),
             (RunData::Text(_), Split::Test) => Box::new(std::iter::empty()),
         }
     }
 
-    /// Saves what generation needs besides the weights (the tokenizer) into the run directory.
-    pub fn save_artifacts(&self, run_dir: &Path) -> Result<()> {
+    /// The character tokenizer of text data.
+    fn save_artifacts(&self, run_dir: &Path) -> Result<()> {
         if let RunData::Text(TextData {
             tokenizer: Some(tok),
             ..
@@ -189,52 +290,56 @@ impl RunData {
     }
 }
 
-/// The endless stream of training micro-batches.
-pub enum TrainStream {
-    Samples(Loader),
-    /// Random windows; micro-batch `i` is a pure function of (seed, i): rows `skip..skip + rows`
-    /// of the whole batch's windows.
-    Windows {
-        span: TokenSpan,
-        block_size: usize,
-        rows: usize,
-        skip: usize,
-        /// Targets of the whole batch.
-        whole: usize,
-        seed: u64,
-        next: u64,
-    },
-}
+/// The sample loader of table and image data: every batch knows its whole size.
+struct Samples(Loader<kiln_data::Batch>);
 
-impl TrainStream {
-    pub fn next_batch(&mut self) -> HostBatch {
-        match self {
-            TrainStream::Samples(loader) => loader.next_batch().into(),
-            TrainStream::Windows {
-                span,
-                block_size,
-                rows,
-                skip,
-                whole,
-                seed,
-                next,
-            } => {
-                let b = random_windows_from(span, *block_size, *rows, *seed, *next, *skip);
-                *next += 1;
-                HostBatch {
-                    whole: *whole,
-                    ..b.into()
-                }
-            }
-        }
+impl TrainStream<HostBatch> for Samples {
+    fn next_batch(&mut self) -> Result<Micro<HostBatch>> {
+        let loaded = self.0.next_batch()?;
+        Ok(Micro {
+            whole_targets: Some(loaded.whole),
+            batch: HostBatch::from_samples(loaded.batch, loaded.whole),
+            resume: None,
+        })
     }
 
-    /// Time spent waiting for data since the last call.
-    pub fn take_wait_time(&mut self) -> Duration {
-        match self {
-            TrainStream::Samples(loader) => loader.take_wait_time(),
-            TrainStream::Windows { .. } => Duration::ZERO,
-        }
+    fn take_wait_time(&mut self) -> Duration {
+        self.0.take_wait_time()
+    }
+}
+
+/// Random windows of token data; micro-batch `i` is a pure function of (seed, i): rows
+/// `skip..skip + rows` of the whole batch's windows.
+struct Windows {
+    span: TokenSpan,
+    block_size: usize,
+    rows: usize,
+    skip: usize,
+    /// Targets of the whole batch.
+    whole: usize,
+    seed: u64,
+    next: u64,
+}
+
+impl TrainStream<HostBatch> for Windows {
+    fn next_batch(&mut self) -> Result<Micro<HostBatch>> {
+        let b = random_windows_from(
+            &self.span,
+            self.block_size,
+            self.rows,
+            self.seed,
+            self.next,
+            self.skip,
+        );
+        self.next += 1;
+        Ok(Micro {
+            batch: HostBatch {
+                whole: self.whole,
+                ..b.into()
+            },
+            whole_targets: Some(self.whole),
+            resume: None,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 use kiln_models::{Targets, TrainModel};
@@ -38,13 +39,14 @@ impl EvalResult {
     }
 }
 
-/// Evaluates `model` on every batch of `batches`.
+/// Evaluates `model` on every batch of `batches` (e.g. [`crate::TrainData::eval_batches`]);
+/// the error of the first batch that could not be read.
 pub fn evaluate<B: Backend, M: TrainModel<B>>(
     model: &M,
-    batches: impl Iterator<Item = M::HostBatch>,
+    batches: impl Iterator<Item = Result<M::HostBatch>>,
     device: &B::Device,
-) -> EvalResult {
-    eval_sums(model, batches, device).finish(model)
+) -> Result<EvalResult> {
+    Ok(eval_sums(model, batches, device)?.finish(model))
 }
 
 /// The sums of an evaluation, before they become means and metrics: what data-parallel
@@ -76,13 +78,17 @@ impl EvalSums {
 /// Runs `model` on every batch of `batches` and returns the summed loss and sums.
 pub fn eval_sums<B: Backend, M: TrainModel<B>>(
     model: &M,
-    batches: impl Iterator<Item = M::HostBatch>,
+    batches: impl Iterator<Item = Result<M::HostBatch>>,
     device: &B::Device,
-) -> EvalSums {
+) -> Result<EvalSums> {
     let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
     let mut sums = vec![Tensor::<B, 1>::zeros([1], device); model.sum_names().len()];
     let mut targets = 0;
-    for batch in batches.filter(|b| b.targets() > 0) {
+    for batch in batches {
+        let batch = batch?;
+        if batch.targets() == 0 {
+            continue;
+        }
         targets += batch.targets();
         let out = model.loss(M::device_batch(batch, device));
         loss_sum = loss_sum + out.loss_sum;
@@ -90,14 +96,14 @@ pub fn eval_sums<B: Backend, M: TrainModel<B>>(
             *total = total.clone() + s;
         }
     }
-    EvalSums {
+    Ok(EvalSums {
         loss_sum: loss_sum.into_scalar().elem::<f64>(),
         sums: sums
             .into_iter()
             .map(|s| s.into_scalar().elem::<f64>())
             .collect(),
         targets,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_data::Shard;
 use kiln_dist::Communicator;
-use kiln_models::{HostBatch, Model, Targets, TrainModel};
+use kiln_models::{Model, Targets, TrainModel};
 use serde::Serialize;
 use serde_json::json;
 
@@ -26,7 +26,7 @@ use crate::checkpoint::{
     check_fits, restore, train_state, DataPosition, OptimizerInfo, ParamTable, RngState,
     ScheduleState, TrainState, WindowState,
 };
-use crate::data::{RunData, Split, TrainStream};
+use crate::data::{RunData, Split, TrainData, TrainStream};
 use crate::eval::{eval_sums, EvalResult, EvalSums};
 use crate::optim::Optim;
 use crate::parts::{stop_agreed, BestTracker, CheckpointPolicy, EvalSchedule};
@@ -109,7 +109,16 @@ pub fn train<B: AutodiffBackend>(
     options: TrainOptions,
     comm: &mut dyn Communicator<B::InnerBackend>,
 ) -> Result<TrainSummary> {
-    train_with(config, &builtin_model::<B>, device, backend, options, comm)
+    let data = RunData::load(config)?;
+    train_with(
+        config,
+        &data,
+        &builtin_model::<B>,
+        device,
+        backend,
+        options,
+        comm,
+    )
 }
 
 /// The built-in model of `config`'s `[model]` section for `data`: what [`train`] trains.
@@ -127,13 +136,16 @@ pub fn builtin_model<B: AutodiffBackend>(
     )
 }
 
-/// [`train`] with a model of the caller's, built by `build` from the run's config and data on
-/// the worker's device: any [`TrainModel`] that takes Kiln's host batches, with all of the loop
-/// (checkpoints, exact resume, signals, `until_step`, accumulation, clipping, schedules, data
-/// parallelism, evaluation, the best checkpoint, f16 loss scaling). On resume the built model's
-/// weights are replaced by the checkpoint's.
-pub fn train_with<B, M, F>(
+/// [`train`] on any data with a model of the caller's, built by `build` from the run's config
+/// and data on the worker's device: any [`TrainModel`] that takes the data's host batches, with
+/// all of the loop (checkpoints, exact resume, signals, `until_step`, accumulation, clipping,
+/// schedules, data parallelism, evaluation, the best checkpoint, f16 loss scaling). The data is
+/// Kiln's own ([`RunData::load`] reads the config's `[data]` section) or the caller's
+/// ([`crate::SourceData`]). On resume the built model's weights are replaced by the
+/// checkpoint's.
+pub fn train_with<B, D, M, F>(
     config: &Config,
+    data: &D,
     build: &F,
     device: B::Device,
     backend: BackendKind,
@@ -142,12 +154,12 @@ pub fn train_with<B, M, F>(
 ) -> Result<TrainSummary>
 where
     B: AutodiffBackend,
-    M: TrainModel<B, HostBatch = HostBatch> + AutodiffModule<B>,
-    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
-    F: Fn(&Config, &RunData, &B::Device) -> Result<M> + ?Sized,
+    D: TrainData + ?Sized,
+    M: TrainModel<B, HostBatch = D::Batch> + AutodiffModule<B>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
+    F: Fn(&Config, &D, &B::Device) -> Result<M> + ?Sized,
 {
     kiln_core::backend::check_precision(backend, config.train.precision)?;
-    let data = RunData::load(config)?;
     // Before the weights are allocated (once per process): see kiln_core::alloc.
     kiln_core::alloc::tune();
     // The workers of one process build their models one at a time, each right after seeding
@@ -158,19 +170,19 @@ where
     let model = {
         let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(&device, config.run.seed);
-        let model = build(config, &data, &device)?;
+        let model = build(config, data, &device)?;
         kiln_models::materialize(&model);
         model
     };
-    train_loop(config, model, &data, device, backend, options, comm)
+    train_loop(config, model, data, device, backend, options, comm)
 }
 
 /// The loop itself, from a built model: each step trains, then the parts decide whether to log,
 /// evaluate, checkpoint or stop.
-fn train_loop<B, M>(
+fn train_loop<B, D, M>(
     config: &Config,
     model: M,
-    data: &RunData,
+    data: &D,
     device: B::Device,
     backend: BackendKind,
     options: TrainOptions,
@@ -178,22 +190,23 @@ fn train_loop<B, M>(
 ) -> Result<TrainSummary>
 where
     B: AutodiffBackend,
-    M: TrainModel<B, HostBatch = HostBatch> + AutodiffModule<B>,
-    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+    D: TrainData + ?Sized,
+    M: TrainModel<B, HostBatch = D::Batch> + AutodiffModule<B>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
 {
     let started = Instant::now();
     let (mut lp, mut model) = Loop::begin(config, model, data, device, backend, &options, comm)?;
     let mut status = "completed";
     while lp.step < lp.stop_at {
         lp.step += 1;
-        let (micro, n, whole) = lp.next_batches::<M>();
+        let (micro, n, total) = lp.next_batches::<M>()?;
         let lr = lp.schedule.next_lr();
         debug_assert!(
             lr.is_finite(),
             "the schedule gave lr {lr} at step {}",
             lp.step
         );
-        model = lp.train(model, micro, n, whole, lr)?;
+        model = lp.train(model, micro, n, total, lr)?;
         let last = lp.step == lp.total_steps;
         if lp.step.is_multiple_of(config.train.log_every) || last {
             lp.log_window(&model, lr)?;
@@ -227,9 +240,9 @@ where
 }
 
 /// Everything the loop carries from step to step besides the model.
-struct Loop<'a, B: AutodiffBackend> {
+struct Loop<'a, B: AutodiffBackend, D: TrainData + ?Sized> {
     config: &'a Config,
-    data: &'a RunData,
+    data: &'a D,
     device: B::Device,
     comm: &'a mut dyn Communicator<B::InnerBackend>,
     world: usize,
@@ -246,11 +259,12 @@ struct Loop<'a, B: AutodiffBackend> {
     stop_at: usize,
     first_step: usize,
     step: usize,
-    batches_per_epoch: usize,
+    /// `None` for a stream source.
+    batches_per_epoch: Option<usize>,
     /// Micro-batches taken from the stream so far (of all steps, resumed ones included).
     micro_done: usize,
     position: DataPosition,
-    loader: TrainStream,
+    loader: Box<dyn TrainStream<D::Batch>>,
     window: Window<B>,
     loss_scale: Option<LossScale>,
     best: BestTracker,
@@ -265,13 +279,13 @@ struct Loop<'a, B: AutodiffBackend> {
     saver: Option<Saver>,
 }
 
-impl<'a, B: AutodiffBackend> Loop<'a, B> {
+impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
     /// Starts a fresh run or resumes one: the run directory, the model and optimizer (loaded
     /// from the checkpoint on resume) and where the data, schedule and statistics continue.
     fn begin<M>(
         config: &'a Config,
         model: M,
-        data: &'a RunData,
+        data: &'a D,
         device: B::Device,
         backend: BackendKind,
         options: &TrainOptions,
@@ -289,9 +303,13 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
         let st = start.state;
         let t = &config.train;
         let batches_per_epoch = data.batches_per_epoch(config.data.batch_size * world);
-        let total_steps = t.max_steps.unwrap_or_else(|| {
-            (t.epochs.unwrap_or(1) * batches_per_epoch).div_ceil(t.grad_accum_steps)
-        });
+        let total_steps = match (t.max_steps, batches_per_epoch) {
+            (Some(steps), _) => steps,
+            (None, Some(bpe)) => (t.epochs.unwrap_or(1) * bpe).div_ceil(t.grad_accum_steps),
+            (None, None) => bail!(
+                "train.epochs: the training data is a stream, whose length is unknown; set train.max_steps instead"
+            ),
+        };
         let horizon = st
             .as_ref()
             .map_or(total_steps, |s| s.schedule.horizon_steps);
@@ -303,6 +321,7 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
         let schedule = schedule_at(config, horizon, start.step, st.as_ref(), options.force)?;
         let position = resume_position(st.as_ref(), batches_per_epoch);
         let micro_done = position.epoch * position.batches_per_epoch + position.batch_in_epoch;
+        let loader = data.train_stream(config, Shard { rank, world }, &position)?;
         let mut window = Window::<B>::new(&device, start.model.sum_names());
         // The saved window holds the sums of all workers: rank 0 carries them on.
         if let Some(s) = st.as_ref().filter(|_| lead) {
@@ -314,13 +333,10 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
         let lp = Loop {
             config,
             data,
-            loader: data.train_stream(config, micro_done, Shard { rank, world }),
+            loader,
             device,
             world,
-            unit: match data {
-                RunData::Samples(_) => "samples",
-                RunData::Text(_) => "tokens",
-            },
+            unit: data.unit(),
             table,
             optim: start.optim,
             schedule,
@@ -358,34 +374,60 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
 
     /// The step's micro-batches on the device (empty shards left out), their targets and the
     /// targets of the whole batch of all workers; advances the data position.
-    fn next_batches<M: TrainModel<B, HostBatch = HostBatch>>(
+    fn next_batches<M: TrainModel<B, HostBatch = D::Batch>>(
         &mut self,
-    ) -> (Vec<M::Batch>, usize, usize) {
+    ) -> Result<(Vec<M::Batch>, usize, usize)> {
         let accum = self.config.train.grad_accum_steps;
         let mut micro = Vec::with_capacity(accum);
-        let (mut n, mut whole) = (0, 0);
+        let (mut n, mut whole, mut resume) = (0, Some(0), None);
         for _ in 0..accum {
-            let batch = self.loader.next_batch();
-            n += batch.targets();
-            whole += batch.whole;
+            let m = self.loader.next_batch()?;
+            let targets = m.batch.targets();
+            n += targets;
+            whole = whole.zip(m.whole_targets).map(|(a, b)| a + b);
+            resume = m.resume;
             self.micro_done += 1;
-            if batch.targets() > 0 {
-                micro.push(M::device_batch(batch, &self.device));
+            if targets > 0 {
+                micro.push(M::device_batch(m.batch, &self.device));
             }
         }
-        let bpe = self.batches_per_epoch;
-        self.position = DataPosition {
-            epoch: self.micro_done / bpe,
-            batch_in_epoch: self.micro_done % bpe,
-            batches_per_epoch: bpe,
-            samples_seen: self.position.samples_seen + whole as u64,
+        let total = match whole {
+            Some(whole) => whole,
+            None if self.world == 1 => n,
+            None => {
+                let mut all = [n as f64];
+                self.comm
+                    .all_reduce_host(&mut all, "the all-reduce of the step's targets")?;
+                all[0] as usize
+            }
         };
-        (micro, n, whole)
+        let samples_seen = self.position.samples_seen + total as u64;
+        self.position = match (self.batches_per_epoch, resume) {
+            (Some(bpe), _) => DataPosition {
+                epoch: self.micro_done / bpe,
+                batch_in_epoch: self.micro_done % bpe,
+                batches_per_epoch: bpe,
+                samples_seen,
+                stream: None,
+            },
+            (None, resume) => DataPosition {
+                epoch: resume.as_ref().map_or(0, |r| r.pass),
+                batch_in_epoch: resume.as_ref().map_or(0, |r| r.batch),
+                batches_per_epoch: 0,
+                samples_seen,
+                stream: resume,
+            },
+        };
+        Ok((micro, n, total))
     }
 
-    /// The epoch as a fraction (2.5: half-way through the third).
+    /// The epoch as a fraction (2.5: half-way through the third); for a stream source, the
+    /// pass.
     fn epoch(&self) -> f64 {
-        self.micro_done as f64 / self.batches_per_epoch as f64
+        match self.batches_per_epoch {
+            Some(bpe) => self.micro_done as f64 / bpe as f64,
+            None => self.position.epoch as f64,
+        }
     }
 
     /// One optimizer step on the micro-batches, timed into the log window.
@@ -394,7 +436,7 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
         model: M,
         micro: Vec<M::Batch>,
         n: usize,
-        whole: usize,
+        total: usize,
         lr: f64,
     ) -> Result<M> {
         kiln_models::dropout::reseed(self.dropout_seed, self.step as u64);
@@ -404,7 +446,7 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
             model,
             &mut self.optim,
             micro,
-            if parallel { whole } else { n },
+            total,
             lr,
             self.config.train.grad_clip_norm,
             self.loss_scale.as_mut(),
@@ -454,7 +496,7 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
     fn validate<M>(&mut self, model: &M, last: bool) -> Result<bool>
     where
         M: AutodiffModule<B>,
-        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
     {
         if !self.eval_schedule.due(self.step, last) {
             return Ok(false);
@@ -482,14 +524,14 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
         let started = Instant::now();
         let window = self.window.state_of_all(&mut *self.comm)?;
         if let (Some(saver), Some(run)) = (self.saver.as_mut(), self.run.as_mut()) {
-            let (step, position) = (self.step, self.position);
+            let (step, position) = (self.step, self.position.clone());
             let state = TrainState {
-                data: position,
                 rng: RngState {
                     seed: self.config.run.seed,
                     shuffle_stream: position.epoch,
                     dropout_next_step: step + 1,
                 },
+                data: position,
                 schedule: ScheduleState {
                     horizon_steps: self.horizon,
                     steps_done: step,
@@ -527,15 +569,18 @@ impl<'a, B: AutodiffBackend> Loop<'a, B> {
     ) -> Result<TrainSummary>
     where
         M: AutodiffModule<B>,
-        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
     {
         // The loader's threads stop before the test split is read.
         drop(self.loader);
         let (config, data, device) = (self.config, self.data, &self.device);
         let test = if status == "completed" && data.has(Split::Test) {
             let r = evaluate_sharded(model, data, Split::Test, config, device, &mut *self.comm)?;
-            let p = self.position;
-            let epoch = p.epoch as f64 + p.batch_in_epoch as f64 / p.batches_per_epoch as f64;
+            let p = &self.position;
+            let epoch = match p.batches_per_epoch {
+                0 => p.epoch as f64,
+                bpe => p.epoch as f64 + p.batch_in_epoch as f64 / bpe as f64,
+            };
             if let Some(run) = self.run.as_mut() {
                 run.log_event(&eval_event(self.total_steps, epoch, "test", &r))?;
             }
@@ -598,7 +643,7 @@ fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
     config: &Config,
     model: M,
     table: &ParamTable,
-    data: &RunData,
+    data: &(impl TrainData + ?Sized),
     device: &B::Device,
     backend: BackendKind,
     options: &TrainOptions,
@@ -634,7 +679,7 @@ fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
 /// Creates rank 0's run directory for a fresh run, with the data's artifacts (the tokenizer).
 fn create_run_dir(
     config: &Config,
-    data: &RunData,
+    data: &(impl TrainData + ?Sized),
     backend: BackendKind,
     device: &str,
 ) -> Result<RunDir> {
@@ -674,7 +719,7 @@ fn check_workers(
 /// The run's first log line: where, on what, the data, the model size and the workers.
 fn log_start<B: burn::tensor::backend::Backend>(
     config: &Config,
-    data: &RunData,
+    data: &(impl TrainData + ?Sized),
     run_path: &Path,
     backend: BackendKind,
     device: &str,
@@ -707,16 +752,17 @@ fn log_start<B: burn::tensor::backend::Backend>(
 
 /// Where the data stream continues: a fresh run's start, or the checkpoint's position (for
 /// another number of workers, `--force`, the same fraction of the epoch, rounded down to whole
-/// batches of the new size).
-fn resume_position(state: Option<&TrainState>, batches_per_epoch: usize) -> DataPosition {
+/// batches of the new size; a stream continues from its own position).
+fn resume_position(state: Option<&TrainState>, batches_per_epoch: Option<usize>) -> DataPosition {
+    let Some(batches_per_epoch) = batches_per_epoch else {
+        return state.map_or_else(DataPosition::default, |s| s.data.clone());
+    };
     let mut position = state.map_or(
         DataPosition {
-            epoch: 0,
-            batch_in_epoch: 0,
             batches_per_epoch,
-            samples_seen: 0,
+            ..Default::default()
         },
-        |s| s.data,
+        |s| s.data.clone(),
     );
     if position.batches_per_epoch != batches_per_epoch {
         position.batch_in_epoch =
@@ -792,7 +838,7 @@ fn train_event(
 fn agree<B: burn::tensor::backend::Backend>(
     comm: &mut dyn Communicator<B>,
     config: &Config,
-    data: &RunData,
+    data: &(impl TrainData + ?Sized),
     step: usize,
 ) -> Result<()> {
     if comm.world() == 1 {
@@ -814,9 +860,9 @@ fn agree<B: burn::tensor::backend::Backend>(
 }
 
 /// Evaluates `split` with each worker taking every `world`-th batch; the sums are combined.
-fn evaluate_sharded<B, M>(
+fn evaluate_sharded<B, D, M>(
     model: &M,
-    data: &RunData,
+    data: &D,
     split: Split,
     config: &Config,
     device: &B::Device,
@@ -824,8 +870,9 @@ fn evaluate_sharded<B, M>(
 ) -> Result<EvalResult>
 where
     B: AutodiffBackend,
+    D: TrainData + ?Sized,
     M: AutodiffModule<B>,
-    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = HostBatch>,
+    M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
 {
     let (rank, world) = (comm.rank(), comm.world());
     let batches = data
@@ -834,7 +881,7 @@ where
         .filter(move |(i, _)| i % world == rank)
         .map(|(_, b)| b);
     let model = model.valid();
-    let mut sums = eval_sums(&model, batches, device);
+    let mut sums = eval_sums(&model, batches, device)?;
     if world > 1 {
         let mut all = vec![sums.loss_sum, sums.targets as f64];
         all.extend(&sums.sums);
