@@ -56,7 +56,42 @@ fn resumes_exactly(name: &str, paused: usize, total: usize, splits: &[&str]) {
         &output_dir,
     ]);
     assert_eq!(straight["steps"], total, "{straight}");
-    assert_same_run_logging(&straight_root.join(name), &run, total, splits);
+    if wrote_the_fixtures() {
+        assert_same_run_logging(&straight_root.join(name), &run, total, splits);
+    } else {
+        assert_close_runs(&straight_root.join(name), &run, total, splits);
+    }
+}
+
+/// Whether this CPU computes as the one that wrote the fixtures (AVX-512: Kiln's CPU kernels
+/// and burn's take other SIMD paths without it, whose sums round differently in the last bits).
+fn wrote_the_fixtures() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[allow(unreachable_code)]
+    false
+}
+
+/// On another CPU the v1 steps before the pause were rounded differently from a straight run
+/// here, so the two agree to rounding: every logged loss within 1e-4 (relative), the same
+/// events, and the final weights within 1e-4.
+fn assert_close_runs(a: &std::path::Path, b: &std::path::Path, step: usize, splits: &[&str]) {
+    for split in splits {
+        let (ea, eb) = (common::events(a, split), common::events(b, split));
+        assert!(!ea.is_empty(), "no {split} events");
+        assert_eq!(ea.len(), eb.len(), "{split} events");
+        for (x, y) in ea.iter().zip(&eb) {
+            assert_eq!(x["step"], y["step"]);
+            let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+            assert!(
+                (lx - ly).abs() <= 1e-4 * lx.abs().max(1.0),
+                "{split}: {x} vs {y}"
+            );
+        }
+    }
+    let weights = |run: &std::path::Path| run.join(format!("step-{step}/model.safetensors"));
+    let diff = common::max_weight_diff(&weights(a), &weights(b));
+    assert!(diff <= 1e-4, "weights differ by {diff}");
 }
 
 #[test]

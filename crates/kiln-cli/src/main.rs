@@ -288,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
                 force,
                 stop,
                 until_step,
+                ..Default::default()
             };
             let task = TrainTask {
                 config,

@@ -17,6 +17,7 @@ use kiln_core::{BackendKind, Config};
 use kiln_models::TrainModel;
 
 use crate::data::TrainData;
+use crate::events::{SharedSink, Sink};
 use crate::trainer::{ResumeFrom, TrainOptions, TrainSummary};
 use crate::workers::train_on_devices_with;
 
@@ -61,6 +62,13 @@ impl<'a> Trainer<'a> {
     /// Resumes even under a changed config or number of workers.
     pub fn force(mut self, force: bool) -> Self {
         self.options.force = force;
+        self
+    }
+
+    /// Adds a sink of the caller's (after `metrics.jsonl` and the console): it hears the run's
+    /// start, events, artifacts and end (rank 0 of a data-parallel run).
+    pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
+        self.options.sinks.push(SharedSink::new(sink));
         self
     }
 

@@ -1,6 +1,6 @@
 //! Checkpointing from the training loop: copy the state to host memory, hand it to the
-//! background writer, and record in `metrics.jsonl` how long the loop stalled and how long the
-//! write took.
+//! background writer, and report (as a checkpoint event) how long the loop stalled and how long
+//! the write took.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,12 +10,12 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_checkpoint::{Pending, Writer, Written};
-use kiln_core::{Config, RunDir};
-use serde_json::json;
+use kiln_core::Config;
 
 use crate::checkpoint::{
     model_to_host, optimizer_to_host, ParamTable, TrainState, MODEL_FILE, OPTIMIZER_FILE,
 };
+use crate::events::CheckpointEvent;
 use crate::optim::Optim;
 
 pub struct Saver {
@@ -41,7 +41,7 @@ impl Saver {
     }
 
     /// Copies the model, optimizer and `state` to host memory and starts writing them as the
-    /// checkpoint of `step` (after the previous write finished).
+    /// checkpoint of `step` (after the previous write finished); the previous write's event.
     #[allow(clippy::too_many_arguments)]
     pub fn save<B: AutodiffBackend, M: Module<B>>(
         &mut self,
@@ -51,8 +51,7 @@ impl Saver {
         table: &ParamTable,
         state: TrainState,
         best: bool,
-        run: &mut RunDir,
-    ) -> Result<()> {
+    ) -> Result<Option<CheckpointEvent>> {
         let started = Instant::now();
         let model = model_to_host(model)?;
         let optimizer = optimizer_to_host(optim, table)?;
@@ -72,43 +71,33 @@ impl Saver {
         };
         let previous = self.writer.submit(pending).map_err(|e| self.hint(e))?;
         self.stalls.insert(step, started.elapsed().as_secs_f64());
-        if let Some(w) = previous {
-            self.report(w, run)?;
-        }
-        Ok(())
+        Ok(previous.map(|w| self.report(w)))
     }
 
-    /// Reports a finished background write, if there is one; never blocks.
-    pub fn poll(&mut self, run: &mut RunDir) -> Result<()> {
-        match self.writer.poll().map_err(|e| self.hint(e))? {
-            Some(w) => self.report(w, run),
-            None => Ok(()),
-        }
+    /// The event of a finished background write, if there is one; never blocks.
+    pub fn poll(&mut self) -> Result<Option<CheckpointEvent>> {
+        let written = self.writer.poll().map_err(|e| self.hint(e))?;
+        Ok(written.map(|w| self.report(w)))
     }
 
-    /// Waits for the write in flight; returns the newest checkpoint written.
-    pub fn finish(&mut self, run: &mut RunDir) -> Result<Option<PathBuf>> {
-        if let Some(w) = self.writer.wait().map_err(|e| self.hint(e))? {
-            self.report(w, run)?;
-        }
-        Ok(self.last.clone())
+    /// Waits for the write in flight; its event, and the newest checkpoint written.
+    pub fn finish(&mut self) -> Result<(Option<CheckpointEvent>, Option<PathBuf>)> {
+        let written = self.writer.wait().map_err(|e| self.hint(e))?;
+        let event = written.map(|w| self.report(w));
+        Ok((event, self.last.clone()))
     }
 
-    fn report(&mut self, w: Written, run: &mut RunDir) -> Result<()> {
-        let stall = self.stalls.remove(&w.step).unwrap_or(0.0);
-        tracing::debug!(
-            "checkpoint {} written: {} bytes in {:.3} s, loop stalled {:.3} s",
-            w.dir.display(),
-            w.bytes,
-            w.write_secs,
-            stall
-        );
-        run.log_event(&json!({
-            "step": w.step, "event": "checkpoint", "dir": w.dir, "bytes": w.bytes,
-            "write_secs": w.write_secs, "stall_secs": stall, "pruned": w.pruned,
-        }))?;
-        self.last = Some(w.dir);
-        Ok(())
+    fn report(&mut self, w: Written) -> CheckpointEvent {
+        self.last = Some(w.dir.clone());
+        CheckpointEvent {
+            step: w.step,
+            event: "checkpoint",
+            stall_secs: self.stalls.remove(&w.step).unwrap_or(0.0),
+            dir: w.dir,
+            bytes: w.bytes,
+            write_secs: w.write_secs,
+            pruned: w.pruned,
+        }
     }
 
     fn hint(&self, e: anyhow::Error) -> anyhow::Error {

@@ -20,7 +20,6 @@ use kiln_data::Shard;
 use kiln_dist::Communicator;
 use kiln_models::{Model, Targets, TrainModel};
 use serde::Serialize;
-use serde_json::json;
 
 use crate::checkpoint::{
     check_fits, restore, train_state, DataPosition, OptimizerInfo, ParamTable, RngState,
@@ -28,12 +27,15 @@ use crate::checkpoint::{
 };
 use crate::data::{RunData, Split, TrainData, TrainStream};
 use crate::eval::{eval_sums, EvalResult, EvalSums};
+use crate::events::{
+    EvalEvent, Event, ResumeEvent, RunEnd, RunStart, SharedSink, Sinks, Skipped, Status, TrainEvent,
+};
 use crate::optim::Optim;
 use crate::parts::{stop_agreed, BestTracker, CheckpointPolicy, EvalSchedule};
-use crate::progress::Progress;
 use crate::saver::Saver;
 use crate::scaler::LossScale;
 use crate::schedule::LrSchedule;
+use crate::sinks::{Console, Jsonl};
 use crate::step::{train_step, StepStats};
 
 /// Where a resumed run continues from.
@@ -64,6 +66,8 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Stop after this step with a checkpoint, as if preempted (for time-sliced job queues).
     pub until_step: Option<usize>,
+    /// Sinks of the caller's, after `metrics.jsonl` and the console (rank 0 alone uses them).
+    pub sinks: Vec<SharedSink>,
 }
 
 /// What a run reports when it returns.
@@ -95,6 +99,8 @@ struct Start<B: AutodiffBackend, M> {
     optim: Optim<B>,
     step: usize,
     state: Option<TrainState>,
+    /// The event that records a resume, for the sinks.
+    resume_event: Option<ResumeEvent>,
 }
 
 /// Trains the run described by `config` on `device` and evaluates it on the test split.
@@ -195,48 +201,14 @@ where
     M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
 {
     let started = Instant::now();
-    let (mut lp, mut model) = Loop::begin(config, model, data, device, backend, &options, comm)?;
-    let mut status = "completed";
-    while lp.step < lp.stop_at {
-        lp.step += 1;
-        let (micro, n, total) = lp.next_batches::<M>()?;
-        let lr = lp.schedule.next_lr();
-        debug_assert!(
-            lr.is_finite(),
-            "the schedule gave lr {lr} at step {}",
-            lp.step
-        );
-        model = lp.train(model, micro, n, total, lr)?;
-        let last = lp.step == lp.total_steps;
-        if lp.step.is_multiple_of(config.train.log_every) || last {
-            lp.log_window(&model, lr)?;
-        } else {
-            lp.progress.step(lp.step, None);
-        }
-        let new_best = lp.validate(&model, last)?;
-        let stopping = stop_agreed(&options.stop, &mut *lp.comm)?;
-        if stopping {
-            lp.progress.message(&format!(
-                "stop requested (signal): saving a checkpoint at step {}, then exiting; signal again to exit at once",
-                lp.step
-            ));
-        }
-        if lp.checkpoints.due(lp.step, last, new_best) || stopping {
-            lp.checkpoint(&model, lr, new_best)?;
-        }
-        if let (Some(saver), Some(run)) = (lp.saver.as_mut(), lp.run.as_mut()) {
-            saver.poll(run)?;
-        }
-        if stopping {
-            status = "interrupted";
-            break;
-        }
+    let (mut lp, model) = Loop::begin(config, model, data, device, backend, &options, comm)?;
+    let result = lp
+        .steps(model, &options.stop)
+        .and_then(|(model, status)| lp.finish(&model, status, started));
+    if let Err(e) = &result {
+        lp.fail(e, started);
     }
-    lp.progress.finish();
-    if status == "completed" && lp.step < lp.total_steps {
-        status = "paused";
-    }
-    lp.finish(&model, status, started)
+    result
 }
 
 /// Everything the loop carries from step to step besides the model.
@@ -273,9 +245,10 @@ struct Loop<'a, B: AutodiffBackend, D: TrainData + ?Sized> {
     eval_schedule: EvalSchedule,
     checkpoints: CheckpointPolicy,
     dropout_seed: u64,
-    progress: Progress,
-    /// Rank 0's run directory and checkpoint writer (other workers write nothing).
-    run: Option<RunDir>,
+    /// Where the run's events go: rank 0's `metrics.jsonl`, console and the caller's sinks
+    /// (other workers have none).
+    sinks: Sinks,
+    /// Rank 0's checkpoint writer (other workers write nothing).
     saver: Option<Saver>,
 }
 
@@ -303,13 +276,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         let st = start.state;
         let t = &config.train;
         let batches_per_epoch = data.batches_per_epoch(config.data.batch_size * world);
-        let total_steps = match (t.max_steps, batches_per_epoch) {
-            (Some(steps), _) => steps,
-            (None, Some(bpe)) => (t.epochs.unwrap_or(1) * bpe).div_ceil(t.grad_accum_steps),
-            (None, None) => bail!(
-                "train.epochs: the training data is a stream, whose length is unknown; set train.max_steps instead"
-            ),
-        };
+        let total_steps = run_length(config, batches_per_epoch)?;
         let horizon = st
             .as_ref()
             .map_or(total_steps, |s| s.schedule.horizon_steps);
@@ -330,7 +297,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         let stop_at = options
             .until_step
             .map_or(total_steps, |u| u.min(total_steps));
-        let lp = Loop {
+        let mut lp = Loop {
             config,
             data,
             loader,
@@ -359,17 +326,102 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
             checkpoints: CheckpointPolicy::new(config.checkpoint.every_steps, stop_at),
             // Each worker draws its own dropout masks; rank 0's are those of a single worker.
             dropout_seed: config.run.seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            progress: if lead {
-                Progress::new(total_steps, start.step)
-            } else {
-                Progress::quiet()
-            },
+            sinks: Sinks::none(),
             saver: lead.then(|| Saver::new(&run_path, config)),
-            run: start.run,
             run_path,
             comm,
         };
+        if let Some(run) = start.run {
+            let params = start.model.num_params();
+            lp.open_sinks(run, backend, params, start.resume_event, options)?;
+        }
         Ok((lp, start.model))
+    }
+
+    /// Rank 0's sinks: `metrics.jsonl`, the console and the caller's; each hears of the start
+    /// (and the resume), and of the config as an artifact.
+    fn open_sinks(
+        &mut self,
+        run: RunDir,
+        backend: BackendKind,
+        params: usize,
+        resume: Option<ResumeEvent>,
+        options: &TrainOptions,
+    ) -> Result<()> {
+        self.sinks.push(Box::new(Jsonl::new(run)));
+        self.sinks.push(Box::new(Console::new(self.unit)));
+        for sink in &options.sinks {
+            self.sinks.push(Box::new(sink.clone()));
+        }
+        let (device, data) = (format!("{:?}", self.device), self.data.describe());
+        self.sinks.start(&RunStart {
+            config: self.config,
+            run_dir: &self.run_path,
+            resumed_from: (self.first_step > 0).then_some(self.first_step),
+            total_steps: self.total_steps,
+            backend: backend.name(),
+            device: &device,
+            workers: self.world,
+            engine: self.comm.engine(),
+            params,
+            data: &data,
+        })?;
+        if let Some(resume) = resume {
+            self.sinks.event(Event::Resume(resume))?;
+        }
+        let config = self.run_path.join("config.toml");
+        self.sinks.artifact("config", &config)
+    }
+
+    /// Trains until the end or `until_step`, or until a signal stops every worker: each step
+    /// trains, then the parts decide whether to log, evaluate, checkpoint or stop.
+    fn steps<M>(&mut self, mut model: M, stop: &AtomicBool) -> Result<(M, Status)>
+    where
+        M: TrainModel<B, HostBatch = D::Batch> + AutodiffModule<B>,
+        M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
+    {
+        while self.step < self.stop_at {
+            self.step += 1;
+            let (micro, n, total) = self.next_batches::<M>()?;
+            let lr = self.schedule.next_lr();
+            debug_assert!(
+                lr.is_finite(),
+                "the schedule gave lr {lr} at step {}",
+                self.step
+            );
+            model = self.train(model, micro, n, total, lr)?;
+            self.sinks.step(self.step);
+            let last = self.step == self.total_steps;
+            if self.step.is_multiple_of(self.config.train.log_every) || last {
+                self.log_window(&model, lr)?;
+            }
+            let new_best = self.validate(&model, last)?;
+            let stopping = stop_agreed(stop, &mut *self.comm)?;
+            if stopping {
+                self.sinks.message(&format!(
+                    "stop requested (signal): saving a checkpoint at step {}, then exiting; signal again to exit at once",
+                    self.step
+                ));
+            }
+            if self.checkpoints.due(self.step, last, new_best) || stopping {
+                self.checkpoint(&model, lr, new_best)?;
+            }
+            if let Some(written) = self.saver.as_mut().map(Saver::poll).transpose()?.flatten() {
+                self.sinks.event(Event::Checkpoint(written))?;
+            }
+            if stopping {
+                return Ok((model, Status::Interrupted));
+            }
+        }
+        let paused = self.step < self.total_steps;
+        Ok((
+            model,
+            if paused {
+                Status::Paused
+            } else {
+                Status::Completed
+            },
+        ))
     }
 
     /// The step's micro-batches on the device (empty shards left out), their targets and the
@@ -461,35 +513,30 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         Ok(model)
     }
 
-    /// Ends the log window: its event in `metrics.jsonl`, and the progress line.
+    /// Ends the log window: its event (in `metrics.jsonl`, on the progress line).
     fn log_window<M: TrainModel<B>>(&mut self, model: &M, lr: f64) -> Result<()> {
         let wait = self.loader.take_wait_time();
         self.data_wait_total += wait;
         let stats = self.window.take(model, wait, &mut *self.comm)?;
-        let loss_scale = self.loss_scale.as_ref();
-        let event = train_event(
-            self.step,
-            self.epoch(),
+        let event = TrainEvent {
+            step: self.step,
+            epoch: self.epoch(),
+            split: "train",
+            loss: stats.loss,
+            metrics: stats.metrics.into_iter().collect(),
             lr,
-            &stats,
-            self.unit,
-            loss_scale,
-            self.world,
-        );
-        if let Some(run) = self.run.as_mut() {
-            run.log_event(&event)?;
-        }
-        let metrics: String = stats
-            .metrics
-            .iter()
-            .map(|(name, v)| format!(" {} {v:.3}", short_name(name)))
-            .collect();
-        let line = format!(
-            "loss {:.4}{metrics} lr {lr:.2e} {:.0} {}/s",
-            stats.loss, stats.samples_per_sec, self.unit
-        );
-        self.progress.step(self.step, Some(&line));
-        Ok(())
+            samples_per_sec: stats.samples_per_sec,
+            tokens_per_sec: (self.unit == "tokens").then_some(stats.samples_per_sec),
+            data_wait_secs: stats.data_wait_secs,
+            step_secs: stats.step_secs,
+            window_secs: stats.window_secs,
+            grad_norm: stats.grad_norm,
+            loss_scale: self.loss_scale.map(|s| s.scale),
+            skipped_steps: self.loss_scale.map(|s| s.skipped_steps),
+            workers: (self.world > 1).then_some(self.world),
+            comm_secs: (self.world > 1).then_some(stats.comm_secs),
+        };
+        self.sinks.event(Event::Train(event))
     }
 
     /// Evaluates on the validation split when due; whether the result is a new best.
@@ -506,14 +553,16 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         if self.data.has(Split::Valid) {
             let (config, data, device) = (self.config, self.data, &self.device);
             let r = evaluate_sharded(model, data, Split::Valid, config, device, &mut *self.comm)?;
-            let event = eval_event(self.step, self.epoch(), "valid", &r);
-            if let Some(run) = self.run.as_mut() {
-                run.log_event(&event)?;
-            }
-            self.progress
-                .message(&format!("step {}: valid {}", self.step, describe(&r)));
             new_best = self.best.observe(self.step, &r)?;
-            self.last_valid = Some(r);
+            self.last_valid = Some(r.clone());
+            let (step, epoch) = (self.step, self.epoch());
+            let event = EvalEvent {
+                step,
+                epoch,
+                split: "valid",
+                result: r,
+            };
+            self.sinks.event(Event::Eval(event))?;
         }
         self.window.exclude(started);
         Ok(new_best)
@@ -523,7 +572,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
     fn checkpoint<M: Module<B>>(&mut self, model: &M, lr: f64, new_best: bool) -> Result<()> {
         let started = Instant::now();
         let window = self.window.state_of_all(&mut *self.comm)?;
-        if let (Some(saver), Some(run)) = (self.saver.as_mut(), self.run.as_mut()) {
+        if let Some(saver) = self.saver.as_mut() {
             let (step, position) = (self.step, self.position.clone());
             let state = TrainState {
                 rng: RngState {
@@ -553,48 +602,86 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
                 loss_scale: self.loss_scale,
                 workers: self.world,
             };
-            saver.save(step, model, &self.optim, &self.table, state, new_best, run)?;
+            let previous = saver.save(step, model, &self.optim, &self.table, state, new_best)?;
+            if let Some(written) = previous {
+                self.sinks.event(Event::Checkpoint(written))?;
+            }
         }
         self.window.exclude(started);
         Ok(())
     }
 
     /// After the last step of this invocation: the test split (a completed run), the last
-    /// checkpoint written, the closing log line and the summary.
-    fn finish<M>(
-        mut self,
-        model: &M,
-        status: &'static str,
-        started: Instant,
-    ) -> Result<TrainSummary>
+    /// checkpoint written, the end for the sinks and the summary.
+    fn finish<M>(&mut self, model: &M, status: Status, started: Instant) -> Result<TrainSummary>
     where
         M: AutodiffModule<B>,
         M::InnerModule: TrainModel<B::InnerBackend, HostBatch = D::Batch>,
     {
         // The loader's threads stop before the test split is read.
-        drop(self.loader);
+        self.loader = Box::new(Closed);
         let (config, data, device) = (self.config, self.data, &self.device);
-        let test = if status == "completed" && data.has(Split::Test) {
+        let test = if status == Status::Completed && data.has(Split::Test) {
             let r = evaluate_sharded(model, data, Split::Test, config, device, &mut *self.comm)?;
             let p = &self.position;
             let epoch = match p.batches_per_epoch {
                 0 => p.epoch as f64,
                 bpe => p.epoch as f64 + p.batch_in_epoch as f64 / bpe as f64,
             };
-            if let Some(run) = self.run.as_mut() {
-                run.log_event(&eval_event(self.total_steps, epoch, "test", &r))?;
-            }
+            let (step, result) = (self.total_steps, r.clone());
+            let event = EvalEvent {
+                step,
+                epoch,
+                split: "test",
+                result,
+            };
+            self.sinks.event(Event::Eval(event))?;
             Some(r)
         } else {
             None
         };
-        let checkpoint = match (self.saver.as_mut(), self.run.as_mut()) {
-            (Some(saver), Some(run)) => saver.finish(run)?,
-            _ => None,
+        let checkpoint = self.last_checkpoint()?;
+        let summary = self.summary(status, checkpoint, started, test);
+        self.sinks.end(&run_end(status, &summary, None))?;
+        Ok(summary)
+    }
+
+    /// Waits for the checkpoint being written; the newest one written.
+    fn last_checkpoint(&mut self) -> Result<Option<PathBuf>> {
+        let Some(saver) = self.saver.as_mut() else {
+            return Ok(None);
         };
-        let summary = TrainSummary {
-            status,
-            run_dir: self.run_path,
+        let (written, last) = saver.finish()?;
+        if let Some(written) = written {
+            self.sinks.event(Event::Checkpoint(written))?;
+        }
+        Ok(last)
+    }
+
+    /// After an error: the checkpoint in flight is finished (nothing saved is lost), and the
+    /// sinks hear that the run failed.
+    fn fail(&mut self, error: &anyhow::Error, started: Instant) {
+        let checkpoint = self.last_checkpoint().ok().flatten();
+        let summary = self.summary(Status::Failed, checkpoint, started, None);
+        let message = format!("{error:#}");
+        if let Err(e) = self
+            .sinks
+            .end(&run_end(Status::Failed, &summary, Some(&message)))
+        {
+            tracing::warn!("a sink failed at the end of the failed run: {e:#}");
+        }
+    }
+
+    fn summary(
+        &self,
+        status: Status,
+        checkpoint: Option<PathBuf>,
+        started: Instant,
+        test: Option<EvalResult>,
+    ) -> TrainSummary {
+        TrainSummary {
+            status: status.name(),
+            run_dir: self.run_path.clone(),
             steps: self.step,
             total_steps: self.total_steps,
             resumed_from: (self.first_step > 0).then_some(self.first_step),
@@ -603,36 +690,33 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
             data_wait_seconds: self.data_wait_total.as_secs_f64(),
             workers: self.world,
             engine: self.comm.engine(),
-            valid: self.last_valid,
+            valid: self.last_valid.clone(),
             test,
-        };
-        if self.comm.rank() == 0 {
-            log_end(&summary);
         }
-        Ok(summary)
     }
 }
 
-/// The run's closing log line.
-fn log_end(s: &TrainSummary) {
-    let seconds = s.seconds;
-    let where_ = s
-        .checkpoint
-        .as_ref()
-        .map_or("no checkpoint".to_string(), |c| c.display().to_string());
-    match (s.status, &s.test) {
-        ("completed", None) => tracing::info!("done in {seconds:.1} s; weights in {where_}"),
-        ("completed", Some(test)) => tracing::info!(
-            "done in {seconds:.1} s: test {}; waited {:.2} s for data in total; weights in {where_}",
-            describe(test),
-            s.data_wait_seconds,
-        ),
-        (status, _) => tracing::warn!(
-            "{status} at step {} of {}; saved {where_}; continue with: kiln train --resume {}",
-            s.steps,
-            s.total_steps,
-            s.run_dir.display()
-        ),
+/// What the sinks hear at the end of a run with summary `s`.
+fn run_end<'s>(status: Status, s: &'s TrainSummary, error: Option<&'s str>) -> RunEnd<'s> {
+    RunEnd {
+        status,
+        step: s.steps,
+        total_steps: s.total_steps,
+        run_dir: &s.run_dir,
+        checkpoint: s.checkpoint.as_deref(),
+        seconds: s.seconds,
+        data_wait_seconds: s.data_wait_seconds,
+        test: s.test.as_ref(),
+        error,
+    }
+}
+
+/// The training stream after the loop: its threads are stopped.
+struct Closed;
+
+impl<T> TrainStream<T> for Closed {
+    fn next_batch(&mut self) -> Result<crate::data::Micro<T>> {
+        bail!("the training stream is closed")
     }
 }
 
@@ -660,6 +744,7 @@ fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
             optim,
             step: 0,
             state: None,
+            resume_event: None,
         },
         Some(from) => resume(config, options, from, table, model, optim, device, lead)?,
     };
@@ -669,10 +754,6 @@ fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
         || config.run.output_dir.join(&config.run.name),
         |r| r.run_dir().to_path_buf(),
     );
-    if lead {
-        let (device, params) = (format!("{device:?}"), start.model.num_params());
-        log_start(config, data, &run_path, backend, &device, params, &*comm);
-    }
     Ok((start, run_path))
 }
 
@@ -716,38 +797,16 @@ fn check_workers(
     Ok(())
 }
 
-/// The run's first log line: where, on what, the data, the model size and the workers.
-fn log_start<B: burn::tensor::backend::Backend>(
-    config: &Config,
-    data: &(impl TrainData + ?Sized),
-    run_path: &Path,
-    backend: BackendKind,
-    device: &str,
-    params: usize,
-    comm: &dyn Communicator<B>,
-) {
-    let world = comm.world();
-    let (batch, accum) = (config.data.batch_size, config.train.grad_accum_steps);
-    let workers = if world > 1 {
-        let accumulation = if accum > 1 {
-            format!(" x {accum} accumulation steps")
-        } else {
-            String::new()
-        };
-        format!(
-            "; {world} workers ({}), effective batch {} = {batch} per worker x {world}{accumulation}",
-            comm.engine(),
-            batch * world * accum,
-        )
-    } else {
-        String::new()
-    };
-    tracing::info!(
-        "run {} on {backend} ({device}, {}): {}; model: {params} parameters{workers}",
-        run_path.display(),
-        config.train.precision.name(),
-        data.describe(),
-    );
+/// The run's last step: `train.max_steps`, or `train.epochs` of the data's batches.
+fn run_length(config: &Config, batches_per_epoch: Option<usize>) -> Result<usize> {
+    let t = &config.train;
+    Ok(match (t.max_steps, batches_per_epoch) {
+        (Some(steps), _) => steps,
+        (None, Some(bpe)) => (t.epochs.unwrap_or(1) * bpe).div_ceil(t.grad_accum_steps),
+        (None, None) => bail!(
+            "train.epochs: the training data is a stream, whose length is unknown; set train.max_steps instead"
+        ),
+    })
 }
 
 /// Where the data stream continues: a fresh run's start, or the checkpoint's position (for
@@ -795,43 +854,6 @@ fn schedule_at(
         }
     }
     Ok(schedule)
-}
-
-/// The `metrics.jsonl` event of a log window: loss, the model's metrics, throughput and timing.
-fn train_event(
-    step: usize,
-    epoch: f64,
-    lr: f64,
-    stats: &WindowStats,
-    unit: &str,
-    loss_scale: Option<&LossScale>,
-    world: usize,
-) -> serde_json::Value {
-    let mut event = json!({
-        "step": step, "epoch": epoch, "split": "train",
-        "loss": stats.loss, "lr": lr,
-        "samples_per_sec": stats.samples_per_sec,
-        "data_wait_secs": stats.data_wait_secs,
-        "step_secs": stats.step_secs, "window_secs": stats.window_secs,
-    });
-    for (name, value) in &stats.metrics {
-        event[name.as_str()] = json!(value);
-    }
-    if let Some(g) = stats.grad_norm {
-        event["grad_norm"] = json!(g);
-    }
-    if unit == "tokens" {
-        event["tokens_per_sec"] = json!(stats.samples_per_sec);
-    }
-    if let Some(s) = loss_scale {
-        event["loss_scale"] = json!(s.scale);
-        event["skipped_steps"] = json!(s.skipped_steps);
-    }
-    if world > 1 {
-        event["workers"] = json!(world);
-        event["comm_secs"] = json!(stats.comm_secs);
-    }
-    event
 }
 
 /// Checks that every worker runs the same maths on the same data from the same step.
@@ -921,27 +943,27 @@ fn resume<B: AutodiffBackend, M: Module<B>>(
     let hash = config.maths_hash();
     let hash = (!options.force).then_some(hash.as_str());
     let fits = |v: &Verified| check_fits(v, table, &optim);
-    let verified = match from {
+    let (verified, skipped) = match from {
         ResumeFrom::Latest(dir) => {
             let (v, skipped) = find_resumable(dir, hash, fits)?;
             if lead {
                 for s in &skipped {
                     tracing::warn!("skipped checkpoint step-{}: {}", s.step, s.reason);
                 }
-                run.log_event(&json!({
-                    "step": v.step, "event": "resume", "checkpoint": v.dir,
-                    "skipped": skipped.iter().map(|s| json!({"step": s.step, "reason": s.reason})).collect::<Vec<_>>(),
-                }))?;
             }
-            v
+            let skipped = skipped.into_iter().map(|s| Skipped {
+                step: s.step,
+                reason: s.reason,
+            });
+            (v, Some(skipped.collect()))
         }
-        ResumeFrom::Checkpoint(dir) => {
-            let v = verify(dir, hash).and_then(|v| fits(&v).map(|_| v))?;
-            if lead {
-                run.log_event(&json!({"step": v.step, "event": "resume", "checkpoint": v.dir}))?;
-            }
-            v
-        }
+        ResumeFrom::Checkpoint(dir) => (verify(dir, hash).and_then(|v| fits(&v).map(|_| v))?, None),
+    };
+    let resume_event = ResumeEvent {
+        step: verified.step,
+        event: "resume",
+        checkpoint: verified.dir.clone(),
+        skipped,
     };
     let state = train_state(&verified)?;
     let model = restore(&verified, table, model, &mut optim, device);
@@ -970,29 +992,8 @@ fn resume<B: AutodiffBackend, M: Module<B>>(
         optim,
         step: verified.step,
         state: Some(state),
+        resume_event: Some(resume_event),
     })
-}
-
-fn eval_event(step: usize, epoch: f64, split: &str, r: &EvalResult) -> serde_json::Value {
-    r.json_with(json!({"step": step, "epoch": epoch, "split": split}))
-}
-
-/// `loss 0.1234 accuracy 0.9000`: an evaluation for the log.
-fn describe(r: &EvalResult) -> String {
-    let metrics: String = r
-        .metrics
-        .iter()
-        .map(|(name, v)| format!(" {name} {v:.4}"))
-        .collect();
-    format!("loss {:.4}{metrics}", r.loss)
-}
-
-/// A metric's name on the progress line (`acc` for the accuracy).
-fn short_name(name: &str) -> &str {
-    match name {
-        "accuracy" => "acc",
-        other => other,
-    }
 }
 
 /// Training statistics of the steps since the last log event, accumulated on the device so that
