@@ -223,14 +223,7 @@ impl TrainData for RunData {
         Ok(match self {
             RunData::Samples(s) => Box::new(Samples(Loader::new(
                 s.train.clone(),
-                LoaderConfig {
-                    batch_size: whole,
-                    threads: d.loader_threads,
-                    prefetch: d.prefetch,
-                    shuffle: d.shuffle,
-                    seed: config.run.seed,
-                    shard,
-                },
+                loader_config(config, shard),
                 from.epoch,
                 from.batch_in_epoch,
             )?)),
@@ -287,6 +280,19 @@ impl TrainData for RunData {
             tok.save(&run_dir.join(TOKENIZER_FILE))?;
         }
         Ok(())
+    }
+}
+
+/// The loader settings of worker `shard`: whole batches of `data.batch_size` x the workers.
+pub fn loader_config(config: &Config, shard: Shard) -> LoaderConfig {
+    let d = &config.data;
+    LoaderConfig {
+        batch_size: d.batch_size * shard.world,
+        threads: d.loader_threads,
+        prefetch: d.prefetch,
+        shuffle: d.shuffle,
+        seed: config.run.seed,
+        shard,
     }
 }
 

@@ -169,15 +169,7 @@ impl<T: Targets + Send + 'static> TrainData for SourceData<T> {
         shard: Shard,
         from: &DataPosition,
     ) -> Result<Box<dyn TrainStream<T>>> {
-        let d = &config.data;
-        let cfg = LoaderConfig {
-            batch_size: d.batch_size * shard.world,
-            threads: d.loader_threads,
-            prefetch: d.prefetch,
-            shuffle: d.shuffle,
-            seed: config.run.seed,
-            shard,
-        };
+        let cfg = crate::data::loader_config(config, shard);
         Ok(Box::new((self.train.train)(cfg, from)?))
     }
 
