@@ -18,11 +18,12 @@ use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use kiln_core::config::{
-    Activation, ModelKind, ModelSection, OptimizerSection, Pooling, Precision,
-};
+use kiln_core::config::{OptimizerSection, Precision};
 use kiln_core::{dispatch, BackendKind, BackendTask};
-use kiln_models::{DataShape, Input, Model, TrainModel};
+use kiln_models::{
+    Activation, CnnConfig, DataShape, GptConfig, Input, MlpConfig, Model, ModelConfig, Pooling,
+    TrainModel,
+};
 use kiln_train::optim::Optim;
 use kiln_train::scaler::LossScale;
 use kiln_train::step::train_step;
@@ -36,7 +37,7 @@ struct Bench {
     batch: usize,
     warmup: usize,
     steps: usize,
-    gpt: ModelSection,
+    gpt: GptConfig,
     vocab: usize,
     precision: Precision,
     /// Each timed step is made this many times longer by busy-waiting (to check that the CI
@@ -63,15 +64,18 @@ fn main() -> Result<()> {
             .with_context(|| format!("{flag}: expected a whole number"))
     };
     let backend: BackendKind = get("--backend", "flex").parse()?;
-    let mut gpt = model_section("mlp")?;
-    gpt.kind = ModelKind::Gpt;
-    gpt.n_layer = num("--n-layer", "4")?;
-    gpt.n_head = num("--n-head", "4")?;
-    gpt.n_embd = num("--n-embd", "128")?;
-    gpt.block_size = num("--block", "64")?;
-    gpt.dropout = get("--dropout", "0").parse().context("--dropout")?;
-    gpt.bias = num("--bias", "1")? == 1;
-    gpt.tie_weights = num("--tie", "1")? == 1;
+    let gpt = GptConfig {
+        n_layer: num("--n-layer", "4")?,
+        n_head: num("--n-head", "4")?,
+        n_embd: num("--n-embd", "128")?,
+        block_size: num("--block", "64")?,
+        dropout: get("--dropout", "0").parse().context("--dropout")?,
+        bias: num("--bias", "1")? == 1,
+        tie_weights: num("--tie", "1")? == 1,
+        vocab_size: None,
+        gelu: None,
+    };
+    gpt.validate()?;
     let precision = match get("--precision", "f32").as_str() {
         "f32" => Precision::F32,
         "f16" => Precision::F16,
@@ -128,37 +132,26 @@ fn main() -> Result<()> {
 
 /// The benchmark architectures: MLP 784-256-256-10; CNN conv 1→32 3x3, conv 32→64 3x3,
 /// max-pool 2, linear 9216→128→10.
-fn model_section(name: &str) -> Result<ModelSection> {
-    let mut m = ModelSection {
-        kind: ModelKind::Mlp,
-        hidden: vec![256, 256],
-        activation: Activation::Relu,
-        dropout: 0.0,
-        channels: vec![],
-        kernel_size: 3,
-        padding: 0,
-        pooling: Pooling::Max,
-        pool_every: 2,
-        batch_norm: false,
-        n_layer: 4,
-        n_head: 4,
-        n_embd: 128,
-        block_size: 64,
-        bias: true,
-        tie_weights: true,
-        vocab_size: None,
-        gelu: None,
-    };
-    match name {
-        "mlp" => {}
-        "cnn" => {
-            m.kind = ModelKind::Cnn;
-            m.channels = vec![32, 64];
-            m.hidden = vec![128];
-        }
+fn model_section(name: &str) -> Result<ModelConfig> {
+    Ok(match name {
+        "mlp" => ModelConfig::Mlp(MlpConfig {
+            hidden: vec![256, 256],
+            activation: Activation::Relu,
+            dropout: 0.0,
+        }),
+        "cnn" => ModelConfig::Cnn(CnnConfig {
+            hidden: vec![128],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            channels: vec![32, 64],
+            kernel_size: 3,
+            padding: 0,
+            pooling: Pooling::Max,
+            pool_every: 2,
+            batch_norm: false,
+        }),
         other => bail!("--model {other}: choose mlp, cnn or gpt"),
-    }
-    Ok(m)
+    })
 }
 
 impl BackendTask for Bench {
@@ -180,7 +173,7 @@ impl BackendTask for Bench {
                 weight_decay: 0.1,
                 ..OptimizerSection::default()
             };
-            (self.gpt.clone(), shape, optimizer)
+            (ModelConfig::Gpt(self.gpt.clone()), shape, optimizer)
         } else {
             let shape = DataShape::Samples {
                 sample_shape: vec![1, 28, 28],
@@ -192,7 +185,7 @@ impl BackendTask for Bench {
                 OptimizerSection::default(),
             )
         };
-        let t = spec.block_size;
+        let t = self.gpt.block_size;
         let mut extra = Vec::new();
         let (input, y, targets) = if self.model == "gpt" {
             let stream: Vec<i64> = (0..n * (t + 1))

@@ -103,9 +103,17 @@ pub fn data() -> Result<Data> {
 /// The data a run of this example trains on.
 pub type Data = SourceData<Batch>;
 
-pub fn build<B: Backend>(_: &Config, _: &Data, dev: &B::Device) -> Result<Regressor<B>> {
-    let hidden = LinearConfig::new(10, 32).init(dev);
-    let out = LinearConfig::new(32, 1).init(dev);
+/// This model's `[model]` section: the width of its hidden layer.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegressorConfig {
+    pub hidden: usize,
+}
+
+pub fn build<B: Backend>(config: &Config, _: &Data, dev: &B::Device) -> Result<Regressor<B>> {
+    let RegressorConfig { hidden } = config.model.parse()?;
+    let out = LinearConfig::new(hidden, 1).init(dev);
+    let hidden = LinearConfig::new(10, hidden).init(dev);
     Ok(Regressor { hidden, out })
 }
 

@@ -1,13 +1,15 @@
 //! A model that Kiln does not ship, trained through Kiln's loop from a user's own program: a
 //! residual MLP (pre-norm blocks, `x + fc(relu(norm(x)))`) on the wine table (Kiln's own data,
-//! the `[data]` section of examples/residual.toml), paused part-way and resumed, with Kiln's checkpoints, schedule,
-//! clipping and evaluation. Its matrix products follow `train.precision` through Kiln's
-//! precision helper (f16 or bf16 products on f32 weights, on backends that have them).
+//! the `[data]` section of examples/residual.toml), paused part-way and resumed, with Kiln's
+//! checkpoints, schedule, clipping and evaluation. Its matrix products follow `train.precision`
+//! through Kiln's precision helper (f16 or bf16 products on f32 weights, on backends that have
+//! them). Then the trained model is exported with int8 weights, loaded back and evaluated, all
+//! from this program.
 //!
 //!     cargo run --release --example residual
 //!
-//! The run's `[model]` section is not read: the model is this file's. The run directory is
-//! target/examples/wine-residual.
+//! The run's `[model]` section is this model's own (`width`, `blocks`: [`ResidualConfig`]), read
+//! with `config.model.parse()`. The run directory is target/examples/wine-residual.
 
 use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex};
@@ -18,10 +20,19 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use kiln_core::config::Precision;
 use kiln_core::{BackendKind, Config};
+use kiln_export::{export_module, load_module, Scheme};
 use kiln_models::loss::batch_sums;
 use kiln_models::precision::linear;
 use kiln_models::{HostBatch, Input, LossOutput, TrainModel};
-use kiln_train::{RunData, Trainer};
+use kiln_train::{evaluate, weights, RunData, Split, TrainData, Trainer};
+
+/// This model's `[model]` section.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidualConfig {
+    pub width: usize,
+    pub blocks: usize,
+}
 
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
@@ -39,20 +50,26 @@ pub struct ResidualMlp<B: Backend> {
 }
 
 impl<B: Backend> ResidualMlp<B> {
-    /// Two blocks of width 32 between `d_in` inputs and `classes` outputs.
-    pub fn new(d_in: usize, classes: usize, precision: Precision, dev: &B::Device) -> Self {
+    /// `c.blocks` blocks of width `c.width` between `d_in` inputs and `classes` outputs.
+    pub fn new(
+        c: &ResidualConfig,
+        d_in: usize,
+        classes: usize,
+        p: Precision,
+        dev: &B::Device,
+    ) -> Self {
         let block = || Block {
-            norm: LayerNormConfig::new(32).init(dev),
-            fc: LinearConfig::new(32, 32).init(dev),
+            norm: LayerNormConfig::new(c.width).init(dev),
+            fc: LinearConfig::new(c.width, c.width).init(dev),
         };
-        let blocks = vec![block(), block()];
-        let embed = LinearConfig::new(d_in, 32).init(dev);
-        let head = LinearConfig::new(32, classes).init(dev);
+        let blocks = (0..c.blocks).map(|_| block()).collect();
+        let embed = LinearConfig::new(d_in, c.width).init(dev);
+        let head = LinearConfig::new(c.width, classes).init(dev);
         Self {
             embed,
             blocks,
             head,
-            precision,
+            precision: p,
         }
     }
 
@@ -95,7 +112,14 @@ pub fn build<B: Backend>(
     dev: &B::Device,
 ) -> Result<ResidualMlp<B>> {
     let (d_in, classes) = data.shape().features_and_classes("the residual MLP")?;
-    Ok(ResidualMlp::new(d_in, classes, config.train.precision, dev))
+    let c = config.model.parse()?;
+    Ok(ResidualMlp::new(
+        &c,
+        d_in,
+        classes,
+        config.train.precision,
+        dev,
+    ))
 }
 
 type Cpu = Autodiff<Flex>;
@@ -108,5 +132,23 @@ fn main() -> Result<()> {
     let done = fit(Trainer::new(&config, BackendKind::Flex).resume(&paused.run_dir))?;
     let accuracy = done.test.context("no test split")?.metrics["accuracy"];
     println!("resumed and completed: test accuracy {accuracy:.3}");
+
+    // The trained model exported with int8 weights from this program, loaded back and evaluated.
+    let (data, dev) = (RunData::load(&config)?, Default::default());
+    let file = done
+        .checkpoint
+        .context("no checkpoint")?
+        .join("model.safetensors");
+    let trained = weights::load(build::<Flex>(&config, &data, &dev)?, &file)?;
+    let out = done.run_dir.with_file_name("wine-residual-int8");
+    let about = serde_json::to_value(&config.model)?;
+    export_module(&trained, Scheme::Int8, about, &out, true)?;
+    let (int8, _) = load_module(build::<Flex>(&config, &data, &dev)?, &out)?;
+    let test = evaluate(&int8, data.eval_batches(Split::Test, &config), &dev)?;
+    println!(
+        "int8 export in {}: test accuracy {:.3}",
+        out.display(),
+        test.metrics["accuracy"]
+    );
     Ok(())
 }

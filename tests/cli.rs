@@ -171,6 +171,28 @@ fn bad_set_overrides() {
     );
 }
 
+/// A `[model]` key of another kind was silently ignored before per-model sections; now it is
+/// an error that names the kind it belongs to.
+#[test]
+fn a_key_of_another_model_kind() {
+    fails_with(
+        &["train", "configs/smoke.toml", "--set", "model.n_layer=2"],
+        &[
+            "smoke.toml",
+            "model.n_layer: a key of a GPT (model.kind = \"gpt\"), not of an MLP",
+        ],
+    );
+    fails_with(
+        &[
+            "train",
+            "configs/smoke-gpt.toml",
+            "--set",
+            "model.channels=[4]",
+        ],
+        &["model.channels: a key of a CNN", "not of a GPT"],
+    );
+}
+
 #[test]
 fn batch_size_zero() {
     fails_with(

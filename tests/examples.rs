@@ -141,6 +141,71 @@ fn the_example_model_trains_in_f16_on_wgpu() {
     );
 }
 
+/// A program's own model is evaluated and exported from the program: the float export loads
+/// back to the same numbers, the int8 one (a quarter of the weight bytes, quantized along the
+/// model's own axes) to nearly the same accuracy; `kiln predict` names what loads it.
+#[test]
+fn the_example_model_exports_from_the_program_and_loads_back() {
+    use kiln_export::{export_module, load_module, Scheme};
+    use kiln_train::{evaluate, weights, Split, TrainData};
+    type Inner = burn::backend::Flex;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), "exported", &[]);
+    let done = cpu_run(&config, None, None).unwrap();
+    let data = RunData::load(&config).unwrap();
+    let dev = Default::default();
+    let build = || residual::build::<Inner>(&config, &data, &dev).unwrap();
+    let file = done.checkpoint.unwrap().join("model.safetensors");
+    let trained = weights::load(build(), &file).unwrap();
+    let test = |m: &residual::ResidualMlp<Inner>| {
+        evaluate(m, data.eval_batches(Split::Test, &config), &dev).unwrap()
+    };
+    let float = test(&trained);
+    assert_eq!(Some(float.loss), done.test.as_ref().map(|t| t.loss));
+
+    let about = serde_json::json!({"model": "residual", "width": 32});
+    let f32_dir = tmp.path().join("f32");
+    let manifest = export_module(&trained, Scheme::None, about.clone(), &f32_dir, false).unwrap();
+    assert_eq!(manifest.architecture["program"], about);
+    let (again, _) = load_module(build(), &f32_dir).unwrap();
+    assert_eq!(test(&again).loss, float.loss);
+
+    let int8_dir = tmp.path().join("int8");
+    let manifest = export_module(&trained, Scheme::Int8, about, &int8_dir, false).unwrap();
+    let kinds: Vec<&str> = manifest.tensors.values().map(|t| t.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"int8") && kinds.contains(&"f32"),
+        "{kinds:?}"
+    );
+    let embed = &manifest.tensors["embed.weight"];
+    assert_eq!(
+        (embed.shape.as_slice(), embed.axis),
+        (&[13, 32][..], Some(1))
+    );
+    let (int8, _) = load_module(build(), &int8_dir).unwrap();
+    let (a, b) = (float.metrics["accuracy"], test(&int8).metrics["accuracy"]);
+    assert!((a - b).abs() <= 0.06, "float accuracy {a}, int8 {b}");
+    let bytes = |d: &Path| {
+        std::fs::metadata(d.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(bytes(&int8_dir) * 2 < bytes(&f32_dir));
+
+    let again = export_module(
+        &trained,
+        Scheme::None,
+        serde_json::Value::Null,
+        &f32_dir,
+        false,
+    );
+    assert!(format!("{:#}", again.unwrap_err()).contains("already exists"));
+    let out = common::kiln(&["predict", int8_dir.to_str().unwrap(), "x.csv"]);
+    assert!(!out.status.success());
+    let e = common::stderr(&out);
+    assert!(e.contains("kiln_export::load_module"), "{e}");
+}
+
 #[allow(dead_code)] // its main is not called here
 #[path = "../examples/regression.rs"]
 mod regression;

@@ -13,7 +13,7 @@ use kiln_core::config::RESUMABLE_KEYS;
 use kiln_core::rundir::{find_run_config, resolve_weights};
 use kiln_core::{dispatch, dispatch_on, BackendKind, BackendTask, Config};
 use kiln_export::{ExportOptions, Format, Scheme, Source};
-use kiln_models::Model;
+use kiln_models::{Model, ModelConfig};
 use kiln_train::checkpoint::is_checkpoint_dir;
 use kiln_train::generate::{generate, Sampling};
 use kiln_train::{evaluate, weights, ResumeFrom, RunData, TrainData, TrainOptions};
@@ -259,11 +259,16 @@ fn run(cli: Cli) -> Result<()> {
             set,
         } => {
             let backend = backend.kind()?.resolve()?;
-            let (config, resume) = match (config, resume) {
-                (_, Some(path)) => resume_config(&path, &set, force)?,
-                (Some(path), None) => (Config::load(&path, &set)?, None),
+            let (mut config, resume, file) = match (config, resume) {
+                (_, Some(path)) => {
+                    let (config, from) = resume_config(&path, &set, force)?;
+                    (config, from, path.join("config.toml"))
+                }
+                (Some(path), None) => (Config::load(&path, &set)?, None, path),
                 (None, None) => bail!("give a config file, or --resume RUN_DIR"),
             };
+            // The run's config.toml records the model's own section, its defaults filled in.
+            ModelConfig::resolve(&mut config).with_context(|| file.display().to_string())?;
             if until_step == Some(0) {
                 bail!("--until-step: must be at least 1");
             }
@@ -384,8 +389,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             // The cheap checks first: the checkpoint is read and hashed only after them.
             let (_, run_dir, config) = trained_run(&run)?;
-            kiln_export::check_supported(config.model.kind, format, scheme)?;
-            kiln_export::export::check_out(&out, overwrite, &run_dir)?;
+            kiln_export::check_supported(&ModelConfig::of(&config)?, format, scheme)?;
+            kiln_export::export::check_out(&out, overwrite, Some(&run_dir))?;
             let source = Source::open(&run)?;
             let opts = ExportOptions {
                 format,
@@ -811,7 +816,7 @@ fn eval<B: Backend>(task: EvalTask, device: B::Device) -> Result<serde_json::Val
         );
     }
     let model = Model::<B>::new(
-        &task.config.model,
+        &ModelConfig::of(&task.config)?,
         &data.shape(),
         task.config.train.precision,
         task.config.run.seed,

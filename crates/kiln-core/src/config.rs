@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 pub struct Config {
     pub run: RunSection,
     pub data: DataSection,
+    /// The model's own section: Kiln's models read theirs (kiln-models), a program's model reads
+    /// its own (see [`ModelSection::parse`]).
+    #[serde(default)]
     pub model: ModelSection,
     #[serde(default)]
     pub optimizer: OptimizerSection,
@@ -54,6 +57,18 @@ pub enum DataFormat {
     Tokens,
 }
 
+impl DataFormat {
+    /// The name in config files: `"idx"`, `"csv"`, `"text"` or `"tokens"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Idx => "idx",
+            DataFormat::Csv => "csv",
+            DataFormat::Text => "text",
+            DataFormat::Tokens => "tokens",
+        }
+    }
+}
+
 /// Element type of a token file.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -86,7 +101,8 @@ impl Precision {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    pub format: DataFormat,
+    /// Which of Kiln's readers loads the data; a program that brings its own data leaves it out.
+    pub format: Option<DataFormat>,
     // IDX: four files.
     pub train_images: Option<PathBuf>,
     pub train_labels: Option<PathBuf>,
@@ -124,95 +140,34 @@ pub struct DataSection {
     pub standardize: bool,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    Mlp,
-    Cnn,
-    /// Decoder-only transformer language model (text or tokens data).
-    Gpt,
+impl DataSection {
+    /// `data.format`, which Kiln's own data needs (a program's own data leaves it out).
+    pub fn kiln_format(&self) -> Result<DataFormat> {
+        self.format.with_context(|| {
+            "data.format: missing; Kiln reads \"idx\", \"csv\", \"text\" or \"tokens\" data (a program brings its own data through the library: see the README)"
+        })
+    }
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Relu,
-    Gelu,
-    Tanh,
-    Sigmoid,
-}
+/// The `[model]` section as written. Its keys belong to the model: Kiln's built-in models read
+/// theirs through kiln-models (`model.kind` picks one), a program's own model reads its own with
+/// [`ModelSection::parse`]. Empty when the file has no `[model]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct ModelSection(pub toml::Table);
 
-/// The GELU in the GPT's MLP (`model.gelu`).
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum GeluForm {
-    /// `x Φ(x)` with the normal CDF by `erf` (transformers' `"gelu"`, nanoGPT's).
-    #[default]
-    Exact,
-    /// GPT-2's tanh approximation, `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` (transformers'
-    /// `"gelu_new"`).
-    Tanh,
-}
+impl ModelSection {
+    /// `model.kind`, if the section names one.
+    pub fn kind(&self) -> Option<&str> {
+        self.0.get("kind").and_then(toml::Value::as_str)
+    }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    Max,
-    Avg,
-    None,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub kind: ModelKind,
-    /// MLP: hidden layer widths; empty = logistic regression. CNN: widths of the classifier head.
-    #[serde(default)]
-    pub hidden: Vec<usize>,
-    #[serde(default = "default_activation")]
-    pub activation: Activation,
-    #[serde(default)]
-    pub dropout: f64,
-    /// CNN: output channels of each convolution.
-    #[serde(default)]
-    pub channels: Vec<usize>,
-    #[serde(default = "default_kernel_size")]
-    pub kernel_size: usize,
-    /// CNN: zero padding of each convolution (`kernel_size / 2` keeps the size).
-    #[serde(default)]
-    pub padding: usize,
-    /// CNN: pooling after each convolution (`pool_every = 1`) or after every n-th.
-    #[serde(default = "default_pooling")]
-    pub pooling: Pooling,
-    #[serde(default = "default_pool_every")]
-    pub pool_every: usize,
-    #[serde(default)]
-    pub batch_norm: bool,
-    /// GPT: transformer blocks.
-    #[serde(default = "default_n_layer")]
-    pub n_layer: usize,
-    /// GPT: attention heads per block (must divide n_embd).
-    #[serde(default = "default_n_head")]
-    pub n_head: usize,
-    /// GPT: width of the residual stream.
-    #[serde(default = "default_n_embd")]
-    pub n_embd: usize,
-    /// GPT: context length in tokens; training windows hold block_size + 1 tokens.
-    #[serde(default = "default_block_size")]
-    pub block_size: usize,
-    /// GPT: biases in the linear layers and LayerNorms.
-    #[serde(default = "default_true")]
-    pub bias: bool,
-    /// GPT: the LM head shares the token embedding matrix.
-    #[serde(default = "default_true")]
-    pub tie_weights: bool,
-    /// GPT: vocabulary size of the embedding and head; defaults to the tokenizer's, may be
-    /// larger (padding to a multiple of 64 speeds up GPU matmuls).
-    pub vocab_size: Option<usize>,
-    /// GPT: the GELU form of the MLP, `"exact"` (unset) or `"tanh"` (GPT-2's `gelu_new`). Unset,
-    /// it is not in the config hash, so configs written before it keep their hash.
-    #[serde(default)]
-    pub gelu: Option<GeluForm>,
+    /// The section as the type `T` (a model's own config struct, with serde defaults and
+    /// `deny_unknown_fields` as it likes); errors name the section.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        T::deserialize(toml::Value::Table(self.0.clone()))
+            .map_err(|e| anyhow::anyhow!("model: {}", one_line(&e.to_string())))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -471,18 +426,6 @@ fn default_prefetch() -> usize {
 fn default_true() -> bool {
     true
 }
-fn default_activation() -> Activation {
-    Activation::Relu
-}
-fn default_kernel_size() -> usize {
-    3
-}
-fn default_pooling() -> Pooling {
-    Pooling::Max
-}
-fn default_pool_every() -> usize {
-    1
-}
 fn default_optimizer() -> OptimizerKind {
     OptimizerKind::Adamw
 }
@@ -509,18 +452,6 @@ fn default_log_every() -> usize {
 }
 fn default_one() -> usize {
     1
-}
-fn default_n_layer() -> usize {
-    4
-}
-fn default_n_head() -> usize {
-    4
-}
-fn default_n_embd() -> usize {
-    128
-}
-fn default_block_size() -> usize {
-    64
 }
 
 impl Config {
@@ -605,7 +536,8 @@ impl Config {
             "must be in [0, 1)",
         )?;
         match d.format {
-            DataFormat::Idx => {
+            None => {}
+            Some(DataFormat::Idx) => {
                 for (key, v) in [
                     ("data.train_images", &d.train_images),
                     ("data.train_labels", &d.train_labels),
@@ -616,19 +548,14 @@ impl Config {
                 }
                 check(d.num_classes >= 2, "data.num_classes", "must be at least 2")?;
             }
-            DataFormat::Text | DataFormat::Tokens => {
+            Some(DataFormat::Text | DataFormat::Tokens) => {
                 check(
                     d.path.is_some(),
                     "data.path",
                     "is required when data.format = \"text\" or \"tokens\"",
                 )?;
-                check(
-                    self.model.kind == ModelKind::Gpt,
-                    "model.kind",
-                    "text and token data train a language model: use model.kind = \"gpt\"",
-                )?;
             }
-            DataFormat::Csv => {
+            Some(DataFormat::Csv) => {
                 check(
                     d.path.is_some(),
                     "data.path",
@@ -642,69 +569,6 @@ impl Config {
             }
         }
 
-        let m = &self.model;
-        check(
-            m.hidden.iter().all(|&h| h > 0),
-            "model.hidden",
-            "layer widths must be at least 1",
-        )?;
-        check(
-            (0.0..1.0).contains(&m.dropout),
-            "model.dropout",
-            "must be in [0, 1)",
-        )?;
-        if m.kind == ModelKind::Cnn {
-            check(
-                !m.channels.is_empty(),
-                "model.channels",
-                "a CNN needs at least one convolution",
-            )?;
-            check(
-                m.channels.iter().all(|&c| c > 0),
-                "model.channels",
-                "channel counts must be at least 1",
-            )?;
-            check(m.kernel_size > 0, "model.kernel_size", "must be at least 1")?;
-            check(m.pool_every > 0, "model.pool_every", "must be at least 1")?;
-            check(
-                d.format == DataFormat::Idx,
-                "model.kind",
-                "\"cnn\" needs image data (data.format = \"idx\")",
-            )?;
-        }
-
-        check(
-            m.gelu.is_none() || m.kind == ModelKind::Gpt,
-            "model.gelu",
-            "chooses the GELU form of a GPT; an MLP or CNN takes model.activation = \"gelu\" (the exact form)",
-        )?;
-        if m.kind == ModelKind::Gpt {
-            check(
-                matches!(d.format, DataFormat::Text | DataFormat::Tokens),
-                "model.kind",
-                "\"gpt\" needs text or token data (data.format = \"text\" or \"tokens\")",
-            )?;
-            for (key, v) in [
-                ("model.n_layer", m.n_layer),
-                ("model.n_head", m.n_head),
-                ("model.n_embd", m.n_embd),
-                ("model.block_size", m.block_size),
-            ] {
-                check(v > 0, key, "must be at least 1")?;
-            }
-            if !m.n_embd.is_multiple_of(m.n_head) {
-                bail!(
-                    "model.n_embd = {} is not divisible by model.n_head = {}: each head gets n_embd / n_head dimensions; choose e.g. n_embd = {} or an n_head that divides {}",
-                    m.n_embd,
-                    m.n_head,
-                    m.n_embd.div_ceil(m.n_head) * m.n_head,
-                    m.n_embd
-                );
-            }
-            if let Some(v) = m.vocab_size {
-                check(v > 0, "model.vocab_size", "must be at least 1")?;
-            }
-        }
         if let Some(b) = d.eval_max_batches {
             check(b > 0, "data.eval_max_batches", "must be at least 1")?;
         }
@@ -795,9 +659,14 @@ impl Config {
     }
 
     /// A sha256 of everything in the config that decides the numbers a run computes: the config
-    /// without the keys of [`RESUMABLE_KEYS`] and without where the run is written.
+    /// without the keys of [`RESUMABLE_KEYS`] and without where the run is written. A built-in
+    /// model's section is hashed in version 1's layout (see [`crate::compat`]), so runs written
+    /// before per-model sections keep their hash.
     pub fn maths_hash(&self) -> String {
         let mut table = self.table();
+        if let Some(toml::Value::Table(model)) = table.get_mut("model") {
+            *model = crate::compat::model_in_v1_layout(model);
+        }
         for key in RESUMABLE_KEYS
             .iter()
             .chain(&["run.name", "run.output_dir", "run.overwrite"])
@@ -1028,7 +897,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.optimizer.lr, 3e-4);
-        assert_eq!(c.model.hidden, vec![32, 8]);
+        assert_eq!(
+            c.model.0["hidden"],
+            toml::Value::try_from(vec![32, 8]).unwrap()
+        );
+        assert_eq!(c.model.kind(), Some("mlp"));
         let e = load(&["data.batch_size=many"]).unwrap_err().to_string();
         assert!(e.contains("batch_size"), "{e}");
         assert!(e.contains("--set"), "{e}");
@@ -1093,28 +966,67 @@ mod tests {
         }
     }
 
+    /// The same runs described the way configs are written now: a model section with only its
+    /// kind's keys (kiln-models drops the others) hashes as the version 1 file did.
     #[test]
-    fn model_gelu_hashes_like_its_absence_when_exact_and_is_for_the_gpt_only() {
+    fn a_model_section_without_the_other_kinds_keys_keeps_the_v1_hash() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/earlier-runs");
+        for run in [
+            "fashion-mnist-mlp",
+            "fashion-mnist-cnn",
+            "shakespeare-char-gpt",
+        ] {
+            let mut config = Config::load(&fixtures.join(run).join("config.toml"), &[]).unwrap();
+            let v1 = config.maths_hash();
+            let kind = config.model.kind().unwrap().to_string();
+            config
+                .model
+                .0
+                .retain(|k, _| !crate::compat::v1_key_of_another_kind(&kind, k));
+            assert!(config.model.0.len() <= 10, "{run}: {:?}", config.model.0);
+            assert_eq!(config.maths_hash(), v1, "{run}");
+            config
+                .model
+                .0
+                .insert("dropout".into(), toml::Value::Float(0.5));
+            assert_ne!(config.maths_hash(), v1, "{run}: dropout");
+        }
+    }
+
+    #[test]
+    fn model_gelu_hashes_like_its_absence_when_exact() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/earlier-runs/shakespeare-char-gpt/config.toml");
         let with = |o: &[&str]| {
             let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
-            Config::load(&path, &o)
+            Config::load(&path, &o).unwrap()
         };
-        let unset = with(&[]).unwrap();
-        let exact = with(&["model.gelu=\"exact\""]).unwrap();
-        let tanh = with(&["model.gelu=\"tanh\""]).unwrap();
-        assert_eq!(unset.model.gelu, None);
-        assert_eq!(tanh.model.gelu, Some(GeluForm::Tanh));
+        let unset = with(&[]);
+        let exact = with(&["model.gelu=\"exact\""]);
+        let tanh = with(&["model.gelu=\"tanh\""]);
         assert_eq!(unset.maths_hash(), exact.maths_hash());
         assert_ne!(unset.maths_hash(), tanh.maths_hash());
-        let e = format!("{:#}", with(&["model.gelu=\"fast\""]).unwrap_err());
-        assert!(e.contains("model.gelu") || e.contains("fast"), "{e}");
-        let e = format!("{:#}", load(&["model.gelu=\"tanh\""]).unwrap_err());
-        assert!(
-            e.contains("model.gelu: chooses the GELU form of a GPT"),
-            "{e}"
-        );
+    }
+
+    #[test]
+    fn a_programs_config_needs_no_data_format_and_no_model_section() {
+        let text = "[run]\nname = \"own\"\n[data]\nbatch_size = 4\n[train]\nmax_steps = 3\n";
+        let c = Config::from_toml_str(text, &[], "own.toml").unwrap();
+        assert_eq!((c.data.format, c.model.kind()), (None, None));
+        let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
+        assert_eq!(c, again);
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Own {
+            width: usize,
+        }
+        let with = Config::from_toml_str(text, &["model.width=7".into()], "own.toml").unwrap();
+        assert_eq!(with.model.parse::<Own>().unwrap().width, 7);
+        let e = with
+            .model
+            .parse::<std::collections::HashMap<String, bool>>();
+        assert!(format!("{:#}", e.unwrap_err()).starts_with("model: "));
     }
 
     #[test]

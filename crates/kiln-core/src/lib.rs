@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod compat;
 pub mod config;
 pub mod rundir;
 

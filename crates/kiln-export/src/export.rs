@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
-use kiln_core::config::{Activation, DataFormat, ModelKind, ModelSection, Pooling};
+use kiln_core::config::DataFormat;
 use kiln_data::CharTokenizer;
-use kiln_models::DataShape;
+use kiln_models::{Activation, DataShape, ModelConfig, Pooling, TrainModel};
 use kiln_train::data::TOKENIZER_FILE;
 use kiln_train::{evaluate, EvalResult, RunData, Split, TrainData};
 use serde_json::{json, Value};
@@ -18,7 +18,7 @@ use crate::calibrate::{calibrate, Calibration};
 use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest, Scheme};
 use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
 use crate::hf::{write_gpt2, Gpt2Shape};
-use crate::model::{build_model, channel_axis, HostWeights};
+use crate::model::{build_model, HostWeights};
 use crate::onnx::{classifier_to_onnx, Act, ClassifierNet, Layer};
 use crate::source::Source;
 
@@ -47,29 +47,22 @@ impl Format {
 pub const SUPPORTED: &str = "kiln: mlp, cnn, gpt with none, int8, int4; onnx: mlp, cnn with none, int8, int4; hf: gpt with none";
 
 /// Refuses a model/format/quantization combination Kiln cannot export, listing those it can.
-pub fn check_supported(kind: ModelKind, format: Format, scheme: Scheme) -> Result<()> {
+pub fn check_supported(model: &ModelConfig, format: Format, scheme: Scheme) -> Result<()> {
+    let gpt = matches!(model, ModelConfig::Gpt(_));
     let ok = match format {
         Format::Kiln => true,
-        Format::Onnx => kind != ModelKind::Gpt,
-        Format::Hf => kind == ModelKind::Gpt && scheme == Scheme::None,
+        Format::Onnx => !gpt,
+        Format::Hf => gpt && scheme == Scheme::None,
     };
     if !ok {
         bail!(
             "--format {} --quantize {} is not supported for a {} model; supported are {SUPPORTED}",
             format.name(),
             scheme.name(),
-            kind_name(kind)
+            model.kind()
         );
     }
     Ok(())
-}
-
-fn kind_name(kind: ModelKind) -> &'static str {
-    match kind {
-        ModelKind::Mlp => "mlp",
-        ModelKind::Cnn => "cnn",
-        ModelKind::Gpt => "gpt",
-    }
 }
 
 /// How to export.
@@ -89,12 +82,11 @@ pub struct ExportOptions {
 
 /// Checks `out` before any work: it must not hold the run (`run_dir`), and an existing
 /// non-empty directory must be an earlier export, replaced only with `overwrite`.
-pub fn check_out(out: &Path, overwrite: bool, run_dir: &Path) -> Result<()> {
+pub fn check_out(out: &Path, overwrite: bool, run_dir: Option<&Path>) -> Result<()> {
     if out.is_file() {
         bail!("--out {} is a file; give a directory", out.display());
     }
-    let (out_abs, run_abs) = (absolute(out), absolute(run_dir));
-    if run_abs.starts_with(&out_abs) {
+    if let Some(run_dir) = run_dir.filter(|r| absolute(r).starts_with(absolute(out))) {
         bail!(
             "--out {} would hold the run directory {}; write the export elsewhere",
             out.display(),
@@ -156,9 +148,9 @@ pub fn export<B: Backend>(
     device: &B::Device,
 ) -> Result<Value> {
     let config = &source.config;
-    let section = &config.model;
-    check_supported(section.kind, opts.format, opts.scheme)?;
-    check_out(&opts.out, opts.overwrite, &source.run_dir)?;
+    let section = &ModelConfig::of(config)?;
+    check_supported(section, opts.format, opts.scheme)?;
+    check_out(&opts.out, opts.overwrite, Some(&source.run_dir))?;
 
     let data = RunData::load(config).context("loading the run's data for the export's metrics")?;
     let shape = data.shape();
@@ -189,8 +181,13 @@ pub fn export<B: Backend>(
         (Scheme::None | Scheme::Int8, _) | (_, 0) => None,
         (_, n) => Some(calibrate(&float_model, &data, config, n, device)?),
     };
+    let tensors = quantize(
+        &source.weights,
+        opts.scheme,
+        calibration.as_ref(),
+        |name, shape| float_model.quant_axis(name, shape),
+    )?;
     drop(float_model);
-    let tensors = quantize(&source.weights, opts.scheme, calibration.as_ref())?;
     let dequantized: HostWeights = tensors
         .iter()
         .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
@@ -207,9 +204,9 @@ pub fn export<B: Backend>(
         format_version: FORMAT_VERSION,
         kiln_version: kiln_core::VERSION.into(),
         architecture: json!({ "model": section }),
-        input: input_spec(&data, config.data.format, section),
+        input: input_spec(&data, config.data.kiln_format()?, section)?,
         output: output_spec(&data, &source)?,
-        quantization: quantization_spec(opts, &tensors, calibration.as_ref()),
+        quantization: quantization_spec(opts.scheme, &tensors, calibration.as_ref()),
         source: json!({
             "run": config.run.name, "checkpoint": source.checkpoint, "step": source.step,
             "sha256": source.sha256, "bytes": source.bytes,
@@ -229,7 +226,7 @@ pub fn export<B: Backend>(
         &data,
         &source,
     )
-    .and_then(|()| finish(&partial, &opts.out, opts.overwrite, &source.run_dir));
+    .and_then(|()| finish(&partial, &opts.out, opts.overwrite, Some(&source.run_dir)));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
@@ -253,16 +250,18 @@ pub fn export<B: Backend>(
     }))
 }
 
-/// Quantizes every weight matrix with `scheme` (vectors stay float32).
-fn quantize(
+/// Quantizes every weight with `scheme` along the axis `axis_of` gives it (the model's
+/// [`TrainModel::quant_axis`]; `None` keeps a tensor in float32).
+pub fn quantize(
     weights: &HostWeights,
     scheme: Scheme,
     calibration: Option<&Calibration>,
+    axis_of: impl Fn(&str, &[usize]) -> Option<usize>,
 ) -> Result<Vec<(String, ExportTensor)>> {
     weights
         .iter()
         .map(|(name, (shape, data))| {
-            let axis = channel_axis(name, shape);
+            let axis = axis_of(name, shape);
             let moments = calibration.and_then(|c| c.get(name)).map(Vec::as_slice);
             let t = ExportTensor::quantize_weighted(shape, data, axis, scheme, moments)
                 .with_context(|| format!("quantizing {name}"))?;
@@ -271,8 +270,8 @@ fn quantize(
         .collect()
 }
 
-fn input_spec(data: &RunData, format: DataFormat, section: &ModelSection) -> Value {
-    match data {
+fn input_spec(data: &RunData, format: DataFormat, section: &ModelConfig) -> Result<Value> {
+    Ok(match data {
         RunData::Samples(s) => {
             let (scaling, source) = match format {
                 DataFormat::Idx => ("pixel / 255", "idx"),
@@ -288,13 +287,16 @@ fn input_spec(data: &RunData, format: DataFormat, section: &ModelSection) -> Val
                 "standardize": s.standardizer.as_ref().map(|st| json!({"mean": st.mean, "std": st.std})),
             })
         }
-        RunData::Text(t) => json!({
-            "kind": "tokens",
-            "dtype": "int64",
-            "block_size": section.block_size,
-            "vocab_size": section.vocab_size.unwrap_or(t.vocab_size),
-        }),
-    }
+        RunData::Text(t) => {
+            let gpt = section.gpt("an export of text data")?;
+            json!({
+                "kind": "tokens",
+                "dtype": "int64",
+                "block_size": gpt.block_size,
+                "vocab_size": gpt.vocab_size.unwrap_or(t.vocab_size),
+            })
+        }
+    })
 }
 
 fn output_spec(data: &RunData, source: &Source) -> Result<Value> {
@@ -327,8 +329,8 @@ fn tokenizer_of(data: &RunData, run_dir: &Path) -> Result<CharTokenizer> {
     }
 }
 
-fn quantization_spec(
-    opts: &ExportOptions,
+pub(crate) fn quantization_spec(
+    scheme: Scheme,
     tensors: &[(String, ExportTensor)],
     calibration: Option<&Calibration>,
 ) -> Value {
@@ -336,7 +338,7 @@ fn quantization_spec(
         .iter()
         .filter(|(_, t)| matches!(t, ExportTensor::Quant { .. }))
         .count();
-    let granularity = match opts.scheme {
+    let granularity = match scheme {
         Scheme::None => "none".to_string(),
         Scheme::Int8 => "one float32 scale per output channel".to_string(),
         Scheme::Int4 { block } => {
@@ -346,9 +348,9 @@ fn quantization_spec(
         }
     };
     json!({
-        "scheme": opts.scheme.name(),
+        "scheme": scheme.name(),
         "symmetric": true,
-        "block": match opts.scheme { Scheme::Int4 { block } => Some(block), _ => None },
+        "block": match scheme { Scheme::Int4 { block } => Some(block), _ => None },
         "granularity": granularity,
         "dequantize": "value * scale",
         "quantized_tensors": quantized,
@@ -367,7 +369,7 @@ fn write_format(
     data: &RunData,
     source: &Source,
 ) -> Result<()> {
-    let section = &source.config.model;
+    let section = &ModelConfig::of(&source.config)?;
     match opts.format {
         Format::Kiln => write_export(dir, manifest, tensors),
         Format::Onnx => {
@@ -393,15 +395,16 @@ fn write_format(
             let DataShape::Tokens { vocab_size } = data.shape() else {
                 bail!("a Hugging Face export needs a GPT");
             };
+            let gpt = section.gpt("a Hugging Face export")?;
             let shape = Gpt2Shape {
-                vocab_size: section.vocab_size.unwrap_or(vocab_size),
-                n_positions: section.block_size,
-                n_embd: section.n_embd,
-                n_layer: section.n_layer,
-                n_head: section.n_head,
-                bias: section.bias,
-                tie_weights: section.tie_weights,
-                gelu: section.gelu.unwrap_or_default(),
+                vocab_size: gpt.vocab_size.unwrap_or(vocab_size),
+                n_positions: gpt.block_size,
+                n_embd: gpt.n_embd,
+                n_layer: gpt.n_layer,
+                n_head: gpt.n_head,
+                bias: gpt.bias,
+                tie_weights: gpt.tie_weights,
+                gelu: gpt.gelu.unwrap_or_default(),
             };
             write_gpt2(dir, &shape, dequantized, tokenizer.chars())?;
             manifest.format = "kiln-hf".into();
@@ -416,7 +419,7 @@ fn write_format(
 
 /// The classifier of `section` as ONNX layers.
 fn classifier_net(
-    section: &ModelSection,
+    section: &ModelConfig,
     manifest: &Manifest,
     tensors: &[(String, ExportTensor)],
 ) -> Result<ClassifierNet> {
@@ -430,14 +433,19 @@ fn classifier_net(
     };
     let vector =
         |name: &str| -> Result<Option<Vec<f32>>> { Ok(by_name.get(name).map(|t| t.dequantize())) };
-    let act = match section.activation {
+    let (hidden, activation) = match section {
+        ModelConfig::Mlp(m) => (&m.hidden, m.activation),
+        ModelConfig::Cnn(c) => (&c.hidden, c.activation),
+        ModelConfig::Gpt(_) => bail!("ONNX export covers classifiers; {SUPPORTED}"),
+    };
+    let act = match activation {
         Activation::Relu => Act::Relu,
         Activation::Gelu => Act::Gelu,
         Activation::Tanh => Act::Tanh,
         Activation::Sigmoid => Act::Sigmoid,
     };
     let mlp = |prefix: &str, layers: &mut Vec<Layer>| -> Result<()> {
-        let count = section.hidden.len() + 1;
+        let count = hidden.len() + 1;
         for i in 0..count {
             layers.push(Layer::Linear {
                 weight: get(&format!("{prefix}layers.{i}.weight"))?,
@@ -452,12 +460,8 @@ fn classifier_net(
     let input = &manifest.input;
     let features = input["features"].as_u64().context("input features")? as usize;
     let mut layers = Vec::new();
-    let image = match section.kind {
-        ModelKind::Mlp => {
-            mlp("", &mut layers)?;
-            None
-        }
-        ModelKind::Cnn => {
+    let image = match section {
+        ModelConfig::Cnn(section) => {
             for (i, _) in section.channels.iter().enumerate() {
                 layers.push(Layer::Conv2d {
                     weight: get(&format!("blocks.{i}.conv.weight"))?,
@@ -494,7 +498,10 @@ fn classifier_net(
             };
             Some([c, h, w])
         }
-        ModelKind::Gpt => bail!("ONNX export covers classifiers; {SUPPORTED}"),
+        _ => {
+            mlp("", &mut layers)?;
+            None
+        }
     };
     let standardize = match &input["standardize"] {
         Value::Null => None,
@@ -525,7 +532,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// A fresh directory beside `out` to write the export into.
-fn partial_dir(out: &Path) -> Result<PathBuf> {
+pub(crate) fn partial_dir(out: &Path) -> Result<PathBuf> {
     let name = out
         .file_name()
         .with_context(|| format!("--out {}: give a directory name", out.display()))?;
@@ -546,7 +553,12 @@ fn partial_dir(out: &Path) -> Result<PathBuf> {
 
 /// Moves the complete export into place. An earlier export is first moved aside and removed
 /// only once the new one is in place; if that fails, it is moved back.
-fn finish(partial: &Path, out: &Path, overwrite: bool, run_dir: &Path) -> Result<()> {
+pub(crate) fn finish(
+    partial: &Path,
+    out: &Path,
+    overwrite: bool,
+    run_dir: Option<&Path>,
+) -> Result<()> {
     let place = || {
         std::fs::rename(partial, out)
             .with_context(|| format!("cannot move the export into {}", out.display()))

@@ -24,7 +24,11 @@ use crate::quant::{Int4Blocks, Int8Channels};
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: &str = "kiln-export";
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest version written. Version 2 records the model's own section
+/// (`architecture.model` holds only its kind's keys); version 1 (every kind's keys) still reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest manifest version read.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// How weights are quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,8 +368,9 @@ pub fn read_export(dir: &Path) -> Result<(Manifest, Vec<(String, ExportTensor)>)
     let manifest: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: the manifest is damaged", mpath.display()))?;
     ensure!(
-        manifest.format == FORMAT && manifest.format_version == FORMAT_VERSION,
-        "{}: format {} version {} is not {FORMAT} version {FORMAT_VERSION}",
+        manifest.format == FORMAT
+            && (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&manifest.format_version),
+        "{}: format {} version {} is not {FORMAT} version {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}; a newer Kiln wrote it, or it is not a Kiln export",
         mpath.display(),
         manifest.format,
         manifest.format_version

@@ -1,38 +1,23 @@
-//! Between host weights and burn models: which tensors are quantized along which axis, and
-//! building a model from (dequantized) host weights to evaluate or run it.
+//! Between host weights and burn models: building a model from (dequantized) host weights to
+//! evaluate or run it. (Which tensor is quantized along which axis is each model's own
+//! knowledge: `TrainModel::quant_axis`.)
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use kiln_core::config::{ModelSection, Precision};
-use kiln_models::{DataShape, Model};
+use kiln_core::config::Precision;
+use kiln_models::{DataShape, Model, ModelConfig};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 /// Tensors by burn-store name: shape and values.
 pub type HostWeights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// The channel axis a weight is quantized along, or `None` to keep it in float32:
-/// - convolution weights `[c_out, c_in, k, k]`: axis 0 (one scale per output channel);
-/// - embeddings `[rows, dim]` (a GPT's `wte`, `wpe`): axis 0 (one scale per token or position,
-///   which is also the output channel of the tied LM head);
-/// - other matrices, linear weights `[d_in, d_out]` and the untied LM head: the last axis
-///   (one scale per output);
-/// - vectors (biases, normalization parameters and statistics): float32.
-pub fn channel_axis(name: &str, shape: &[usize]) -> Option<usize> {
-    match shape.len() {
-        0 | 1 => None,
-        4 => Some(0),
-        _ if name == "wte.weight" || name == "wpe.weight" => Some(0),
-        n => Some(n - 1),
-    }
-}
-
 /// Builds the model of `section` for data of `shape` and loads `weights` into it (every tensor
 /// of the model must be there, and nothing else). Runs in float32.
 pub fn build_model<B: Backend>(
-    section: &ModelSection,
+    section: &ModelConfig,
     shape: &DataShape,
     weights: &HostWeights,
     origin: &str,
@@ -63,17 +48,42 @@ pub fn to_safetensors(weights: &HostWeights) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::Flex;
+    use kiln_models::TrainModel;
 
+    /// Kiln's models say how each of their weights is quantized: linear weights `[d_in, d_out]`
+    /// per output, convolutions per output channel, the GPT's embeddings per row, vectors not.
     #[test]
-    fn axes_follow_the_layer_kind() {
-        assert_eq!(channel_axis("layers.0.weight", &[784, 256]), Some(1));
-        assert_eq!(channel_axis("layers.0.bias", &[256]), None);
+    fn each_model_gives_its_quantization_axes() {
+        let section = |text: &str| {
+            ModelConfig::from_section(&kiln_core::config::ModelSection(
+                toml::from_str(text).unwrap(),
+            ))
+            .unwrap()
+        };
+        let images = DataShape::Samples {
+            sample_shape: vec![1, 8, 8],
+            num_classes: 3,
+        };
+        let tokens = DataShape::Tokens { vocab_size: 11 };
+        let device = Default::default();
+        let build = |text: &str, shape: &DataShape| {
+            Model::<Flex>::new(&section(text), shape, Precision::F32, 0, &device).unwrap()
+        };
+        let cnn = build("kind = \"cnn\"\nchannels = [4]\nhidden = [5]", &images);
         assert_eq!(
-            channel_axis("blocks.0.conv.weight", &[16, 1, 3, 3]),
+            cnn.quant_axis("blocks.0.conv.weight", &[4, 1, 3, 3]),
             Some(0)
         );
-        assert_eq!(channel_axis("wte.weight", &[66, 128]), Some(0));
-        assert_eq!(channel_axis("lm_head", &[128, 66]), Some(1));
-        assert_eq!(channel_axis("h.0.ln_1.gamma", &[128]), None);
+        assert_eq!(cnn.quant_axis("head.layers.0.weight", &[36, 5]), Some(1));
+        assert_eq!(cnn.quant_axis("head.layers.0.bias", &[5]), None);
+        let gpt = build(
+            "kind = \"gpt\"\nn_layer = 1\nn_embd = 8\nn_head = 2",
+            &tokens,
+        );
+        assert_eq!(gpt.quant_axis("wte.weight", &[11, 8]), Some(0));
+        assert_eq!(gpt.quant_axis("wpe.weight", &[64, 8]), Some(0));
+        assert_eq!(gpt.quant_axis("lm_head", &[8, 11]), Some(1));
+        assert_eq!(gpt.quant_axis("h.0.ln_1.gamma", &[8]), None);
     }
 }

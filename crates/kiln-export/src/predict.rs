@@ -9,9 +9,8 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_core::config::ModelSection;
 use kiln_data::CharTokenizer;
-use kiln_models::{DataShape, Input, Model};
+use kiln_models::{DataShape, Input, Model, ModelConfig};
 use kiln_train::generate::{generate_with, Sampling};
 use serde_json::{json, Value};
 
@@ -59,9 +58,16 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
         }
     }
     let (manifest, tensors) = read_export(dir)?;
+    if manifest.architecture.get("program").is_some() {
+        bail!(
+            "{} holds a program's own model (written by kiln_export::export_module); the program that trained it loads it with kiln_export::load_module. kiln predict runs Kiln's built-in models",
+            dir.display()
+        );
+    }
     let damaged = |what: &str| format!("{}: the manifest's {what} is damaged", dir.display());
-    let section: ModelSection = serde_json::from_value(manifest.architecture["model"].clone())
-        .with_context(|| damaged("architecture"))?;
+    let section =
+        ModelConfig::from_manifest(&manifest.architecture["model"], manifest.format_version)
+            .with_context(|| damaged("architecture"))?;
     let (task, shape) = match manifest.input["kind"].as_str() {
         Some("features") => {
             let labels: Vec<String> = serde_json::from_value(manifest.output["labels"].clone())

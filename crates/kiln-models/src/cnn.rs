@@ -10,12 +10,95 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::Tensor;
-use kiln_core::config::{Activation, ModelSection, Pooling, Precision};
+use kiln_core::config::Precision;
+use serde::{Deserialize, Serialize};
 
 use crate::init::HostInit;
-use crate::mlp::{activate, Mlp};
+use crate::mlp::{activate, check_head, relu, Activation, Mlp};
 use crate::precision::conv2d;
 use crate::Observer;
+
+/// Pooling after a convolution (`model.pooling`): 2x2 with stride 2, or none.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Max,
+    Avg,
+    None,
+}
+
+/// `[model]` with `kind = "cnn"`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CnnConfig {
+    /// Widths of the classifier head's hidden layers.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default = "relu")]
+    pub activation: Activation,
+    /// Dropout in the head, while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Output channels of each convolution.
+    #[serde(default)]
+    pub channels: Vec<usize>,
+    #[serde(default = "three")]
+    pub kernel_size: usize,
+    /// Zero padding of each convolution (`kernel_size / 2` keeps the size).
+    #[serde(default)]
+    pub padding: usize,
+    /// Pooling after each convolution (`pool_every = 1`) or after every n-th.
+    #[serde(default = "max")]
+    pub pooling: Pooling,
+    #[serde(default = "one")]
+    pub pool_every: usize,
+    /// Batch normalization after each convolution.
+    #[serde(default)]
+    pub batch_norm: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn one() -> usize {
+    1
+}
+fn max() -> Pooling {
+    Pooling::Max
+}
+
+impl CnnConfig {
+    /// The keys of the section (besides `kind`).
+    pub const KEYS: &'static [&'static str] = &[
+        "hidden",
+        "activation",
+        "dropout",
+        "channels",
+        "kernel_size",
+        "padding",
+        "pooling",
+        "pool_every",
+        "batch_norm",
+    ];
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        check_head(&self.hidden, self.dropout)?;
+        if self.channels.is_empty() {
+            bail!("model.channels: a CNN needs at least one convolution");
+        }
+        if self.channels.contains(&0) {
+            bail!("model.channels: channel counts must be at least 1");
+        }
+        if self.kernel_size == 0 {
+            bail!("model.kernel_size: must be at least 1");
+        }
+        if self.pool_every == 0 {
+            bail!("model.pool_every: must be at least 1");
+        }
+        Ok(())
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
@@ -45,7 +128,7 @@ impl<B: Backend> Cnn<B> {
     /// Builds the network for images of `input_shape` (`[channels, height, width]`), checking that
     /// every convolution and pooling leaves a non-empty feature map.
     pub fn new(
-        spec: &ModelSection,
+        spec: &CnnConfig,
         input_shape: [usize; 3],
         num_classes: usize,
         init: &mut HostInit,

@@ -7,19 +7,125 @@
 //! 0.02 / sqrt(2 n_layer)), biases zero, LayerNorms one/zero. Parameter names follow GPT-2's
 //! (`wte`, `wpe`, `h.N.attn.c_attn`, ...).
 
-use anyhow::{ensure, Result};
-use burn::module::{Module, Param};
+use std::collections::HashSet;
+
+use anyhow::{bail, ensure, Result};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use kiln_core::config::{GeluForm, ModelSection, Precision};
+use kiln_core::config::Precision;
+use serde::{Deserialize, Serialize};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
 use crate::precision::{affine, compute_dtype, linear, matmul};
-use crate::Observer;
+use crate::{rank_one_params, Observer};
 use kiln_kernels::add::add;
+
+/// The GELU in the GPT's MLP (`model.gelu`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GeluForm {
+    /// `x Φ(x)` with the normal CDF by `erf` (transformers' `"gelu"`, nanoGPT's).
+    #[default]
+    Exact,
+    /// GPT-2's tanh approximation, `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` (transformers'
+    /// `"gelu_new"`).
+    Tanh,
+}
+
+/// `[model]` with `kind = "gpt"`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Dropout on embeddings, attention and residual branches, while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Transformer blocks.
+    #[serde(default = "four")]
+    pub n_layer: usize,
+    /// Attention heads per block (must divide n_embd).
+    #[serde(default = "four")]
+    pub n_head: usize,
+    /// Width of the residual stream.
+    #[serde(default = "width")]
+    pub n_embd: usize,
+    /// Context length in tokens; training windows hold block_size + 1 tokens.
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// Biases in the linear layers and LayerNorms.
+    #[serde(default = "yes")]
+    pub bias: bool,
+    /// The LM head shares the token embedding matrix.
+    #[serde(default = "yes")]
+    pub tie_weights: bool,
+    /// Vocabulary size of the embedding and head; defaults to the tokenizer's, may be larger
+    /// (padding to a multiple of 64 speeds up GPU matmuls).
+    pub vocab_size: Option<usize>,
+    /// The GELU form of the MLP, `"exact"` (unset) or `"tanh"` (GPT-2's `gelu_new`). Unset, it is
+    /// not in the config hash, so configs written before it keep their hash.
+    pub gelu: Option<GeluForm>,
+}
+
+fn four() -> usize {
+    4
+}
+fn width() -> usize {
+    128
+}
+/// `model.block_size` when unset.
+pub fn default_block_size() -> usize {
+    64
+}
+fn yes() -> bool {
+    true
+}
+
+impl GptConfig {
+    /// The keys of the section (besides `kind`).
+    pub const KEYS: &'static [&'static str] = &[
+        "dropout",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "bias",
+        "tie_weights",
+        "vocab_size",
+        "gelu",
+    ];
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("model.dropout: must be in [0, 1)");
+        }
+        for (key, v) in [
+            ("model.n_layer", self.n_layer),
+            ("model.n_head", self.n_head),
+            ("model.n_embd", self.n_embd),
+            ("model.block_size", self.block_size),
+        ] {
+            ensure!(v > 0, "{key}: must be at least 1");
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            bail!(
+                "model.n_embd = {} is not divisible by model.n_head = {}: each head gets n_embd / n_head dimensions; choose e.g. n_embd = {} or an n_head that divides {}",
+                self.n_embd,
+                self.n_head,
+                self.n_embd.div_ceil(self.n_head) * self.n_head,
+                self.n_embd
+            );
+        }
+        ensure!(
+            self.vocab_size != Some(0),
+            "model.vocab_size: must be at least 1"
+        );
+        Ok(())
+    }
+}
 
 /// The shape of a GPT, from the `[model]` section and the tokenizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +143,7 @@ pub struct GptShape {
 
 impl GptShape {
     /// The shape of `spec` for a tokenizer of `vocab` tokens (`model.vocab_size` may pad it).
-    pub fn new(spec: &ModelSection, vocab: usize) -> Result<Self> {
+    pub fn new(spec: &GptConfig, vocab: usize) -> Result<Self> {
         let vocab_size = spec.vocab_size.unwrap_or(vocab);
         ensure!(
             vocab_size >= vocab,
@@ -106,6 +212,25 @@ pub struct Gpt<B: Backend> {
 }
 
 impl<B: Backend> Gpt<B> {
+    /// What weight decay skips: biases and LayerNorm parameters (every parameter of rank 1),
+    /// and the token and position embeddings.
+    pub fn no_decay(&self) -> HashSet<ParamId> {
+        let mut params = rank_one_params(self);
+        params.insert(self.wte.weight.id);
+        params.insert(self.wpe.weight.id);
+        params
+    }
+
+    /// How an export quantizes each weight: the embeddings `[rows, dim]` with a scale per token
+    /// or position (axis 0, which is also the output channel of the tied LM head), the rest as
+    /// any model ([`crate::quant_axis`]).
+    pub fn quant_axis(name: &str, shape: &[usize]) -> Option<usize> {
+        match name {
+            "wte.weight" | "wpe.weight" if shape.len() == 2 => Some(0),
+            _ => crate::quant_axis(name, shape),
+        }
+    }
+
     pub fn new(
         shape: GptShape,
         dropout: f64,

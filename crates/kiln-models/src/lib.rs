@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod cnn;
+pub mod config;
 pub mod dropout;
 pub mod gpt;
 pub mod init;
@@ -19,14 +20,15 @@ use anyhow::{bail, Result};
 use burn::module::{Module, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use kiln_core::config::{ModelKind, ModelSection, Precision};
+use kiln_core::config::Precision;
 
 pub use batch::{HostBatch, HostInput};
-pub use cnn::Cnn;
-pub use gpt::{Gpt, GptShape};
+pub use cnn::{Cnn, CnnConfig, Pooling};
+pub use config::ModelConfig;
+pub use gpt::{GeluForm, Gpt, GptConfig, GptShape};
 pub use init::HostInit;
-pub use mlp::Mlp;
-pub use train::{materialize, rank_one_params, LossOutput, Targets, TrainModel};
+pub use mlp::{Activation, Mlp, MlpConfig};
+pub use train::{materialize, quant_axis, rank_one_params, LossOutput, Targets, TrainModel};
 
 /// What the data looks like to a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,7 +96,7 @@ pub enum Model<B: Backend> {
 impl<B: Backend> Model<B> {
     /// Builds the model of `spec` for data of `shape`.
     pub fn new(
-        spec: &ModelSection,
+        spec: &ModelConfig,
         shape: &DataShape,
         precision: Precision,
         seed: u64,
@@ -103,9 +105,9 @@ impl<B: Backend> Model<B> {
         // Before the weights are allocated: see kiln_core::alloc.
         kiln_core::alloc::tune();
         let mut init = HostInit::new(seed);
-        Ok(match (spec.kind, shape) {
+        Ok(match (spec, shape) {
             (
-                ModelKind::Mlp,
+                ModelConfig::Mlp(spec),
                 DataShape::Samples {
                     sample_shape,
                     num_classes,
@@ -123,7 +125,7 @@ impl<B: Backend> Model<B> {
                 .with_precision(precision),
             ),
             (
-                ModelKind::Cnn,
+                ModelConfig::Cnn(spec),
                 DataShape::Samples {
                     sample_shape,
                     num_classes,
@@ -137,15 +139,18 @@ impl<B: Backend> Model<B> {
                         .with_precision(precision),
                 )
             }
-            (ModelKind::Gpt, DataShape::Tokens { vocab_size }) => Model::Gpt(Gpt::new(
+            (ModelConfig::Gpt(spec), DataShape::Tokens { vocab_size }) => Model::Gpt(Gpt::new(
                 GptShape::new(spec, *vocab_size)?,
                 spec.dropout,
                 precision,
                 &mut init,
                 device,
             )),
-            (kind, shape) => {
-                bail!("model.kind = {kind:?} cannot train on this data ({shape:?})")
+            (spec, shape) => {
+                bail!(
+                    "model.kind = \"{}\" cannot train on this data ({shape:?})",
+                    spec.kind()
+                )
             }
         })
     }
@@ -202,13 +207,19 @@ impl<B: Backend> TrainModel<B> for Model<B> {
         vec!["accuracy".to_string()]
     }
 
-    /// Biases, normalization parameters (every parameter of rank 1) and embeddings.
+    /// Biases and normalization parameters (every parameter of rank 1), and what each model
+    /// adds (the GPT's embeddings).
     fn no_decay(&self) -> HashSet<ParamId> {
-        let mut params = rank_one_params(self);
-        if let Model::Gpt(g) = self {
-            params.insert(g.wte.weight.id);
-            params.insert(g.wpe.weight.id);
+        match self {
+            Model::Gpt(g) => g.no_decay(),
+            _ => rank_one_params(self),
         }
-        params
+    }
+
+    fn quant_axis(&self, name: &str, shape: &[usize]) -> Option<usize> {
+        match self {
+            Model::Gpt(_) => Gpt::<B>::quant_axis(name, shape),
+            _ => train::quant_axis(name, shape),
+        }
     }
 }

@@ -1,16 +1,68 @@
 //! Multi-layer perceptron: `Linear -> activation -> dropout` per hidden layer, then a linear
 //! classifier. No hidden layers is logistic regression.
 
+use anyhow::{bail, Result};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kiln_core::config::{Activation, Precision};
+use kiln_core::config::Precision;
+use serde::{Deserialize, Serialize};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
 use crate::precision::linear;
 use crate::Observer;
+
+/// The activation function of hidden layers (`model.activation`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    /// The exact GELU, `x Φ(x)`.
+    Gelu,
+    Tanh,
+    Sigmoid,
+}
+
+/// `[model]` with `kind = "mlp"`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Hidden layer widths; none is logistic regression.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default = "relu")]
+    pub activation: Activation,
+    /// Dropout after each hidden layer, while training.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+pub(crate) fn relu() -> Activation {
+    Activation::Relu
+}
+
+impl MlpConfig {
+    /// The keys of the section (besides `kind`).
+    pub const KEYS: &'static [&'static str] = &["hidden", "activation", "dropout"];
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        check_head(&self.hidden, self.dropout)
+    }
+}
+
+/// Checks the widths and dropout of an MLP, or of a CNN's head.
+pub(crate) fn check_head(hidden: &[usize], dropout: f64) -> Result<()> {
+    if hidden.contains(&0) {
+        bail!("model.hidden: layer widths must be at least 1");
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        bail!("model.dropout: must be in [0, 1)");
+    }
+    Ok(())
+}
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {

@@ -60,6 +60,26 @@ pub trait TrainModel<B: Backend>: Module<B> {
     fn no_decay(&self) -> HashSet<ParamId> {
         rank_one_params(self)
     }
+
+    /// How an export quantizes the parameter `name` (burn-store's name) of `shape`: the axis
+    /// with one scale per index (an output channel), or `None` to keep it in float32. The
+    /// default, [`quant_axis`], fits linear and convolution layers; a model whose matrices are
+    /// laid out otherwise (a GPT's embeddings) says so here.
+    fn quant_axis(&self, name: &str, shape: &[usize]) -> Option<usize> {
+        quant_axis(name, shape)
+    }
+}
+
+/// The default [`TrainModel::quant_axis`]: vectors (biases, normalization parameters and
+/// statistics) stay float32; a convolution weight `[c_out, c_in, k, k]` has a scale per output
+/// channel (axis 0); any other matrix, a linear weight `[d_in, d_out]` included, one per output
+/// (its last axis).
+pub fn quant_axis(_name: &str, shape: &[usize]) -> Option<usize> {
+    match shape.len() {
+        0 | 1 => None,
+        4 => Some(0),
+        n => Some(n - 1),
+    }
 }
 
 /// What [`TrainModel::loss`] returns for one batch, on the device.

@@ -154,7 +154,7 @@ impl<T: Send + 'static> TrainStream<T> for Loader<T> {
 impl RunData {
     /// Reads the `[data]` section's files and prepares the splits (see the module docs).
     pub fn load(config: &Config) -> Result<RunData> {
-        Ok(match config.data.format {
+        Ok(match config.data.kiln_format()? {
             DataFormat::Idx | DataFormat::Csv => RunData::Samples(Splits::load(config)?),
             DataFormat::Text | DataFormat::Tokens => RunData::Text(TextData::load(config)?),
         })
@@ -353,7 +353,8 @@ impl Splits {
     pub fn load(config: &Config) -> Result<Splits> {
         let d = &config.data;
         let seed = config.run.seed;
-        let (train_full, test) = match d.format {
+        let format = d.kiln_format()?;
+        let (train_full, test) = match format {
             DataFormat::Idx => {
                 let train = load_idx(
                     required(d, &d.train_images, "train_images")?,
@@ -389,7 +390,7 @@ impl Splits {
                 d.valid_fraction
             );
         }
-        let standardizer = d.standardize.then(|| match d.format {
+        let standardizer = d.standardize.then(|| match format {
             DataFormat::Csv => Standardizer::per_feature(&train),
             _ => Standardizer::global(&train),
         });
@@ -407,12 +408,25 @@ impl Splits {
     }
 }
 
+/// The keys of the `[model]` section that shape Kiln's text data: the window of
+/// `block_size + 1` tokens, and the vocabulary of a token file without a sidecar. Any model
+/// trained on Kiln's text data reads them (the GPT's defaults when unset).
+#[derive(serde::Deserialize)]
+struct TextKeys {
+    #[serde(default = "kiln_models::gpt::default_block_size")]
+    block_size: usize,
+    vocab_size: Option<usize>,
+}
+
 impl TextData {
     pub fn load(config: &Config) -> Result<TextData> {
         let d = &config.data;
         let path = required(d, &d.path, "path")?;
-        let block_size = config.model.block_size;
-        let (source, tokenizer, vocab) = match d.format {
+        let TextKeys {
+            block_size,
+            vocab_size,
+        } = config.model.parse()?;
+        let (source, tokenizer, vocab) = match d.kiln_format()? {
             DataFormat::Text => {
                 let text = read_text(path).context("data.path")?;
                 let tok = CharTokenizer::from_text(&text)
@@ -434,7 +448,7 @@ impl TextData {
                     Some(v) => Some(CharTokenizer::from_json(v, &kiln_data::meta_path(path))?),
                     None => None,
                 };
-                let vocab = match (&meta, config.model.vocab_size) {
+                let vocab = match (&meta, vocab_size) {
                     (Some(m), _) => m.vocab_size,
                     (None, Some(v)) => v,
                     (None, None) => bail!(
@@ -484,7 +498,7 @@ fn required<'a>(
     let path = value.as_deref().with_context(|| {
         format!(
             "data.{key} is required when data.format = \"{}\"",
-            format!("{:?}", d.format).to_lowercase()
+            d.format.map_or("?", DataFormat::name)
         )
     })?;
     if !path.exists() {

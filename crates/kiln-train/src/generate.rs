@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::Config;
 use kiln_data::CharTokenizer;
-use kiln_models::{DataShape, Gpt, Model};
+use kiln_models::{DataShape, Gpt, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,7 +51,7 @@ pub fn generate<B: Backend>(
         vocab_size: tokenizer.vocab_size(),
     };
     let model = Model::<B>::new(
-        &config.model,
+        &ModelConfig::of(config)?,
         &shape,
         config.train.precision,
         config.run.seed,

@@ -18,7 +18,7 @@ use kiln_core::rundir::RunInfo;
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_data::Shard;
 use kiln_dist::Communicator;
-use kiln_models::{Model, Targets, TrainModel};
+use kiln_models::{Model, ModelConfig, Targets, TrainModel};
 use serde::Serialize;
 
 use crate::checkpoint::{
@@ -134,7 +134,7 @@ pub fn builtin_model<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Model<B>> {
     Model::<B>::new(
-        &config.model,
+        &ModelConfig::of(config)?,
         &data.shape(),
         config.train.precision,
         config.run.seed,
