@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kiln_core::config::DataFormat;
 use kiln_data::CharTokenizer;
-use kiln_models::{Activation, DataShape, ModelConfig, Pooling, TrainModel};
+use kiln_models::{Activation, DataShape, ModelConfig, Step, TrainModel};
 use kiln_train::data::TOKENIZER_FILE;
 use kiln_train::{evaluate, EvalResult, RunData, Split, TrainData};
 use serde_json::{json, Value};
@@ -417,7 +417,8 @@ fn write_format(
     }
 }
 
-/// The classifier of `section` as ONNX layers.
+/// The classifier of `section` as ONNX layers: the model's own inference plan
+/// ([`ModelConfig::plan`]) with the export's tensors.
 fn classifier_net(
     section: &ModelConfig,
     manifest: &Manifest,
@@ -433,75 +434,62 @@ fn classifier_net(
     };
     let vector =
         |name: &str| -> Result<Option<Vec<f32>>> { Ok(by_name.get(name).map(|t| t.dequantize())) };
-    let (hidden, activation) = match section {
-        ModelConfig::Mlp(m) => (&m.hidden, m.activation),
-        ModelConfig::Cnn(c) => (&c.hidden, c.activation),
-        ModelConfig::Gpt(_) => bail!("ONNX export covers classifiers; {SUPPORTED}"),
+    let Some(plan) = section.plan() else {
+        bail!("ONNX export covers classifiers; {SUPPORTED}");
     };
-    let act = match activation {
-        Activation::Relu => Act::Relu,
-        Activation::Gelu => Act::Gelu,
-        Activation::Tanh => Act::Tanh,
-        Activation::Sigmoid => Act::Sigmoid,
-    };
-    let mlp = |prefix: &str, layers: &mut Vec<Layer>| -> Result<()> {
-        let count = hidden.len() + 1;
-        for i in 0..count {
-            layers.push(Layer::Linear {
-                weight: get(&format!("{prefix}layers.{i}.weight"))?,
-                bias: vector(&format!("{prefix}layers.{i}.bias"))?,
-            });
-            if i + 1 < count {
-                layers.push(Layer::Activation(act));
-            }
-        }
-        Ok(())
-    };
-    let input = &manifest.input;
-    let features = input["features"].as_u64().context("input features")? as usize;
-    let mut layers = Vec::new();
-    let image = match section {
-        ModelConfig::Cnn(section) => {
-            for (i, _) in section.channels.iter().enumerate() {
-                layers.push(Layer::Conv2d {
-                    weight: get(&format!("blocks.{i}.conv.weight"))?,
-                    bias: vector(&format!("blocks.{i}.conv.bias"))?,
-                    padding: section.padding,
-                });
-                if section.batch_norm {
+    let layers = plan
+        .into_iter()
+        .map(|step| {
+            Ok(match step {
+                Step::Linear { weight, bias } => Layer::Linear {
+                    weight: get(&weight)?,
+                    bias: vector(&bias)?,
+                },
+                Step::Conv2d {
+                    weight,
+                    bias,
+                    padding,
+                } => Layer::Conv2d {
+                    weight: get(&weight)?,
+                    bias: vector(&bias)?,
+                    padding,
+                },
+                Step::BatchNorm { prefix, epsilon } => {
                     let v = |p: &str| -> Result<Vec<f32>> {
-                        vector(&format!("blocks.{i}.norm.{p}"))?
-                            .with_context(|| format!("the checkpoint has no blocks.{i}.norm.{p}"))
+                        vector(&format!("{prefix}.{p}"))?
+                            .with_context(|| format!("the checkpoint has no {prefix}.{p}"))
                     };
-                    layers.push(Layer::BatchNorm {
+                    Layer::BatchNorm {
                         gamma: v("gamma")?,
                         beta: v("beta")?,
                         mean: v("running_mean")?,
                         var: v("running_var")?,
-                        epsilon: 1e-5,
-                    });
-                }
-                layers.push(Layer::Activation(act));
-                if (i + 1) % section.pool_every == 0 {
-                    match section.pooling {
-                        Pooling::Max => layers.push(Layer::MaxPool2),
-                        Pooling::Avg => layers.push(Layer::AvgPool2),
-                        Pooling::None => {}
+                        epsilon,
                     }
                 }
-            }
-            layers.push(Layer::Flatten);
-            mlp("head.", &mut layers)?;
+                Step::Activation(a) => Layer::Activation(match a {
+                    Activation::Relu => Act::Relu,
+                    Activation::Gelu => Act::Gelu,
+                    Activation::Tanh => Act::Tanh,
+                    Activation::Sigmoid => Act::Sigmoid,
+                }),
+                Step::MaxPool2 => Layer::MaxPool2,
+                Step::AvgPool2 => Layer::AvgPool2,
+                Step::Flatten => Layer::Flatten,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let input = &manifest.input;
+    let features = input["features"].as_u64().context("input features")? as usize;
+    let image = match section {
+        ModelConfig::Cnn(_) => {
             let dims: Vec<usize> = serde_json::from_value(input["shape"].clone())?;
             let &[c, h, w] = dims.as_slice() else {
                 bail!("a CNN's input has shape {dims:?}, not [c, h, w]");
             };
             Some([c, h, w])
         }
-        _ => {
-            mlp("", &mut layers)?;
-            None
-        }
+        _ => None,
     };
     let standardize = match &input["standardize"] {
         Value::Null => None,

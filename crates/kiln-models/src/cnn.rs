@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::init::HostInit;
 use crate::mlp::{activate, check_head, relu, Activation, Mlp};
+use crate::plan::{mlp_steps, Step};
 use crate::precision::conv2d;
 use crate::Observer;
 
@@ -26,6 +27,9 @@ pub enum Pooling {
     Avg,
     None,
 }
+
+/// The epsilon of the batch norms (burn's and PyTorch's default).
+pub const BATCH_NORM_EPSILON: f64 = 1e-5;
 
 /// `[model]` with `kind = "cnn"`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -98,6 +102,37 @@ impl CnnConfig {
         }
         Ok(())
     }
+
+    /// The network's inference steps, for exporters: per block `blocks.{i}` a convolution,
+    /// batch norm if any, the activation and the pooling of every `pool_every`-th block; then
+    /// the flattened features through the head (`head.layers.{i}`).
+    pub fn plan(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for i in 0..self.channels.len() {
+            steps.push(Step::Conv2d {
+                weight: format!("blocks.{i}.conv.weight"),
+                bias: format!("blocks.{i}.conv.bias"),
+                padding: self.padding,
+            });
+            if self.batch_norm {
+                steps.push(Step::BatchNorm {
+                    prefix: format!("blocks.{i}.norm"),
+                    epsilon: BATCH_NORM_EPSILON,
+                });
+            }
+            steps.push(Step::Activation(self.activation));
+            if (i + 1) % self.pool_every == 0 {
+                match self.pooling {
+                    Pooling::Max => steps.push(Step::MaxPool2),
+                    Pooling::Avg => steps.push(Step::AvgPool2),
+                    Pooling::None => {}
+                }
+            }
+        }
+        steps.push(Step::Flatten);
+        steps.extend(mlp_steps("head.", self.hidden.len() + 1, self.activation));
+        steps
+    }
 }
 
 #[derive(Module, Debug)]
@@ -147,9 +182,11 @@ impl<B: Backend> Cnn<B> {
             };
             let conv = init.conv2d(c, c_out, spec.kernel_size, spec.padding, device);
             (c, h, w) = (c_out, h2, w2);
-            let norm = spec
-                .batch_norm
-                .then(|| BatchNormConfig::new(c_out).init(device));
+            let norm = spec.batch_norm.then(|| {
+                BatchNormConfig::new(c_out)
+                    .with_epsilon(BATCH_NORM_EPSILON)
+                    .init(device)
+            });
             let pool_here = spec.pooling != Pooling::None && (i + 1) % spec.pool_every == 0;
             if pool_here && (h < 2 || w < 2) {
                 bail!("model.pooling: the feature map after convolution {} is {h}x{w}, too small to pool; pool less often (model.pool_every)", i + 1);

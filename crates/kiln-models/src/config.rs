@@ -135,6 +135,16 @@ impl ModelConfig {
         }
     }
 
+    /// A classifier's inference steps for exporters (see [`crate::plan`]); `None` for a GPT,
+    /// whose exports map its tensors by name instead.
+    pub fn plan(&self) -> Option<Vec<crate::Step>> {
+        match self {
+            ModelConfig::Mlp(m) => Some(m.plan()),
+            ModelConfig::Cnn(c) => Some(c.plan()),
+            ModelConfig::Gpt(_) => None,
+        }
+    }
+
     /// The GPT's config, or an error naming `what` needs one.
     pub fn gpt(&self, what: &str) -> Result<&GptConfig> {
         match self {
@@ -314,6 +324,56 @@ mod tests {
             (got.sort(), want.sort());
             assert_eq!(got, want);
         }
+    }
+
+    /// Each classifier describes its own inference for exporters: the layers in order, by the
+    /// names its weights are saved under.
+    #[test]
+    fn each_classifier_gives_its_inference_plan() {
+        use crate::Step;
+        let linear = |p: &str| Step::Linear {
+            weight: format!("{p}.weight"),
+            bias: format!("{p}.bias"),
+        };
+        let mlp = model("kind = \"mlp\"\nhidden = [4]\nactivation = \"tanh\"").unwrap();
+        let tanh = Step::Activation(crate::Activation::Tanh);
+        assert_eq!(
+            mlp.plan().unwrap(),
+            vec![linear("layers.0"), tanh, linear("layers.1")]
+        );
+        let cnn = ModelConfig::from_section(&ModelSection(
+            toml::from_str(
+                "kind = \"cnn\"\nchannels = [2, 3]\npool_every = 2\nbatch_norm = true\npadding = 1",
+            )
+            .unwrap(),
+        ))
+        .unwrap();
+        let conv = |i: usize| Step::Conv2d {
+            weight: format!("blocks.{i}.conv.weight"),
+            bias: format!("blocks.{i}.conv.bias"),
+            padding: 1,
+        };
+        let norm = |i: usize| Step::BatchNorm {
+            prefix: format!("blocks.{i}.norm"),
+            epsilon: 1e-5,
+        };
+        let relu = Step::Activation(crate::Activation::Relu);
+        assert_eq!(
+            cnn.plan().unwrap(),
+            vec![
+                conv(0),
+                norm(0),
+                relu.clone(),
+                conv(1),
+                norm(1),
+                relu,
+                Step::MaxPool2,
+                Step::Flatten,
+                linear("head.layers.0"),
+            ]
+        );
+        let gpt = ModelSection(toml::from_str("kind = \"gpt\"").unwrap());
+        assert_eq!(ModelConfig::from_section(&gpt).unwrap().plan(), None);
     }
 
     /// The configs users start from name a model of Kiln's with its own keys only.

@@ -11,6 +11,7 @@ pub mod gpt;
 pub mod init;
 pub mod loss;
 pub mod mlp;
+pub mod plan;
 pub mod precision;
 pub mod train;
 
@@ -28,6 +29,7 @@ pub use config::ModelConfig;
 pub use gpt::{GeluForm, Gpt, GptConfig, GptShape};
 pub use init::HostInit;
 pub use mlp::{Activation, Mlp, MlpConfig};
+pub use plan::Step;
 pub use train::{materialize, quant_axis, rank_one_params, LossOutput, Targets, TrainModel};
 
 /// What the data looks like to a model.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
+use crate::plan::{mlp_steps, Step};
 use crate::precision::linear;
 use crate::Observer;
 
@@ -50,6 +51,11 @@ impl MlpConfig {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<()> {
         check_head(&self.hidden, self.dropout)
+    }
+
+    /// The network's inference steps (linear layers `layers.{i}`), for exporters.
+    pub fn plan(&self) -> Vec<Step> {
+        mlp_steps("", self.hidden.len() + 1, self.activation)
     }
 }
 

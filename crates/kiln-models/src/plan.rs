@@ -1,0 +1,48 @@
+//! A classifier's forward pass in inference form, as the steps an exporter rebuilds in another
+//! format (ONNX): each step names its tensors by burn-store name. Each model writes its own plan
+//! ([`crate::MlpConfig::plan`], [`crate::CnnConfig::plan`]); the exporters translate steps, and
+//! know nothing of a model's layout.
+
+use crate::mlp::Activation;
+
+/// One step of a classifier's inference.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `x W + b`, `weight` `[d_in, d_out]`; the bias is optional (absent from the weights when
+    /// the layer has none).
+    Linear { weight: String, bias: String },
+    /// A 2-d convolution, `weight` `[c_out, c_in, k, k]`, stride 1, `padding` zeros on each side;
+    /// an optional bias as for [`Step::Linear`].
+    Conv2d {
+        weight: String,
+        bias: String,
+        padding: usize,
+    },
+    /// Inference-mode batch normalization over channels: `prefix.gamma`, `prefix.beta`,
+    /// `prefix.running_mean`, `prefix.running_var`.
+    BatchNorm { prefix: String, epsilon: f64 },
+    /// The activation function, element-wise.
+    Activation(Activation),
+    /// 2x2 max pooling, stride 2 (odd edges dropped).
+    MaxPool2,
+    /// 2x2 average pooling, stride 2.
+    AvgPool2,
+    /// `[n, c, h, w] -> [n, c*h*w]`.
+    Flatten,
+}
+
+/// The steps of an MLP of `layers` linear layers named `{prefix}layers.{i}`, `activation`
+/// between them (dropout is the identity at inference).
+pub(crate) fn mlp_steps(prefix: &str, layers: usize, activation: Activation) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for i in 0..layers {
+        steps.push(Step::Linear {
+            weight: format!("{prefix}layers.{i}.weight"),
+            bias: format!("{prefix}layers.{i}.bias"),
+        });
+        if i + 1 < layers {
+            steps.push(Step::Activation(activation));
+        }
+    }
+    steps
+}
