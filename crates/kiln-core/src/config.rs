@@ -940,9 +940,11 @@ mod tests {
         assert_eq!(c, again);
     }
 
-    /// Runs written by an earlier version of Kiln (before `model.gelu` existed): their resolved
-    /// configs and the hash their checkpoints recorded (tests/fixtures/earlier-runs). Their
-    /// configs must hash as they did then, or resuming them breaks.
+    /// Runs written by an earlier version of Kiln (before `model.gelu` existed, and before
+    /// per-model sections): their resolved configs and the hash their checkpoints recorded
+    /// (tests/fixtures/earlier-runs). Their configs must hash as they did then, or resuming them
+    /// breaks; and so must the same runs described as configs are written now, a model section
+    /// with only its kind's keys (kiln-models drops the others).
     #[test]
     fn configs_of_runs_written_by_earlier_versions_keep_their_hash() {
         let fixtures =
@@ -953,32 +955,14 @@ mod tests {
             "shakespeare-char-gpt",
         ] {
             let dir = fixtures.join(run);
-            let config = Config::load(&dir.join("config.toml"), &[]).unwrap();
+            let mut config = Config::load(&dir.join("config.toml"), &[]).unwrap();
             let recorded: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(dir.join("config_hash.json")).unwrap(),
             )
             .unwrap();
-            assert_eq!(
-                recorded["config_hash"].as_str(),
-                Some(config.maths_hash().as_str()),
-                "{run}"
-            );
-        }
-    }
-
-    /// The same runs described the way configs are written now: a model section with only its
-    /// kind's keys (kiln-models drops the others) hashes as the version 1 file did.
-    #[test]
-    fn a_model_section_without_the_other_kinds_keys_keeps_the_v1_hash() {
-        let fixtures =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/earlier-runs");
-        for run in [
-            "fashion-mnist-mlp",
-            "fashion-mnist-cnn",
-            "shakespeare-char-gpt",
-        ] {
-            let mut config = Config::load(&fixtures.join(run).join("config.toml"), &[]).unwrap();
             let v1 = config.maths_hash();
+            assert_eq!(recorded["config_hash"].as_str(), Some(v1.as_str()), "{run}");
+
             let kind = config.model.kind().unwrap().to_string();
             config
                 .model

@@ -321,7 +321,8 @@ mod tests {
             let mut got: Vec<&str> = section.0.keys().map(String::as_str).collect();
             got.retain(|k| *k != "kind");
             let mut want = keys.to_vec();
-            (got.sort(), want.sort());
+            got.sort();
+            want.sort();
             assert_eq!(got, want);
         }
     }
