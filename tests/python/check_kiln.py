@@ -141,8 +141,10 @@ def main():
     args = ap.parse_args()
 
     manifest = json.loads((args.export / "manifest.json").read_text())
-    if manifest.get("format") != "kiln-export" or manifest.get("format_version") != 1:
-        fail(f"{args.export}: not a kiln-export version 1 manifest")
+    # Version 2 records only the model kind's keys in architecture.model; version 1 had every
+    # kind's keys. The keys read below are the kind's own, in both.
+    if manifest.get("format") != "kiln-export" or manifest.get("format_version") not in (1, 2):
+        fail(f"{args.export}: not a kiln-export version 1 or 2 manifest")
     weights_file = args.export / "model.safetensors"
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     if digest != manifest["files"]["model.safetensors"]["sha256"]:
