@@ -998,6 +998,11 @@ mod tests {
         let text = "[run]\nname = \"own\"\n[data]\nbatch_size = 4\n[train]\nmax_steps = 3\n";
         let c = Config::from_toml_str(text, &[], "own.toml").unwrap();
         assert_eq!((c.data.format, c.model.kind()), (None, None));
+        let e = format!("{:#}", c.data.kiln_format().unwrap_err());
+        assert!(
+            e.starts_with("data.format: missing") && e.contains("README"),
+            "{e}"
+        );
         let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
         assert_eq!(c, again);
         #[derive(serde::Deserialize, Debug)]

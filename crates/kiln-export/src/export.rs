@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kiln_core::config::DataFormat;
 use kiln_data::CharTokenizer;
-use kiln_models::{Activation, DataShape, ModelConfig, Step, TrainModel};
+use kiln_models::{DataShape, ModelConfig, Step, TrainModel};
 use kiln_train::data::TOKENIZER_FILE;
 use kiln_train::{evaluate, EvalResult, RunData, Split, TrainData};
 use serde_json::{json, Value};
@@ -19,7 +19,7 @@ use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest,
 use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
 use crate::hf::{write_gpt2, Gpt2Shape};
 use crate::model::{build_model, HostWeights};
-use crate::onnx::{classifier_to_onnx, Act, ClassifierNet, Layer};
+use crate::onnx::{classifier_to_onnx, ClassifierNet, Layer};
 use crate::source::Source;
 
 /// What an export is written as.
@@ -467,12 +467,7 @@ fn classifier_net(
                         epsilon,
                     }
                 }
-                Step::Activation(a) => Layer::Activation(match a {
-                    Activation::Relu => Act::Relu,
-                    Activation::Gelu => Act::Gelu,
-                    Activation::Tanh => Act::Tanh,
-                    Activation::Sigmoid => Act::Sigmoid,
-                }),
+                Step::Activation(a) => Layer::Activation(a),
                 Step::MaxPool2 => Layer::MaxPool2,
                 Step::AvgPool2 => Layer::AvgPool2,
                 Step::Flatten => Layer::Flatten,

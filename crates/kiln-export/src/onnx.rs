@@ -37,17 +37,8 @@ mod proto;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::format::{ExportTensor, Quant};
+use kiln_models::Activation;
 use proto::{AttrValue, DataType, Dim, Model, Node, Tensor, ValueInfo};
-
-/// An activation function, as Kiln's models apply it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    Relu,
-    /// The exact (erf) GELU.
-    Gelu,
-    Tanh,
-    Sigmoid,
-}
 
 /// One layer of a classifier in inference form.
 #[derive(Clone, Debug)]
@@ -67,7 +58,8 @@ pub enum Layer {
         var: Vec<f32>,
         epsilon: f64,
     },
-    Activation(Act),
+    /// The model's activation function, element-wise (GELU: the exact, erf form).
+    Activation(Activation),
     /// 2x2 max pooling, stride 2 (odd edges dropped).
     MaxPool2,
     /// 2x2 average pooling, stride 2.
@@ -437,10 +429,12 @@ impl Graph {
             }
             Layer::Activation(act) => {
                 let y = match act {
-                    Act::Relu => self.node("Relu", &format!("{p}.relu"), &[x], vec![]),
-                    Act::Tanh => self.node("Tanh", &format!("{p}.tanh"), &[x], vec![]),
-                    Act::Sigmoid => self.node("Sigmoid", &format!("{p}.sigmoid"), &[x], vec![]),
-                    Act::Gelu => self.gelu(p, x),
+                    Activation::Relu => self.node("Relu", &format!("{p}.relu"), &[x], vec![]),
+                    Activation::Tanh => self.node("Tanh", &format!("{p}.tanh"), &[x], vec![]),
+                    Activation::Sigmoid => {
+                        self.node("Sigmoid", &format!("{p}.sigmoid"), &[x], vec![])
+                    }
+                    Activation::Gelu => self.gelu(p, x),
                 };
                 Ok((y, shape))
             }
@@ -813,14 +807,14 @@ mod tests {
             )),
             layers: vec![
                 linear(&mut r, 6, 8, scheme, true),
-                Layer::Activation(Act::Relu),
+                Layer::Activation(Activation::Relu),
                 linear(&mut r, 8, 8, scheme, false),
                 batch_norm(&mut r, 8),
-                Layer::Activation(Act::Gelu),
+                Layer::Activation(Activation::Gelu),
                 linear(&mut r, 8, 8, scheme, true),
-                Layer::Activation(Act::Tanh),
+                Layer::Activation(Activation::Tanh),
                 axis0,
-                Layer::Activation(Act::Sigmoid),
+                Layer::Activation(Activation::Sigmoid),
                 Layer::Flatten,
                 linear(&mut r, 4, 3, scheme, true),
             ],
@@ -839,10 +833,10 @@ mod tests {
             layers: vec![
                 conv(&mut r, 2, 4, 3, 1, scheme),
                 batch_norm(&mut r, 4),
-                Layer::Activation(Act::Relu),
+                Layer::Activation(Activation::Relu),
                 Layer::MaxPool2,
                 conv(&mut r, 4, 6, 3, 1, scheme),
-                Layer::Activation(Act::Gelu),
+                Layer::Activation(Activation::Gelu),
                 Layer::AvgPool2,
                 Layer::Flatten,
                 linear(&mut r, 12, 5, scheme, true),
@@ -943,10 +937,12 @@ mod tests {
                 Layer::Activation(act) => {
                     for v in &mut x {
                         *v = match act {
-                            Act::Relu => v.max(0.0),
-                            Act::Tanh => v.tanh(),
-                            Act::Sigmoid => 1.0 / (1.0 + (-*v).exp()),
-                            Act::Gelu => 0.5 * *v * (1.0 + erf(*v / std::f64::consts::SQRT_2)),
+                            Activation::Relu => v.max(0.0),
+                            Activation::Tanh => v.tanh(),
+                            Activation::Sigmoid => 1.0 / (1.0 + (-*v).exp()),
+                            Activation::Gelu => {
+                                0.5 * *v * (1.0 + erf(*v / std::f64::consts::SQRT_2))
+                            }
                         };
                     }
                 }
