@@ -24,7 +24,7 @@ use kiln_export::{export_module, load_module, Scheme};
 use kiln_models::loss::batch_sums;
 use kiln_models::precision::linear;
 use kiln_models::{HostBatch, Input, LossOutput, TrainModel};
-use kiln_train::{evaluate, weights, RunData, Split, TrainData, Trainer};
+use kiln_train::{evaluate, weights, RunData, Split, Trainer};
 
 /// This model's `[model]` section.
 #[derive(serde::Deserialize)]

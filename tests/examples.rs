@@ -147,7 +147,7 @@ fn the_example_model_trains_in_f16_on_wgpu() {
 #[test]
 fn the_example_model_exports_from_the_program_and_loads_back() {
     use kiln_export::{export_module, load_module, Scheme};
-    use kiln_train::{evaluate, weights, Split, TrainData};
+    use kiln_train::{evaluate, weights, Split};
     type Inner = burn::backend::Flex;
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), "exported", &[]);

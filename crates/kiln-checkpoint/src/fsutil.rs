@@ -25,7 +25,7 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 }
 
 /// Replaces the small file `path` through a synced temporary file and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))

@@ -1,4 +1,5 @@
-//! Kiln's checkpoint format, independent of any tensor library.
+//! Kiln's checkpoint format, independent of any tensor library, and the names of every file
+//! in a run directory ([`layout`]).
 //!
 //! ```text
 //! <run>/step-<N>/
@@ -13,41 +14,21 @@
 //! the pointers change only after that. Reading verifies every file against the sha256 recorded
 //! in `state.json`, so a truncated, bit-flipped or missing file is named, never loaded.
 
+#![warn(missing_docs)]
+
+mod error;
 mod fsutil;
+pub mod layout;
 mod read;
 mod tensors;
 mod write;
 
-pub use read::{find_resumable, list_steps, read_pointer, verify, Skipped, Verified};
-pub use tensors::{read_safetensors, HostTensor, Payload};
+pub use error::{CheckpointError, Skipped};
+pub use fsutil::write_atomic;
+pub use layout::{parse_step_dir, step_dir_name};
+pub use read::{find_resumable, list_steps, read_pointer, verify, Verified};
+pub use tensors::{HostTensor, Payload};
 pub use write::{remove_partial, write_checkpoint, Pending, Writer, Written};
 
 /// Version of the on-disk format, recorded in every `state.json`.
 pub const FORMAT: &str = "kiln-checkpoint/1";
-
-/// Name of the checkpoint directory of `step`.
-pub fn step_dir_name(step: usize) -> String {
-    format!("step-{step}")
-}
-
-/// The step of a checkpoint directory name (`step-<N>`), if it is one.
-pub fn parse_step_dir(name: &str) -> Option<usize> {
-    let digits = name.strip_prefix("step-")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn step_dir_names_round_trip() {
-        assert_eq!(parse_step_dir(&step_dir_name(40)), Some(40));
-        assert_eq!(parse_step_dir("step-40.tmp"), None);
-        assert_eq!(parse_step_dir("step-"), None);
-        assert_eq!(parse_step_dir("latest"), None);
-    }
-}

@@ -4,29 +4,26 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::error::{CheckpointError, Skipped};
 use crate::fsutil::sha256_hex;
+use crate::layout::{parse_step_dir, step_dir_name, STATE_FILE};
 use crate::tensors::{decode, HostTensor};
-use crate::{parse_step_dir, step_dir_name, FORMAT};
+use crate::FORMAT;
 
 /// A checkpoint whose files all match `state.json`.
 #[derive(Debug)]
 pub struct Verified {
+    /// The step the checkpoint was written after.
     pub step: usize,
+    /// Its directory.
     pub dir: PathBuf,
     /// The whole `state.json`.
     pub state: Value,
     /// The tensors of each tensor file, by file name.
     pub files: BTreeMap<String, Vec<HostTensor>>,
-}
-
-/// A checkpoint that `find_resumable` passed over, and why.
-#[derive(Clone, Debug)]
-pub struct Skipped {
-    pub step: usize,
-    pub reason: String,
 }
 
 /// Steps of the complete-looking checkpoint directories of a run, oldest first.
@@ -50,80 +47,76 @@ pub fn read_pointer(run: &Path, name: &str) -> Option<usize> {
 
 /// Reads the checkpoint in `dir` and checks every tensor file's size and sha256 against its
 /// `state.json`, and the config hash against `config_hash` when given.
-pub fn verify(dir: &Path, config_hash: Option<&str>) -> Result<Verified> {
-    let state_path = dir.join("state.json");
+pub fn verify(dir: &Path, config_hash: Option<&str>) -> Result<Verified, CheckpointError> {
+    let state_path = dir.join(STATE_FILE);
     if !dir.is_dir() {
-        bail!("checkpoint {} does not exist", dir.display());
+        return Err(CheckpointError::Missing {
+            path: dir.to_path_buf(),
+        });
     }
-    let text = match fs::read(&state_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{} is missing", state_path.display())
-        }
-        Err(e) => bail!("cannot read {}: {e}", state_path.display()),
+    let damaged = |reason: String| CheckpointError::Damaged {
+        path: state_path.clone(),
+        reason,
     };
-    let state: Value = serde_json::from_slice(&text)
-        .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", state_path.display()))?;
+    let text = read(&state_path)?;
+    let state: Value =
+        serde_json::from_slice(&text).map_err(|e| damaged(format!(" is damaged: {e}")))?;
     if state["format"] != FORMAT {
-        bail!(
-            "{}: format {} is not {FORMAT}; this checkpoint was not written by this version of Kiln",
-            state_path.display(),
+        return Err(damaged(format!(
+            ": format {} is not {FORMAT}; this checkpoint was not written by this version of Kiln",
             state["format"]
-        );
+        )));
     }
     let step = state["step"]
         .as_u64()
-        .with_context(|| format!("{}: no step", state_path.display()))? as usize;
+        .ok_or_else(|| damaged(": no step".into()))? as usize;
     if let Some(expected) = config_hash {
         let recorded = state["config_hash"].as_str().unwrap_or("(none)");
         if recorded != expected {
-            bail!(
-                "{}: config hash {} differs from the run's config ({}): the config changed after this checkpoint was written; restore the config, or pass --force to resume with the new one",
-                state_path.display(),
-                short(recorded),
-                short(expected)
-            );
+            return Err(CheckpointError::ConfigMismatch {
+                path: state_path,
+                recorded: recorded.to_string(),
+                expected: expected.to_string(),
+            });
         }
     }
     let recorded = state["files"]
         .as_object()
-        .with_context(|| format!("{}: no files table", state_path.display()))?;
+        .ok_or_else(|| damaged(": no files table".into()))?;
     let mut files = BTreeMap::new();
     for (name, info) in recorded {
         let path = dir.join(name);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("{} is missing", path.display())
-            }
-            Err(e) => bail!("cannot read {}: {e}", path.display()),
-        };
+        let bytes = read(&path)?;
         let want_len = info["bytes"].as_u64().unwrap_or(0) as usize;
         if bytes.len() < want_len {
-            bail!(
-                "{} is truncated: {} of {want_len} bytes",
-                path.display(),
-                bytes.len()
-            );
+            return Err(CheckpointError::Truncated {
+                path,
+                bytes: bytes.len(),
+                recorded: want_len,
+            });
         }
         if bytes.len() > want_len {
-            bail!(
-                "{} is longer than recorded: {} bytes, state.json says {want_len}",
-                path.display(),
-                bytes.len()
-            );
+            return Err(CheckpointError::TooLong {
+                path,
+                bytes: bytes.len(),
+                recorded: want_len,
+            });
         }
         let want = info["sha256"].as_str().unwrap_or("");
         let got = sha256_hex(&bytes);
         if got != want {
-            bail!(
-                "{} is corrupted: its sha256 is {}, state.json records {}",
-                path.display(),
-                short(&got),
-                short(want)
-            );
+            return Err(CheckpointError::HashMismatch {
+                path,
+                sha256: got,
+                recorded: want.to_string(),
+            });
         }
-        files.insert(name.clone(), decode(&bytes, &path.display().to_string())?);
+        let tensors =
+            decode(&bytes, &path.display().to_string()).map_err(|e| CheckpointError::Damaged {
+                path: path.clone(),
+                reason: format!(": {e:#}"),
+            })?;
+        files.insert(name.clone(), tensors);
     }
     Ok(Verified {
         step,
@@ -133,44 +126,47 @@ pub fn verify(dir: &Path, config_hash: Option<&str>) -> Result<Verified> {
     })
 }
 
+/// The bytes of `path`; a missing file is [`CheckpointError::Missing`].
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CheckpointError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => CheckpointError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })
+}
+
 /// The newest checkpoint of `run` that verifies and passes `check` (e.g. tensor shapes against
 /// the model), with the newer ones skipped on the way and why.
 pub fn find_resumable(
     run: &Path,
     config_hash: Option<&str>,
-    check: impl Fn(&Verified) -> Result<()>,
-) -> Result<(Verified, Vec<Skipped>)> {
-    let steps = list_steps(run)?;
+    check: impl Fn(&Verified) -> Result<(), CheckpointError>,
+) -> Result<(Verified, Vec<Skipped>), CheckpointError> {
+    let steps = list_steps(run).map_err(|e| CheckpointError::Unreadable {
+        path: run.to_path_buf(),
+        reason: format!("{e:#}"),
+    })?;
     if steps.is_empty() {
-        bail!(
-            "{} holds no checkpoint (no step-<N> directory) to resume from",
-            run.display()
-        );
+        return Err(CheckpointError::NoCheckpoint {
+            run: run.to_path_buf(),
+        });
     }
     let mut skipped = Vec::new();
     for &step in steps.iter().rev() {
         let dir = run.join(step_dir_name(step));
         match verify(&dir, config_hash).and_then(|v| check(&v).map(|_| v)) {
             Ok(v) => return Ok((v, skipped)),
-            Err(e) => skipped.push(Skipped {
-                step,
-                reason: format!("{e:#}"),
-            }),
+            Err(error) => skipped.push(Skipped { step, error }),
         }
     }
-    let reasons: Vec<String> = skipped
-        .iter()
-        .map(|s| format!("step-{}: {}", s.step, s.reason))
-        .collect();
-    bail!(
-        "no checkpoint in {} verifies: {}",
-        run.display(),
-        reasons.join("; ")
-    )
-}
-
-fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
+    Err(CheckpointError::NoneVerifies {
+        run: run.to_path_buf(),
+        skipped,
+    })
 }
 
 #[cfg(test)]
@@ -254,6 +250,30 @@ mod tests {
             e.to_string().contains("model.safetensors is missing"),
             "{e}"
         );
+        // Each case is its own variant, so that a caller can tell them apart.
+        let CheckpointError::NoneVerifies { skipped, .. } = e else {
+            panic!("{e:?}")
+        };
+        let kinds: Vec<_> = skipped.iter().map(|s| (s.step, &s.error)).collect();
+        assert!(
+            matches!(
+                kinds.as_slice(),
+                [
+                    (3, CheckpointError::HashMismatch { .. }),
+                    (2, CheckpointError::Truncated { bytes: 10, .. }),
+                    (1, CheckpointError::Missing { .. })
+                ]
+            ),
+            "{kinds:?}"
+        );
+        assert!(matches!(
+            verify(&run.path().join("step-3"), Some("xyz")),
+            Err(CheckpointError::ConfigMismatch { .. })
+        ));
+        assert!(matches!(
+            verify(&run.path().join("step-9"), None),
+            Err(CheckpointError::Missing { .. })
+        ));
     }
 
     #[test]

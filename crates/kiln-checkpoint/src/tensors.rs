@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::path::Path;
 
 use anyhow::{bail, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -11,16 +10,22 @@ use safetensors::{Dtype, SafeTensors};
 /// A tensor copied to host memory: little-endian bytes of `dtype` in row-major `shape`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
+    /// Dotted parameter name, e.g. `layers.0.weight`.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first (empty for a scalar).
     pub shape: Vec<usize>,
+    /// The elements' little-endian bytes.
     pub data: Payload,
 }
 
 /// The bytes of a host tensor: owned, or a buffer that another library allocated (a backend's
 /// tensor data), kept as it is so that copying a tensor to host memory copies it only once.
 pub enum Payload {
+    /// Bytes this tensor owns.
     Owned(Vec<u8>),
+    /// A buffer owned by another library, borrowed as bytes.
     Shared(Box<dyn AsRef<[u8]> + Send>),
 }
 
@@ -59,6 +64,7 @@ impl fmt::Debug for Payload {
 }
 
 impl HostTensor {
+    /// A float32 tensor of `values` in row-major `shape`.
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
         Self {
             name: name.into(),
@@ -68,6 +74,7 @@ impl HostTensor {
         }
     }
 
+    /// A scalar int64 tensor (e.g. an optimizer's step count).
     pub fn i64_scalar(name: impl Into<String>, value: i64) -> Self {
         Self {
             name: name.into(),
@@ -114,13 +121,6 @@ pub(crate) fn decode(bytes: &[u8], what: &str) -> Result<Vec<HostTensor>> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Reads every tensor of a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<Vec<HostTensor>> {
-    let bytes =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    decode(&bytes, &path.display().to_string())
 }
 
 #[cfg(test)]

@@ -10,12 +10,14 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::fsutil::{sha256_hex, sync_dir, write_atomic, write_synced};
+use crate::layout::{step_dir_name, BEST, LATEST, STATE_FILE};
 use crate::read::{list_steps, read_pointer};
 use crate::tensors::{encode, HostTensor};
-use crate::{step_dir_name, FORMAT};
+use crate::FORMAT;
 
 /// A checkpoint whose contents are in host memory, ready to be written.
 pub struct Pending {
+    /// The step the state was taken after; names the directory `step-<N>`.
     pub step: usize,
     /// Tensor files by name, e.g. `("model.safetensors", tensors)`.
     pub files: Vec<(String, Vec<HostTensor>)>,
@@ -32,9 +34,13 @@ pub struct Pending {
 /// What a finished write reports.
 #[derive(Clone, Debug)]
 pub struct Written {
+    /// The checkpoint's step.
     pub step: usize,
+    /// Its directory.
     pub dir: PathBuf,
+    /// Bytes written (all files).
     pub bytes: u64,
+    /// Seconds the write took, syncs included.
     pub write_secs: f64,
     /// Steps of the older checkpoints removed by `keep_last`.
     pub pruned: Vec<usize>,
@@ -63,9 +69,9 @@ pub fn write_checkpoint(run: &Path, p: Pending) -> Result<Written> {
             )));
         }
     };
-    write_atomic(&run.join("latest"), format!("{name}\n").as_bytes())?;
+    write_atomic(&run.join(LATEST), format!("{name}\n").as_bytes())?;
     if p.best {
-        write_atomic(&run.join("best"), format!("{name}\n").as_bytes())?;
+        write_atomic(&run.join(BEST), format!("{name}\n").as_bytes())?;
     }
     let pruned = match p.keep_last {
         Some(keep) => prune(run, keep, p.step)?,
@@ -113,7 +119,7 @@ fn write_tmp(tmp: &Path, p: &Pending) -> Result<u64> {
         state.insert(k.clone(), v.clone());
     }
     let text = serde_json::to_vec_pretty(&Value::Object(state)).expect("JSON serializes");
-    write_synced(&tmp.join("state.json"), &text)?;
+    write_synced(&tmp.join(STATE_FILE), &text)?;
     total += text.len() as u64;
     sync_dir(tmp)?;
     Ok(total)
@@ -138,7 +144,7 @@ fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
 
 /// Removes all but the newest `keep` checkpoints, never the `best` one nor `current`.
 fn prune(run: &Path, keep: usize, current: usize) -> Result<Vec<usize>> {
-    let best = read_pointer(run, "best");
+    let best = read_pointer(run, BEST);
     let steps = list_steps(run)?;
     let mut removed = Vec::new();
     let cut = steps.len().saturating_sub(keep);
@@ -160,7 +166,7 @@ pub fn remove_partial(run: &Path) -> Vec<PathBuf> {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let partial = name.strip_suffix(".tmp").or(name.strip_suffix(".replaced"));
-            if partial.and_then(crate::parse_step_dir).is_some()
+            if partial.and_then(crate::layout::parse_step_dir).is_some()
                 && fs::remove_dir_all(e.path()).is_ok()
             {
                 removed.push(e.path());
@@ -178,6 +184,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer of checkpoints into run directory `run`, idle.
     pub fn new(run: &Path) -> Self {
         Self {
             run: run.to_path_buf(),
@@ -217,6 +224,7 @@ impl Writer {
         }
     }
 
+    /// Whether a write is in flight (or finished but not yet collected).
     pub fn busy(&self) -> bool {
         self.in_flight.is_some()
     }

@@ -17,15 +17,21 @@ use crate::config::Precision;
 pub enum BackendKind {
     /// CUDA when compiled in and a GPU is present, otherwise flex.
     Auto,
+    /// `flex`: burn's flex CPU backend (cargo feature `flex`).
     Flex,
+    /// `ndarray`: burn's ndarray CPU backend (cargo feature `ndarray`).
     Ndarray,
+    /// `wgpu`: GPUs through WebGPU (burn's wgpu backend, cargo feature `wgpu`).
     Wgpu,
+    /// `cuda`: NVIDIA GPUs through CUDA (cargo feature `cuda`).
     Cuda,
 }
 
 impl BackendKind {
+    /// The names `--backend` accepts, for help and error messages.
     pub const NAMES: &'static str = "auto, flex, ndarray, wgpu, cuda";
 
+    /// The name as the user writes it (`--backend flex`), which is also the cargo feature.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Auto => "auto",
@@ -118,6 +124,7 @@ fn nvidia_gpu_present() -> bool {
 
 /// Work that is generic over the autodiff backend.
 pub trait BackendTask {
+    /// What the task returns ([`dispatch`] hands it back).
     type Output;
     /// `devices` holds at least one device; single-device work uses the first.
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, backend: BackendKind)

@@ -2,48 +2,77 @@
 //!
 //! Loading goes file → TOML value → overrides applied to the value → typed structs (serde, unknown
 //! keys rejected) → validation. Overrides therefore get exactly the same type checking as the file.
+//!
+//! Reading order: this file holds the [`Config`] type, its sections and their defaults; then
+//! `validate` (ranges and combinations), `hash` (the maths hash, changed keys and the keys a
+//! resumed run may change) and `load` (files, `--set` overrides, TOML back out). The README's
+//! "Config reference" lists the same keys.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+mod hash;
+mod load;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use hash::RESUMABLE_KEYS;
+pub use load::apply_override;
 
 /// A whole run, as resolved from the file, the overrides and the defaults.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[run]` (required): the run's name, seed and where its directory goes.
     pub run: RunSection,
+    /// `[data]` (required): what to read and how to batch it.
     pub data: DataSection,
     /// The model's own section: Kiln's models read theirs (kiln-models), a program's model reads
     /// its own (see [`ModelSection::parse`]).
     #[serde(default)]
     pub model: ModelSection,
+    /// `[optimizer]`: AdamW or SGD and their hyperparameters (all keys have defaults).
     #[serde(default)]
     pub optimizer: OptimizerSection,
+    /// `[schedule]`: the learning-rate schedule (default: constant, no warmup).
     #[serde(default)]
     pub schedule: ScheduleSection,
+    /// `[train]` (required): the run's length, evaluation and logging cadence, precision.
     pub train: TrainSection,
+    /// `[checkpoint]`: how often to save, how many to keep and which one is the best.
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    /// `[distributed]`: data-parallel training across workers.
     #[serde(default)]
     pub distributed: DistributedSection,
 }
 
+/// `[run]`: what the run is called, its seed and where its directory is written.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
-    /// Name of the run; its directory is `<output_dir>/<name>`.
+    /// `run.name` (required): name of the run; its directory is `<output_dir>/<name>`. A plain,
+    /// non-empty directory name (no slashes, not `.` or `..`).
     pub name: String,
+    /// `run.seed` (default 42): seeds the initial weights, the data splits, the shuffles and
+    /// dropout.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// `run.output_dir` (default `"checkpoints"`): the directory that run directories go in,
+    /// relative to where `kiln` runs.
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
-    /// Replace an existing run directory of the same name instead of refusing to start.
+    /// `run.overwrite` (default false): replace an existing run directory of the same name
+    /// instead of refusing to start.
     #[serde(default)]
     pub overwrite: bool,
 }
 
+/// `data.format`: which of Kiln's readers loads the data.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DataFormat {
@@ -69,26 +98,33 @@ impl DataFormat {
     }
 }
 
-/// Element type of a token file.
+/// `data.token_dtype`: the element type of a token file.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenDtype {
+    /// `"u16"`: little-endian 16-bit ids (vocabularies of up to 65536 tokens).
     U16,
+    /// `"u32"`: little-endian 32-bit ids.
     U32,
 }
 
-/// Arithmetic of the forward and backward passes. Weights and optimizer state stay f32; with
-/// f16/bf16 the matrix products run in that type (mixed precision, like `torch.autocast`).
+/// `train.precision`: arithmetic of the forward and backward passes. Weights and optimizer state
+/// stay f32; with f16/bf16 the matrix products run in that type (mixed precision, like
+/// `torch.autocast`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// `"f32"` (the default): full precision, on every backend.
     #[default]
     F32,
+    /// `"f16"`: half precision on the GPU backends (cuda, wgpu).
     F16,
+    /// `"bf16"`: bfloat16 on the cuda backend (WebGPU has no bf16).
     Bf16,
 }
 
 impl Precision {
+    /// The name in config files: `"f32"`, `"f16"` or `"bf16"`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
@@ -98,44 +134,60 @@ impl Precision {
     }
 }
 
+/// `[data]`: where the data is and how it is split and batched.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Which of Kiln's readers loads the data; a program that brings its own data leaves it out.
+    /// `data.format`: which of Kiln's readers loads the data (`"idx"`, `"csv"`, `"text"` or
+    /// `"tokens"`); a program that brings its own data leaves it out.
     pub format: Option<DataFormat>,
-    // IDX: four files.
+    /// `data.train_images` (required for idx): the IDX file of the training images.
     pub train_images: Option<PathBuf>,
+    /// `data.train_labels` (required for idx): the IDX file of the training labels.
     pub train_labels: Option<PathBuf>,
+    /// `data.test_images` (required for idx): the IDX file of the test images.
     pub test_images: Option<PathBuf>,
+    /// `data.test_labels` (required for idx): the IDX file of the test labels.
     pub test_labels: Option<PathBuf>,
-    /// IDX: number of classes (labels must lie in 0..num_classes).
+    /// `data.num_classes` (default 10, at least 2): idx: number of classes; labels must lie in
+    /// `0..num_classes`.
     #[serde(default = "default_num_classes")]
     pub num_classes: usize,
-    // CSV: one file, the test split held out from it. Text/tokens: the text or token file, the
-    // validation split held out from its end.
+    /// `data.path` (required for csv, text and tokens): the one data file. CSV: the test split is
+    /// held out from it; text/tokens: the validation split is held out from its end.
     pub path: Option<PathBuf>,
-    /// Tokens: the element type of the token file (defaults to its `.json` sidecar, else u16).
+    /// `data.token_dtype`: tokens: the element type of the token file, `"u16"` or `"u32"`
+    /// (defaults to its `.json` sidecar, else u16).
     pub token_dtype: Option<TokenDtype>,
-    /// Text/tokens: evaluate on at most this many batches of the validation split (all if unset).
+    /// `data.eval_max_batches` (at least 1): text/tokens: evaluate on at most this many batches
+    /// of the validation split (all if unset).
     pub eval_max_batches: Option<usize>,
+    /// `data.test_fraction` (default 0.2, in (0, 1)): csv: the share of the file held out as the
+    /// test split.
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
-    /// Fraction of the training data held out for validation.
+    /// `data.valid_fraction` (default 0.1, in [0, 1)): the share of the training data held out
+    /// for validation (text/tokens: the end of the file); 0 means no validation split.
     #[serde(default = "default_valid_fraction")]
     pub valid_fraction: f64,
+    /// `data.batch_size` (required, at least 1): the training batch size in samples
+    /// (text/tokens: windows per micro-batch).
     pub batch_size: usize,
-    /// Batch size for validation and test passes (defaults to `batch_size`).
+    /// `data.eval_batch_size` (at least 1): batch size for validation and test passes (defaults
+    /// to `batch_size`).
     pub eval_batch_size: Option<usize>,
-    /// Background threads that assemble batches.
+    /// `data.loader_threads` (default 1, at least 1): background threads that assemble batches.
     #[serde(default = "default_loader_threads")]
     pub loader_threads: usize,
-    /// Batches each loader thread may build ahead.
+    /// `data.prefetch` (default 4, at least 1): batches each loader thread may build ahead.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// `data.shuffle` (default true): reshuffle the training split every epoch (from
+    /// `run.seed`).
     #[serde(default = "default_true")]
     pub shuffle: bool,
-    /// Standardize inputs with statistics of the training split (per feature for CSV, one scalar
-    /// for images).
+    /// `data.standardize` (default true): standardize inputs with statistics of the training
+    /// split (per feature for CSV, one scalar for images).
     #[serde(default = "default_true")]
     pub standardize: bool,
 }
@@ -170,30 +222,44 @@ impl ModelSection {
     }
 }
 
+/// `optimizer.kind`: the optimizer.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
+    /// `"adamw"` (the default): Adam with decoupled weight decay (`optimizer.betas`,
+    /// `optimizer.eps`).
     Adamw,
+    /// `"sgd"`: stochastic gradient descent, with optional (Nesterov) momentum.
     Sgd,
 }
 
+/// `[optimizer]`: the optimizer and its hyperparameters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSection {
+    /// `optimizer.kind` (default `"adamw"`): `"adamw"` or `"sgd"`.
     #[serde(default = "default_optimizer")]
     pub kind: OptimizerKind,
+    /// `optimizer.lr` (default 1e-3, > 0): the peak learning rate, which the schedule scales
+    /// (at most 1 with the cosine schedule).
     #[serde(default = "default_lr")]
     pub lr: f64,
+    /// `optimizer.weight_decay` (default 0, >= 0): decoupled for AdamW, L2 for SGD; never
+    /// applied to biases, norm parameters or embeddings.
     #[serde(default)]
     pub weight_decay: f64,
-    /// AdamW betas.
+    /// `optimizer.betas` (default `[0.9, 0.999]`, each in [0, 1)): AdamW's decay rates of the
+    /// first and second moment estimates.
     #[serde(default = "default_betas")]
     pub betas: [f64; 2],
+    /// `optimizer.eps` (default 1e-8, > 0): AdamW's term added to the denominator.
     #[serde(default = "default_eps")]
     pub eps: f64,
-    /// SGD momentum (0 = plain SGD).
+    /// `optimizer.momentum` (default 0, in [0, 1)): SGD momentum without dampening, as PyTorch
+    /// (0 = plain SGD); only with `kind = "sgd"`.
     #[serde(default)]
     pub momentum: f64,
+    /// `optimizer.nesterov` (default false): SGD Nesterov momentum; needs `momentum > 0`.
     #[serde(default)]
     pub nesterov: bool,
 }
@@ -212,27 +278,38 @@ impl Default for OptimizerSection {
     }
 }
 
+/// `schedule.kind`: how the learning rate moves after the warmup.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
+    /// `"constant"` (the default): `optimizer.lr` throughout.
     Constant,
-    /// Linear warmup from 0 for `warmup_steps`, then cosine decay to `min_lr` at the last step.
+    /// `"cosine"`: cosine decay from `optimizer.lr` to `schedule.min_lr` at the last step.
     Cosine,
-    /// Multiply the learning rate by `gamma` every `step_size` steps.
+    /// `"step"`: multiply the learning rate by `gamma` every `step_size` steps.
     Step,
 }
 
+/// `[schedule]`: the learning-rate schedule, an optional linear warmup and then `kind`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSection {
+    /// `schedule.kind` (default `"constant"`): `"constant"`, `"cosine"` or `"step"`.
     #[serde(default = "default_schedule")]
     pub kind: ScheduleKind,
+    /// `schedule.warmup_steps` (default 0 = none): optimizer steps of linear warmup up to
+    /// `optimizer.lr` before the schedule, for every kind.
     #[serde(default)]
     pub warmup_steps: usize,
+    /// `schedule.min_lr` (default 0, in [0, optimizer.lr]): the cosine schedule's floor,
+    /// reached at the last step.
     #[serde(default)]
     pub min_lr: f64,
+    /// `schedule.step_size` (default 1000, at least 1): step schedule: optimizer steps between
+    /// two decays.
     #[serde(default = "default_step_size")]
     pub step_size: usize,
+    /// `schedule.gamma` (default 0.1, in (0, 1]): step schedule: the factor of each decay.
     #[serde(default = "default_gamma")]
     pub gamma: f64,
 }
@@ -249,45 +326,56 @@ impl Default for ScheduleSection {
     }
 }
 
+/// `[train]`: how long the run is, how often it validates and logs, and its arithmetic.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
-    /// Stop after this many optimizer steps (exclusive with `epochs`).
+    /// `train.max_steps` (at least 1): stop after this many optimizer steps. Set exactly one of
+    /// `max_steps` and `epochs`; `--set` of one replaces the other from the file.
     pub max_steps: Option<usize>,
-    /// Stop after this many passes over the training split.
+    /// `train.epochs` (at least 1): stop after this many passes over the training split (the
+    /// alternative to `max_steps`).
     pub epochs: Option<usize>,
-    /// Validate every n steps (0 = only at the end).
+    /// `train.eval_every` (default 0): validate every n optimizer steps (0 = only at the end;
+    /// always at the end).
     #[serde(default)]
     pub eval_every: usize,
-    /// Log a train event every n steps.
+    /// `train.log_every` (default 50, at least 1): log a train event every n optimizer steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
-    /// Clip gradients to this global L2 norm (like `torch.nn.utils.clip_grad_norm_`).
+    /// `train.grad_clip_norm` (> 0; unset = no clipping): clip gradients to this global L2
+    /// norm (like `torch.nn.utils.clip_grad_norm_`).
     pub grad_clip_norm: Option<f64>,
-    /// Micro-batches of `data.batch_size` whose gradients are summed into one optimizer step:
-    /// the effective batch is batch_size x grad_accum_steps.
+    /// `train.grad_accum_steps` (default 1, at least 1): micro-batches of `data.batch_size`
+    /// whose gradients are summed into one optimizer step: the effective batch is batch_size x
+    /// grad_accum_steps.
     #[serde(default = "default_one")]
     pub grad_accum_steps: usize,
-    /// "f32", or "f16"/"bf16" mixed precision on the GPU backends.
+    /// `train.precision` (default `"f32"`): `"f32"`, or `"f16"`/`"bf16"` mixed precision on the
+    /// GPU backends (cuda; wgpu f16 only); an error on the CPU backends.
     #[serde(default)]
     pub precision: Precision,
 }
 
+/// `[checkpoint]`: when checkpoints are written, how many are kept and which one is the best.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSection {
-    /// Save a checkpoint every n steps (0 = only at the end).
+    /// `checkpoint.every_steps` (default 0): save a checkpoint every n optimizer steps (0 = only
+    /// at the end; always at the end, on a signal and at `--until-step`).
     #[serde(default)]
     pub every_steps: usize,
-    /// Keep only the newest n checkpoints (the best one is always kept); unset keeps all.
+    /// `checkpoint.keep_last` (at least 1): keep only the newest n checkpoints (the best one is
+    /// always kept); unset keeps all.
     pub keep_last: Option<usize>,
-    /// Track the best checkpoint by this validation metric: "valid.loss" or "valid.<metric>"
-    /// for any metric the model logs ("valid.accuracy" for Kiln's models). A checkpoint is saved
-    /// whenever it improves.
+    /// `checkpoint.best_metric`: track the best checkpoint by this validation metric:
+    /// `"valid.loss"` or `"valid.<metric>"` for any metric the model logs (`"valid.accuracy"` for
+    /// Kiln's models). A checkpoint is saved whenever it improves. Needs
+    /// `data.valid_fraction > 0`.
     pub best_metric: Option<BestMetric>,
-    /// Whether a larger ("max") or a smaller ("min") `best_metric` is better. Unset: smaller
-    /// for losses and errors (loss, mse, rmse, mae, perplexity, names ending in `loss` or
-    /// `error`), larger for everything else (accuracy, r2, ...).
+    /// `checkpoint.best_mode`: whether a larger ("max") or a smaller ("min") `best_metric` is
+    /// better. Unset: smaller for losses and errors (loss, mse, rmse, mae, perplexity, names
+    /// ending in `loss` or `error`), larger for everything else (accuracy, r2, ...).
     pub best_mode: Option<BestMode>,
 }
 
@@ -302,7 +390,7 @@ impl CheckpointSection {
     }
 }
 
-/// The direction of `checkpoint.best_metric`.
+/// `checkpoint.best_mode`: the direction of `checkpoint.best_metric`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BestMode {
@@ -312,17 +400,19 @@ pub enum BestMode {
     Max,
 }
 
-/// Data-parallel training (how many workers is up to the launcher: `mpirun -np`, `srun -n`,
-/// `kiln launch --nproc`, `--devices`).
+/// `[distributed]`: data-parallel training (how many workers is up to the launcher: `mpirun -np`,
+/// `srun -n`, `kiln launch --nproc`, `--devices`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedSection {
-    /// A collective (all-reduce, joining the job) that waits longer than this for the other
-    /// workers stops the run with an error: a worker died, hung or never joined.
+    /// `distributed.timeout_secs` (default 300, at least 1; seconds): a collective (all-reduce,
+    /// joining the job) that waits longer than this for the other workers stops the run with an
+    /// error: a worker died, hung or never joined.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: f64,
-    /// How processes exchange gradients: "auto" (NCCL for CUDA builds on the cuda backend,
-    /// otherwise MPI), "mpi" (host buffers, any backend) or "nccl".
+    /// `distributed.engine` (default `"auto"`): how processes exchange gradients: "auto" (NCCL
+    /// for CUDA builds on the cuda backend, otherwise MPI), "mpi" (host buffers, any backend)
+    /// or "nccl".
     #[serde(default)]
     pub engine: Engine,
 }
@@ -336,12 +426,17 @@ impl Default for DistributedSection {
     }
 }
 
+/// `distributed.engine`: how the processes of a job exchange gradients (the devices of one
+/// process always use burn-collective's local all-reduce).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
+    /// `"auto"` (the default): NCCL on the cuda backend of a `cuda,mpi` build, MPI otherwise.
     #[default]
     Auto,
+    /// `"mpi"`: `MPI_Allreduce` on host buffers; any backend.
     Mpi,
+    /// `"nccl"`: NCCL between CUDA GPUs (`cuda,mpi` builds, cuda backend).
     Nccl,
 }
 
@@ -453,330 +548,6 @@ fn default_log_every() -> usize {
 fn default_one() -> usize {
     1
 }
-
-impl Config {
-    /// Reads the config of a run being resumed (its `config.toml`) and applies `overrides`.
-    pub fn load_for_resume(path: &Path, overrides: &[String]) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the run's config {}", path.display()))?;
-        Self::from_toml_str(&text, overrides, &path.display().to_string())
-    }
-
-    /// Reads `path`, applies `overrides` (`a.b=value`), deserializes and validates.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::from_toml_str(&text, overrides, &path.display().to_string())
-    }
-
-    /// Parses a config from TOML text; `origin` names the source in error messages.
-    pub fn from_toml_str(text: &str, overrides: &[String], origin: &str) -> Result<Config> {
-        let mut value: toml::Table = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{origin}: invalid TOML: {}", one_line(&e.to_string())))?;
-        // The run's length is max_steps or epochs: overriding one replaces the other from the file.
-        let overridden = |k: &str| {
-            overrides
-                .iter()
-                .any(|o| o.split_once('=').is_some_and(|(key, _)| key.trim() == k))
-        };
-        match (overridden("train.max_steps"), overridden("train.epochs")) {
-            (true, false) => remove_key(&mut value, "train.epochs"),
-            (false, true) => remove_key(&mut value, "train.max_steps"),
-            _ => {}
-        }
-        for o in overrides {
-            apply_override(&mut value, o)?;
-        }
-        let config: Config = Config::deserialize(toml::Value::Table(value)).map_err(|e| {
-            let what = if overrides.is_empty() {
-                origin.to_string()
-            } else {
-                format!("{origin} (with --set overrides)")
-            };
-            anyhow::anyhow!("{what}: {}", one_line(&e.to_string()))
-        })?;
-        config
-            .validate()
-            .with_context(|| format!("{origin}: invalid config"))?;
-        Ok(config)
-    }
-
-    /// The fully resolved config as TOML (defaults filled in).
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a Config always serializes to TOML")
-    }
-
-    /// Checks values that types alone cannot: ranges and combinations.
-    pub fn validate(&self) -> Result<()> {
-        let d = &self.data;
-        check(!self.run.name.is_empty(), "run.name", "must not be empty")?;
-        check(
-            !self.run.name.contains(['/', '\\']) && self.run.name != "." && self.run.name != "..",
-            "run.name",
-            "must be a plain directory name (no slashes)",
-        )?;
-        check(d.batch_size > 0, "data.batch_size", "must be at least 1")?;
-        check(
-            self.distributed.timeout_secs >= 1.0 && self.distributed.timeout_secs.is_finite(),
-            "distributed.timeout_secs",
-            "must be at least 1 (seconds)",
-        )?;
-        if let Some(b) = d.eval_batch_size {
-            check(b > 0, "data.eval_batch_size", "must be at least 1")?;
-        }
-        check(
-            d.loader_threads > 0,
-            "data.loader_threads",
-            "must be at least 1",
-        )?;
-        check(d.prefetch > 0, "data.prefetch", "must be at least 1")?;
-        check(
-            (0.0..1.0).contains(&d.valid_fraction),
-            "data.valid_fraction",
-            "must be in [0, 1)",
-        )?;
-        match d.format {
-            None => {}
-            Some(DataFormat::Idx) => {
-                for (key, v) in [
-                    ("data.train_images", &d.train_images),
-                    ("data.train_labels", &d.train_labels),
-                    ("data.test_images", &d.test_images),
-                    ("data.test_labels", &d.test_labels),
-                ] {
-                    check(v.is_some(), key, "is required when data.format = \"idx\"")?;
-                }
-                check(d.num_classes >= 2, "data.num_classes", "must be at least 2")?;
-            }
-            Some(DataFormat::Text | DataFormat::Tokens) => {
-                check(
-                    d.path.is_some(),
-                    "data.path",
-                    "is required when data.format = \"text\" or \"tokens\"",
-                )?;
-            }
-            Some(DataFormat::Csv) => {
-                check(
-                    d.path.is_some(),
-                    "data.path",
-                    "is required when data.format = \"csv\"",
-                )?;
-                check(
-                    d.test_fraction > 0.0 && d.test_fraction < 1.0,
-                    "data.test_fraction",
-                    "must be in (0, 1)",
-                )?;
-            }
-        }
-
-        if let Some(b) = d.eval_max_batches {
-            check(b > 0, "data.eval_max_batches", "must be at least 1")?;
-        }
-
-        let o = &self.optimizer;
-        check(
-            o.lr > 0.0 && o.lr.is_finite(),
-            "optimizer.lr",
-            "must be a positive number",
-        )?;
-        check(
-            o.weight_decay >= 0.0,
-            "optimizer.weight_decay",
-            "must be >= 0",
-        )?;
-        check(
-            o.betas.iter().all(|b| (0.0..1.0).contains(b)),
-            "optimizer.betas",
-            "both betas must be in [0, 1)",
-        )?;
-        check(o.eps > 0.0, "optimizer.eps", "must be > 0")?;
-        check(
-            (0.0..1.0).contains(&o.momentum),
-            "optimizer.momentum",
-            "must be in [0, 1)",
-        )?;
-        check(
-            !o.nesterov || o.momentum > 0.0,
-            "optimizer.nesterov",
-            "needs optimizer.momentum > 0",
-        )?;
-        check(
-            o.kind == OptimizerKind::Sgd || (o.momentum == 0.0 && !o.nesterov),
-            "optimizer.momentum",
-            "applies to kind = \"sgd\" only (AdamW uses optimizer.betas)",
-        )?;
-
-        let s = &self.schedule;
-        check(
-            s.min_lr >= 0.0 && s.min_lr <= o.lr,
-            "schedule.min_lr",
-            "must be in [0, optimizer.lr]",
-        )?;
-        check(s.step_size > 0, "schedule.step_size", "must be at least 1")?;
-        check(
-            s.gamma > 0.0 && s.gamma <= 1.0,
-            "schedule.gamma",
-            "must be in (0, 1]",
-        )?;
-        if s.kind == ScheduleKind::Cosine {
-            check(
-                o.lr <= 1.0,
-                "optimizer.lr",
-                "must be at most 1 with the cosine schedule",
-            )?;
-        }
-
-        let t = &self.train;
-        match (t.max_steps, t.epochs) {
-            (Some(0), _) => bail!("train.max_steps: must be at least 1"),
-            (_, Some(0)) => bail!("train.epochs: must be at least 1"),
-            (Some(_), Some(_)) => {
-                bail!("train.max_steps and train.epochs: set one of them, not both")
-            }
-            (None, None) => bail!("train: set train.max_steps or train.epochs"),
-            _ => {}
-        }
-        check(t.log_every > 0, "train.log_every", "must be at least 1")?;
-        check(
-            t.grad_accum_steps > 0,
-            "train.grad_accum_steps",
-            "must be at least 1",
-        )?;
-        if let Some(c) = t.grad_clip_norm {
-            check(c > 0.0, "train.grad_clip_norm", "must be > 0")?;
-        }
-        if let Some(k) = self.checkpoint.keep_last {
-            check(k > 0, "checkpoint.keep_last", "must be at least 1")?;
-        }
-        if self.checkpoint.best_metric.is_some() {
-            check(
-                self.data.valid_fraction > 0.0,
-                "checkpoint.best_metric",
-                "needs a validation split (data.valid_fraction > 0)",
-            )?;
-        }
-        Ok(())
-    }
-
-    /// A sha256 of everything in the config that decides the numbers a run computes: the config
-    /// without the keys of [`RESUMABLE_KEYS`] and without where the run is written. A built-in
-    /// model's section is hashed in version 1's layout (see [`crate::compat`]), so runs written
-    /// before per-model sections keep their hash.
-    pub fn maths_hash(&self) -> String {
-        let mut table = self.table();
-        if let Some(toml::Value::Table(model)) = table.get_mut("model") {
-            *model = crate::compat::model_in_v1_layout(model);
-        }
-        for key in RESUMABLE_KEYS
-            .iter()
-            .chain(&["run.name", "run.output_dir", "run.overwrite"])
-        {
-            remove_key(&mut table, key);
-        }
-        // A key added later, set to the value that its absence means, computes what configs
-        // without it compute: it hashes as they do.
-        for (key, default) in IMPLICIT_DEFAULTS {
-            if lookup(&table, key).and_then(toml::Value::as_str) == Some(default) {
-                remove_key(&mut table, key);
-            }
-        }
-        let text = toml::to_string(&table).expect("a TOML table serializes");
-        let digest = Sha256::digest(text.as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The dotted keys whose values differ between `self` and `other`.
-    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        flatten("", &self.table(), &mut a);
-        flatten("", &other.table(), &mut b);
-        let mut keys: Vec<String> = a
-            .iter()
-            .chain(&b)
-            .map(|(k, _)| k.clone())
-            .filter(|k| {
-                a.iter().find(|(x, _)| x == k).map(|(_, v)| v)
-                    != b.iter().find(|(x, _)| x == k).map(|(_, v)| v)
-            })
-            .collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    }
-
-    fn table(&self) -> toml::Table {
-        toml::Table::try_from(self).expect("a Config always serializes to a TOML table")
-    }
-}
-
-/// Keys that a resumed run may change without changing what it computes: logging, evaluation
-/// and checkpoint cadence, loader parallelism, and where the run stops.
-pub const RESUMABLE_KEYS: &[&str] = &[
-    "train.log_every",
-    "train.eval_every",
-    "train.max_steps",
-    "train.epochs",
-    "checkpoint.every_steps",
-    "checkpoint.keep_last",
-    "checkpoint.best_metric",
-    "checkpoint.best_mode",
-    "data.loader_threads",
-    "data.prefetch",
-    "data.eval_batch_size",
-    "distributed.timeout_secs",
-    "distributed.engine",
-];
-
-/// Keys added after configs were first hashed, with the value their absence stands for.
-const IMPLICIT_DEFAULTS: &[(&str, &str)] = &[("model.gelu", "exact")];
-
-fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
-    let mut parts = dotted.split('.');
-    let mut value = table.get(parts.next()?)?;
-    for part in parts {
-        value = value.as_table()?.get(part)?;
-    }
-    Some(value)
-}
-
-fn remove_key(table: &mut toml::Table, dotted: &str) {
-    let (parents, last) = match dotted.rsplit_once('.') {
-        Some((p, l)) => (Some(p), l),
-        None => (None, dotted),
-    };
-    let mut node = table;
-    for part in parents.into_iter().flat_map(|p| p.split('.')) {
-        match node.get_mut(part) {
-            Some(toml::Value::Table(t)) => node = t,
-            _ => return,
-        }
-    }
-    node.remove(last);
-}
-
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
-    for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
-            v => out.push((key, v.clone())),
-        }
-    }
-}
-
-fn check(ok: bool, key: &str, what: &str) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        bail!("{key}: {what}")
-    }
-}
-
 /// Collapses a multi-line message (toml's errors quote the offending line) into one line.
 fn one_line(message: &str) -> String {
     message
@@ -786,249 +557,4 @@ fn one_line(message: &str) -> String {
         .filter(|l| !l.starts_with('|') && !l.contains(" | "))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Applies one `a.b.c=value` override to the raw TOML table. The value is parsed as a TOML value
-/// (`3e-4`, `true`, `"text"`, `[64, 64]`); a bare word that is not valid TOML is taken as a string,
-/// so `--set model.kind=cnn` works without quotes.
-pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
-    let Some((key, raw)) = item.split_once('=') else {
-        bail!("--set {item}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4");
-    };
-    let key = key.trim();
-    let path: Vec<&str> = key.split('.').collect();
-    if key.is_empty() || path.iter().any(|p| p.is_empty()) {
-        bail!("--set {item}: the key must be a dotted path such as optimizer.lr");
-    }
-    let value = parse_value(raw.trim());
-    let (last, parents) = path.split_last().expect("path is not empty");
-    let mut node = table;
-    for (i, part) in parents.iter().enumerate() {
-        let entry = node
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = match entry {
-            toml::Value::Table(t) => t,
-            _ => bail!(
-                "--set {item}: {} is a value, not a section",
-                path[..=i].join(".")
-            ),
-        };
-    }
-    node.insert(last.to_string(), value);
-    Ok(())
-}
-
-fn parse_value(raw: &str) -> toml::Value {
-    let doc = format!("v = {raw}");
-    match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").expect("parsed table has the key"),
-        Err(_) => toml::Value::String(raw.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"
-        [run]
-        name = "t"
-        [data]
-        format = "csv"
-        path = "x.csv"
-        batch_size = 8
-        [model]
-        kind = "mlp"
-        hidden = [16]
-        [train]
-        max_steps = 10
-    "#;
-
-    fn load(overrides: &[&str]) -> Result<Config> {
-        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        Config::from_toml_str(BASE, &o, "base.toml")
-    }
-
-    #[test]
-    fn overriding_the_run_length_replaces_the_other_length_key() {
-        let epochs = load(&["train.epochs=3"]).unwrap();
-        assert_eq!(
-            (epochs.train.epochs, epochs.train.max_steps),
-            (Some(3), None)
-        );
-        let steps = load(&["train.max_steps=7"]).unwrap();
-        assert_eq!((steps.train.epochs, steps.train.max_steps), (None, Some(7)));
-        let both = load(&["train.epochs=3", "train.max_steps=7"]).unwrap_err();
-        assert!(
-            format!("{both:#}").contains("set one of them, not both"),
-            "{both:#}"
-        );
-    }
-
-    #[test]
-    fn every_shipped_config_is_valid() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-                seen += 1;
-            }
-        }
-        assert!(seen >= 8, "only {seen} configs in {}", dir.display());
-    }
-
-    #[test]
-    fn defaults_fill_in() {
-        let c = load(&[]).unwrap();
-        assert_eq!(c.run.seed, 42);
-        assert_eq!(c.optimizer.kind, OptimizerKind::Adamw);
-        assert_eq!(c.data.valid_fraction, 0.1);
-    }
-
-    #[test]
-    fn overrides_are_type_checked_like_the_file() {
-        let c = load(&[
-            "optimizer.lr=3e-4",
-            "model.hidden=[32, 8]",
-            "model.kind=mlp",
-        ])
-        .unwrap();
-        assert_eq!(c.optimizer.lr, 3e-4);
-        assert_eq!(
-            c.model.0["hidden"],
-            toml::Value::try_from(vec![32, 8]).unwrap()
-        );
-        assert_eq!(c.model.kind(), Some("mlp"));
-        let e = load(&["data.batch_size=many"]).unwrap_err().to_string();
-        assert!(e.contains("batch_size"), "{e}");
-        assert!(e.contains("--set"), "{e}");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_with_their_name() {
-        let e = load(&["train.max_stepz=5"]).unwrap_err().to_string();
-        assert!(e.contains("max_stepz"), "{e}");
-        assert!(!e.contains('\n'), "{e}");
-    }
-
-    #[test]
-    fn bad_set_syntax() {
-        assert!(load(&["optimizer.lr"])
-            .unwrap_err()
-            .to_string()
-            .contains("KEY=VALUE"));
-        assert!(load(&["run.name.x=1"])
-            .unwrap_err()
-            .to_string()
-            .contains("not a section"));
-        assert!(load(&[".=1"]).is_err());
-    }
-
-    #[test]
-    fn validation_names_the_key() {
-        let e = format!("{:#}", load(&["data.batch_size=0"]).unwrap_err());
-        assert!(e.contains("data.batch_size: must be at least 1"), "{e}");
-    }
-
-    #[test]
-    fn resolved_config_round_trips() {
-        let c = load(&["optimizer.kind=sgd", "optimizer.momentum=0.9"]).unwrap();
-        let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
-        assert_eq!(c, again);
-    }
-
-    /// Runs written by an earlier version of Kiln (before `model.gelu` existed, and before
-    /// per-model sections): their resolved configs and the hash their checkpoints recorded
-    /// (tests/fixtures/earlier-runs). Their configs must hash as they did then, or resuming them
-    /// breaks; and so must the same runs described as configs are written now, a model section
-    /// with only its kind's keys (kiln-models drops the others).
-    #[test]
-    fn configs_of_runs_written_by_earlier_versions_keep_their_hash() {
-        let fixtures =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/earlier-runs");
-        for run in [
-            "fashion-mnist-mlp",
-            "fashion-mnist-cnn",
-            "shakespeare-char-gpt",
-        ] {
-            let dir = fixtures.join(run);
-            let mut config = Config::load(&dir.join("config.toml"), &[]).unwrap();
-            let recorded: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("config_hash.json")).unwrap(),
-            )
-            .unwrap();
-            let v1 = config.maths_hash();
-            assert_eq!(recorded["config_hash"].as_str(), Some(v1.as_str()), "{run}");
-
-            let kind = config.model.kind().unwrap().to_string();
-            config
-                .model
-                .0
-                .retain(|k, _| !crate::compat::v1_key_of_another_kind(&kind, k));
-            assert!(config.model.0.len() <= 10, "{run}: {:?}", config.model.0);
-            assert_eq!(config.maths_hash(), v1, "{run}");
-            config
-                .model
-                .0
-                .insert("dropout".into(), toml::Value::Float(0.5));
-            assert_ne!(config.maths_hash(), v1, "{run}: dropout");
-        }
-    }
-
-    #[test]
-    fn model_gelu_hashes_like_its_absence_when_exact() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/earlier-runs/shakespeare-char-gpt/config.toml");
-        let with = |o: &[&str]| {
-            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
-            Config::load(&path, &o).unwrap()
-        };
-        let unset = with(&[]);
-        let exact = with(&["model.gelu=\"exact\""]);
-        let tanh = with(&["model.gelu=\"tanh\""]);
-        assert_eq!(unset.maths_hash(), exact.maths_hash());
-        assert_ne!(unset.maths_hash(), tanh.maths_hash());
-    }
-
-    #[test]
-    fn a_programs_config_needs_no_data_format_and_no_model_section() {
-        let text = "[run]\nname = \"own\"\n[data]\nbatch_size = 4\n[train]\nmax_steps = 3\n";
-        let c = Config::from_toml_str(text, &[], "own.toml").unwrap();
-        assert_eq!((c.data.format, c.model.kind()), (None, None));
-        let e = format!("{:#}", c.data.kiln_format().unwrap_err());
-        assert!(
-            e.starts_with("data.format: missing") && e.contains("README"),
-            "{e}"
-        );
-        let again = Config::from_toml_str(&c.to_toml(), &[], "resolved").unwrap();
-        assert_eq!(c, again);
-        #[derive(serde::Deserialize, Debug)]
-        #[serde(deny_unknown_fields)]
-        struct Own {
-            width: usize,
-        }
-        let with = Config::from_toml_str(text, &["model.width=7".into()], "own.toml").unwrap();
-        assert_eq!(with.model.parse::<Own>().unwrap().width, 7);
-        let e = with
-            .model
-            .parse::<std::collections::HashMap<String, bool>>();
-        assert!(format!("{:#}", e.unwrap_err()).starts_with("model: "));
-    }
-
-    #[test]
-    fn maths_hash_ignores_cadence_and_location_only() {
-        let base = load(&[]).unwrap();
-        let cadence = load(&["train.log_every=7", "train.eval_every=3", "run.name=other"]).unwrap();
-        assert_eq!(base.maths_hash(), cadence.maths_hash());
-        let lr = load(&["optimizer.lr=0.5"]).unwrap();
-        assert_ne!(base.maths_hash(), lr.maths_hash());
-        assert_eq!(
-            base.changed_keys(&cadence),
-            vec!["run.name", "train.eval_every", "train.log_every"]
-        );
-        assert_eq!(base.changed_keys(&lr), vec!["optimizer.lr"]);
-    }
 }

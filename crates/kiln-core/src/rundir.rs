@@ -1,19 +1,13 @@
-//! The run directory: everything one run writes, in one place.
-//!
-//! ```text
-//! <output_dir>/<run.name>/
-//!   config.toml     the fully resolved config
-//!   run.json        backend, device, world size, kiln version, git commit, start time, seed
-//!   metrics.jsonl   one JSON object per event
-//!   step-<N>/       checkpoints (see the kiln-checkpoint crate)
-//!   latest, best    names of the newest and of the best complete checkpoint directory
-//! ```
+//! The run directory: everything one run writes, in one place. The file names are
+//! [`kiln_checkpoint::layout`]'s (re-exported as [`crate::layout`]), which also shows the tree.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use kiln_checkpoint::layout::{CONFIG_FILE, LATEST, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE};
+use kiln_checkpoint::write_atomic;
 use serde::Serialize;
 
 use crate::Config;
@@ -21,22 +15,48 @@ use crate::Config;
 /// Facts about a run, written once to `run.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunInfo {
+    /// The backend that trained the run (`flex`, `cuda`, ...).
     pub backend: String,
+    /// Rank 0's device.
     pub device: String,
+    /// The number of data-parallel workers.
     pub world_size: usize,
+    /// Each worker's host and device, in rank order.
+    pub devices: Vec<WorkerDevice>,
+    /// The version of Kiln that started the run.
     pub kiln_version: String,
+    /// The git commit of the working directory, when it is a git checkout.
     pub git_commit: Option<String>,
+    /// When the run started (RFC 3339, UTC).
     pub start_time: String,
+    /// `run.seed`.
     pub seed: u64,
+    /// The command line of rank 0.
     pub command: Vec<String>,
 }
 
+/// Where one data-parallel worker ran.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkerDevice {
+    /// The worker's rank.
+    pub rank: usize,
+    /// Its machine's host name.
+    pub host: String,
+    /// Its device, as the backend names it.
+    pub device: String,
+}
+
 impl RunInfo {
-    pub fn new(backend: &str, device: &str, seed: u64) -> Self {
+    /// The facts of a run of `backend` with seed `seed` whose workers ran on `devices` (rank
+    /// order; at least one).
+    pub fn new(backend: &str, devices: Vec<WorkerDevice>, seed: u64) -> Self {
         Self {
             backend: backend.to_string(),
-            device: device.to_string(),
-            world_size: 1,
+            device: devices
+                .first()
+                .map_or_else(String::new, |d| d.device.clone()),
+            world_size: devices.len(),
+            devices,
             kiln_version: crate::VERSION.to_string(),
             git_commit: git_commit(),
             start_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -44,6 +64,18 @@ impl RunInfo {
             command: std::env::args().collect(),
         }
     }
+}
+
+/// This machine's host name (empty when the system does not say).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    if !ok {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 fn git_commit() -> Option<String> {
@@ -68,7 +100,7 @@ impl RunDir {
     /// unless `run.overwrite` is set, and writes `config.toml` and `run.json`.
     pub fn create(config: &Config, info: &RunInfo) -> Result<RunDir> {
         let root = config.run.output_dir.join(&config.run.name);
-        if root.join("config.toml").exists() {
+        if root.join(CONFIG_FILE).exists() {
             if !config.run.overwrite {
                 bail!(
                     "run directory {} already holds a run; choose another run.name (e.g. --set run.name=...), or pass --set run.overwrite=true to replace it",
@@ -80,14 +112,14 @@ impl RunDir {
         }
         fs::create_dir_all(&root)
             .with_context(|| format!("cannot create run directory {}", root.display()))?;
-        write_atomic(&root.join("config.toml"), config.to_toml().as_bytes())?;
+        write_atomic(&root.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         let info = serde_json::to_vec_pretty(info).expect("RunInfo serializes");
-        write_atomic(&root.join("run.json"), &info)?;
+        write_atomic(&root.join(RUN_INFO_FILE), &info)?;
         let metrics = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(root.join("metrics.jsonl"))
-            .with_context(|| format!("cannot open {}/metrics.jsonl", root.display()))?;
+            .open(root.join(METRICS_FILE))
+            .with_context(|| format!("cannot open {}/{METRICS_FILE}", root.display()))?;
         Ok(RunDir {
             root,
             metrics: BufWriter::new(metrics),
@@ -96,7 +128,7 @@ impl RunDir {
 
     /// Opens the existing run directory `root` to continue it.
     pub fn open(root: &Path) -> Result<RunDir> {
-        if !root.join("config.toml").is_file() {
+        if !root.join(CONFIG_FILE).is_file() {
             bail!(
                 "{} is not a Kiln run directory (it has no config.toml)",
                 root.display()
@@ -105,8 +137,8 @@ impl RunDir {
         let metrics = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(root.join("metrics.jsonl"))
-            .with_context(|| format!("cannot open {}/metrics.jsonl", root.display()))?;
+            .open(root.join(METRICS_FILE))
+            .with_context(|| format!("cannot open {}/{METRICS_FILE}", root.display()))?;
         Ok(RunDir {
             root: root.to_path_buf(),
             metrics: BufWriter::new(metrics),
@@ -115,13 +147,13 @@ impl RunDir {
 
     /// Rewrites `config.toml` (a resumed run's overrides).
     pub fn write_config(&self, config: &Config) -> Result<()> {
-        write_atomic(&self.root.join("config.toml"), config.to_toml().as_bytes())
+        write_atomic(&self.root.join(CONFIG_FILE), config.to_toml().as_bytes())
     }
 
     /// Drops the events after `step` from `metrics.jsonl` (and a torn last line): a resumed run
     /// recomputes them. Returns how many lines were dropped.
     pub fn truncate_metrics(&mut self, step: usize) -> Result<usize> {
-        let path = self.root.join("metrics.jsonl");
+        let path = self.root.join(METRICS_FILE);
         let text =
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut kept = String::new();
@@ -143,6 +175,7 @@ impl RunDir {
         Ok(dropped)
     }
 
+    /// The run directory.
     pub fn path(&self) -> &Path {
         &self.root
     }
@@ -154,12 +187,7 @@ impl RunDir {
         self.metrics.write_all(b"\n")?;
         self.metrics
             .flush()
-            .with_context(|| format!("cannot write {}/metrics.jsonl", self.root.display()))
-    }
-
-    /// Directory of the checkpoint at `step`.
-    pub fn step_dir(&self, step: usize) -> PathBuf {
-        self.root.join(format!("step-{step}"))
+            .with_context(|| format!("cannot write {}/{METRICS_FILE}", self.root.display()))
     }
 }
 
@@ -175,15 +203,15 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
             path.display()
         );
     }
-    let candidate = path.join("model.safetensors");
+    let candidate = path.join(MODEL_FILE);
     if candidate.is_file() {
         return Ok(candidate);
     }
-    let latest = path.join("latest");
+    let latest = path.join(LATEST);
     if latest.is_file() {
         let step = fs::read_to_string(&latest)
             .with_context(|| format!("cannot read {}", latest.display()))?;
-        let file = path.join(step.trim()).join("model.safetensors");
+        let file = path.join(step.trim()).join(MODEL_FILE);
         if file.is_file() {
             return Ok(file);
         }
@@ -200,6 +228,34 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
     )
 }
 
+/// A trained run as a path designates it: see [`TrainedRun::find`].
+#[derive(Clone, Debug)]
+pub struct TrainedRun {
+    /// The weights file (a checkpoint's `model.safetensors`).
+    pub weights: PathBuf,
+    /// The run directory holding it.
+    pub run_dir: PathBuf,
+    /// The run's config.
+    pub config: Config,
+}
+
+impl TrainedRun {
+    /// The weights that `path` (a run directory, a step directory or a weights file inside a run
+    /// directory) names, with the run's directory and config.
+    pub fn find(path: &Path) -> Result<TrainedRun> {
+        let weights = resolve_weights(path)?;
+        let config_path = find_run_config(&weights)?;
+        let config = Config::load(&config_path, &[])
+            .with_context(|| format!("reading the run config of {}", path.display()))?;
+        let run_dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(TrainedRun {
+            weights,
+            run_dir,
+            config,
+        })
+    }
+}
+
 /// Finds the run's resolved `config.toml` for a weights path (the file's checkpoint directory's
 /// parent run directory, or the run directory itself).
 pub fn find_run_config(path: &Path) -> Result<PathBuf> {
@@ -209,7 +265,7 @@ pub fn find_run_config(path: &Path) -> Result<PathBuf> {
         Some(path)
     };
     while let Some(d) = dir {
-        let c = d.join("config.toml");
+        let c = d.join(CONFIG_FILE);
         if c.is_file() {
             return Ok(c);
         }
@@ -219,17 +275,4 @@ pub fn find_run_config(path: &Path) -> Result<PathBuf> {
         "no config.toml found in {} or above it; evaluate a path inside a Kiln run directory",
         path.display()
     )
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
 }

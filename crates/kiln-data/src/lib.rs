@@ -11,6 +11,8 @@
 //! `i64`) and knows nothing about tensors or backends; a [`Batch`] or
 //! [`TokenBatch`] is turned into a tensor by the caller.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod csv;
 mod dataset;

@@ -11,9 +11,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kiln_core::Config;
 use kiln_data::{eval_batches, eval_windows};
+use kiln_infer::data::HostBatch;
+use kiln_infer::RunData;
 use kiln_models::{Model, Observer};
-use kiln_train::data::HostBatch;
-use kiln_train::RunData;
 use serde_json::{json, Value};
 
 /// Per weight name, the `[K, K]` second-moment matrix of its `K` inputs (the order of the
@@ -94,8 +94,8 @@ pub fn calibrate<B: Backend>(
     };
     for b in batches {
         seen += match &b.input {
-            kiln_train::data::HostInput::Features { rows, .. } => *rows,
-            kiln_train::data::HostInput::Tokens { rows, .. } => *rows,
+            kiln_infer::data::HostInput::Features { rows, .. } => *rows,
+            kiln_infer::data::HostInput::Tokens { rows, .. } => *rows,
         };
         let (input, _) = b.to_device::<B>(device);
         let _ = model.forward_observed(input, &mut observer);

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kiln_core::config::DataFormat;
+use kiln_core::layout::TOKENIZER_FILE;
 use kiln_data::CharTokenizer;
+use kiln_infer::{evaluate, EvalResult, RunData, Split};
 use kiln_models::{DataShape, ModelConfig, Step, TrainModel};
-use kiln_train::data::TOKENIZER_FILE;
-use kiln_train::{evaluate, EvalResult, RunData, Split, TrainData};
 use serde_json::{json, Value};
 
 use crate::calibrate::{calibrate, Calibration};

@@ -25,7 +25,7 @@ pub fn build_model<B: Backend>(
 ) -> Result<Model<B>> {
     let model = Model::<B>::new(section, shape, Precision::F32, 0, device)?;
     let bytes = to_safetensors(weights)?;
-    kiln_train::weights::load_bytes(model, bytes, origin)
+    kiln_infer::weights::load_bytes(model, bytes, origin)
 }
 
 /// A safetensors image of float32 host weights.

@@ -77,7 +77,7 @@ pub fn load_module<B: Backend, M: Module<B>>(model: M, dir: &Path) -> Result<(M,
         .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
         .collect();
     let origin = format!("of the export {}", dir.display());
-    let model = kiln_train::weights::load_bytes(model, to_safetensors(&weights)?, &origin)?;
+    let model = kiln_infer::weights::load_bytes(model, to_safetensors(&weights)?, &origin)?;
     Ok((model, manifest))
 }
 

@@ -10,8 +10,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_data::CharTokenizer;
+use kiln_infer::generate::{generate_with, Sampling};
 use kiln_models::{DataShape, Input, Model, ModelConfig};
-use kiln_train::generate::{generate_with, Sampling};
 use serde_json::{json, Value};
 
 use crate::format::{read_export, Manifest, MANIFEST_FILE};

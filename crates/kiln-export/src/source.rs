@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use kiln_checkpoint::layout::{MODEL_FILE, STATE_FILE};
 use kiln_checkpoint::verify;
 use kiln_core::rundir::{find_run_config, resolve_weights};
 use kiln_core::Config;
@@ -32,7 +33,7 @@ impl Source {
             .parent()
             .context("the weights file has no directory")?
             .to_path_buf();
-        if !checkpoint.join("state.json").is_file() {
+        if !checkpoint.join(STATE_FILE).is_file() {
             bail!(
                 "{} is not inside a Kiln checkpoint (no state.json next to it), so it cannot be verified; export a run directory or one of its step-<N> directories",
                 file.display()
@@ -49,13 +50,13 @@ impl Source {
             .with_context(|| format!("reading the run config {}", config_path.display()))?;
         let run_dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         // verify() has checked the file against these.
-        let recorded = &verified.state["files"]["model.safetensors"];
+        let recorded = &verified.state["files"][MODEL_FILE];
         let sha256 = recorded["sha256"].as_str().unwrap_or_default().to_string();
         let bytes = recorded["bytes"].as_u64().unwrap_or_default();
         let tensors = verified
             .files
-            .get("model.safetensors")
-            .with_context(|| format!("{} holds no model.safetensors", checkpoint.display()))?;
+            .get(MODEL_FILE)
+            .with_context(|| format!("{} holds no {MODEL_FILE}", checkpoint.display()))?;
         let mut weights = BTreeMap::new();
         for t in tensors {
             if t.dtype != Dtype::F32 {

@@ -27,7 +27,10 @@ pub(crate) struct Rows {
     pub(crate) len: usize,
     /// Rows per causal block (the second-to-last axis); row `r` sees columns `0..=r % block`.
     pub(crate) block: usize,
+    /// Whether the causal mask applies: row `r` sees only its first `r % block + 1` columns (at
+    /// most `len`; the rest get weight 0); otherwise every row sees all `len` columns.
     pub(crate) causal: bool,
+    /// Factor the scores are multiplied by before the softmax (for attention, `1/√head_dim`).
     pub(crate) scale: f32,
 }
 

@@ -9,15 +9,13 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
-use kiln_checkpoint::{HostTensor, Payload, Verified};
+use kiln_checkpoint::layout::{parse_step_dir, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use kiln_checkpoint::{CheckpointError, HostTensor, Payload, Verified};
 use serde::{Deserialize, Serialize};
 
-use crate::eval::EvalResult;
 use crate::optim::{Optim, ParamState};
 use crate::scaler::LossScale;
-
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+use kiln_infer::EvalResult;
 
 /// Everything besides tensors that training needs to continue exactly where it stopped. Every
 /// random stream in Kiln is counter-based — a seed plus a position — so recording the positions
@@ -226,28 +224,34 @@ pub fn check_fits<B: AutodiffBackend>(
     v: &Verified,
     table: &ParamTable,
     optim: &Optim<B>,
-) -> Result<()> {
+) -> Result<(), CheckpointError> {
     for (file, want) in expected(table, optim) {
         let path = v.dir.join(file);
+        let wrong = |detail: String| CheckpointError::WrongTensors {
+            path: path.clone(),
+            detail,
+        };
         let Some(tensors) = v.files.get(file) else {
-            bail!("{} is missing (not listed in state.json)", path.display());
+            return Err(CheckpointError::Damaged {
+                path: path.clone(),
+                reason: " is missing (not listed in state.json)".into(),
+            });
         };
         let got: BTreeMap<&str, &HostTensor> =
             tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         for (name, shape) in &want {
             let Some(t) = got.get(name.as_str()) else {
-                bail!(
-                    "{}: tensor {name} is missing; the checkpoint was written for a different model or optimizer",
-                    path.display()
-                );
+                return Err(wrong(format!(
+                    "tensor {name} is missing; the checkpoint was written for a different model or optimizer"
+                )));
             };
             if &t.shape != shape {
-                bail!(
-                    "{}: tensor {name} has shape {:?}, but the run's model needs {:?}",
-                    path.display(),
-                    t.shape,
-                    shape
-                );
+                return Err(CheckpointError::ShapeMismatch {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    shape: t.shape.clone(),
+                    expected: shape.clone(),
+                });
             }
             let dtype = if shape.is_empty() && name.ends_with(".step") {
                 safetensors::Dtype::I64
@@ -255,18 +259,16 @@ pub fn check_fits<B: AutodiffBackend>(
                 safetensors::Dtype::F32
             };
             if t.dtype != dtype {
-                bail!(
-                    "{}: tensor {name} has dtype {:?}, expected {dtype:?}",
-                    path.display(),
+                return Err(wrong(format!(
+                    "tensor {name} has dtype {:?}, expected {dtype:?}",
                     t.dtype
-                );
+                )));
             }
         }
         if let Some(extra) = got.keys().find(|n| !want.contains_key(**n)) {
-            bail!(
-                "{}: unexpected tensor {extra}; the checkpoint was written for a different model or optimizer",
-                path.display()
-            );
+            return Err(wrong(format!(
+                "unexpected tensor {extra}; the checkpoint was written for a different model or optimizer"
+            )));
         }
     }
     Ok(())
@@ -332,15 +334,15 @@ impl<B: Backend> ModuleMapper<B> for SetParams {
 /// Parses the trainer's part of a verified `state.json`.
 pub fn train_state(v: &Verified) -> Result<TrainState> {
     serde_json::from_value(v.state.clone())
-        .with_context(|| format!("{} is damaged", v.dir.join("state.json").display()))
+        .with_context(|| format!("{} is damaged", v.dir.join(STATE_FILE).display()))
 }
 
 /// Whether `path` is a checkpoint directory rather than a run directory.
 pub fn is_checkpoint_dir(path: &Path) -> bool {
-    path.join("state.json").is_file()
+    path.join(STATE_FILE).is_file()
         || path
             .file_name()
-            .and_then(|n| kiln_checkpoint::parse_step_dir(&n.to_string_lossy()))
+            .and_then(|n| parse_step_dir(&n.to_string_lossy()))
             .is_some()
 }
 

@@ -16,7 +16,7 @@ use anyhow::Result;
 use kiln_core::Config;
 use serde::Serialize;
 
-use crate::eval::EvalResult;
+use kiln_infer::EvalResult;
 
 /// One entry of a run's record; as JSON, one line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -18,7 +18,8 @@ use kiln_models::TrainModel;
 
 use crate::data::TrainData;
 use crate::events::{SharedSink, Sink};
-use crate::trainer::{ResumeFrom, TrainOptions, TrainSummary};
+use crate::resume::ResumeFrom;
+use crate::trainer::{TrainOptions, TrainSummary};
 use crate::workers::train_on_devices_with;
 
 /// Trains a model on data through Kiln's loop: one device or several of one process

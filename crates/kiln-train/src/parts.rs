@@ -11,7 +11,7 @@ use kiln_core::config::{BestMetric, CheckpointSection};
 use kiln_dist::Communicator;
 
 use crate::checkpoint::Best;
-use crate::eval::EvalResult;
+use kiln_infer::EvalResult;
 
 /// When the loop evaluates on the validation split: every `every` steps (0: never) and after
 /// the last step.

@@ -9,12 +9,11 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
+use kiln_checkpoint::layout::{MODEL_FILE, OPTIMIZER_FILE};
 use kiln_checkpoint::{Pending, Writer, Written};
 use kiln_core::Config;
 
-use crate::checkpoint::{
-    model_to_host, optimizer_to_host, ParamTable, TrainState, MODEL_FILE, OPTIMIZER_FILE,
-};
+use crate::checkpoint::{model_to_host, optimizer_to_host, ParamTable, TrainState};
 use crate::events::CheckpointEvent;
 use crate::optim::Optim;
 

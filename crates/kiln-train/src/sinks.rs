@@ -6,9 +6,9 @@
 use anyhow::Result;
 use kiln_core::RunDir;
 
-use crate::eval::EvalResult;
 use crate::events::{Event, RunEnd, RunStart, Sink, Status};
 use crate::progress::Progress;
+use kiln_infer::EvalResult;
 
 /// Appends every event to the run directory's `metrics.jsonl`, one JSON object per line,
 /// flushed at once so that the file is readable while the run goes on.

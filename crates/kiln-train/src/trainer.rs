@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
 use kiln_core::config::Precision;
-use kiln_core::rundir::RunInfo;
+use kiln_core::rundir::{host_name, RunInfo, WorkerDevice};
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_data::Shard;
 use kiln_dist::Communicator;
@@ -26,35 +26,18 @@ use crate::checkpoint::{
     ScheduleState, TrainState, WindowState,
 };
 use crate::data::{RunData, Split, TrainData, TrainStream};
-use crate::eval::{eval_sums, EvalResult, EvalSums};
 use crate::events::{
     EvalEvent, Event, ResumeEvent, RunEnd, RunStart, SharedSink, Sinks, Skipped, Status, TrainEvent,
 };
 use crate::optim::Optim;
 use crate::parts::{stop_agreed, BestTracker, CheckpointPolicy, EvalSchedule};
+use crate::resume::ResumeFrom;
 use crate::saver::Saver;
 use crate::scaler::LossScale;
 use crate::schedule::LrSchedule;
 use crate::sinks::{Console, Jsonl};
 use crate::step::{train_step, StepStats};
-
-/// Where a resumed run continues from.
-#[derive(Clone, Debug)]
-pub enum ResumeFrom {
-    /// The newest checkpoint of a run directory that verifies.
-    Latest(PathBuf),
-    /// One checkpoint directory (`<run>/step-<N>`).
-    Checkpoint(PathBuf),
-}
-
-impl ResumeFrom {
-    pub fn run_dir(&self) -> &Path {
-        match self {
-            ResumeFrom::Latest(run) => run,
-            ResumeFrom::Checkpoint(dir) => dir.parent().unwrap_or(Path::new(".")),
-        }
-    }
-}
+use kiln_infer::{eval_sums, EvalResult, EvalSums};
 
 /// How a run is started and stopped, besides its config.
 #[derive(Clone, Debug, Default)]
@@ -737,9 +720,11 @@ fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
     let optim = Optim::<B>::new(&config.optimizer).without_decay(model.no_decay());
     let start = match &options.resume {
         None => Start {
-            run: lead
-                .then(|| create_run_dir(config, data, backend, &format!("{device:?}")))
-                .transpose()?,
+            run: {
+                let devices = worker_devices(comm, device)?;
+                lead.then(|| create_run_dir(config, data, backend, devices))
+                    .transpose()?
+            },
             model,
             optim,
             step: 0,
@@ -757,14 +742,35 @@ fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
     Ok((start, run_path))
 }
 
+/// Each worker's host and device, in rank order (every worker calls it: a collective).
+fn worker_devices<B: burn::tensor::backend::Backend>(
+    comm: &mut dyn Communicator<B>,
+    device: &B::Device,
+) -> Result<Vec<WorkerDevice>> {
+    let mine = format!("{}\n{device:?}", host_name());
+    let all = kiln_dist::all_gather_text(comm, &mine, "the workers' device names")?;
+    Ok(all
+        .into_iter()
+        .enumerate()
+        .map(|(rank, text)| {
+            let (host, device) = text.split_once('\n').unwrap_or(("", &text));
+            WorkerDevice {
+                rank,
+                host: host.to_string(),
+                device: device.to_string(),
+            }
+        })
+        .collect())
+}
+
 /// Creates rank 0's run directory for a fresh run, with the data's artifacts (the tokenizer).
 fn create_run_dir(
     config: &Config,
     data: &(impl TrainData + ?Sized),
     backend: BackendKind,
-    device: &str,
+    devices: Vec<WorkerDevice>,
 ) -> Result<RunDir> {
-    let info = RunInfo::new(backend.name(), device, config.run.seed);
+    let info = RunInfo::new(backend.name(), devices, config.run.seed);
     let run = RunDir::create(config, &info)?;
     data.save_artifacts(run.path())?;
     Ok(run)
@@ -948,12 +954,12 @@ fn resume<B: AutodiffBackend, M: Module<B>>(
             let (v, skipped) = find_resumable(dir, hash, fits)?;
             if lead {
                 for s in &skipped {
-                    tracing::warn!("skipped checkpoint step-{}: {}", s.step, s.reason);
+                    tracing::warn!("skipped checkpoint step-{}: {}", s.step, s.error);
                 }
             }
             let skipped = skipped.into_iter().map(|s| Skipped {
                 step: s.step,
-                reason: s.reason,
+                reason: s.error.to_string(),
             });
             (v, Some(skipped.collect()))
         }

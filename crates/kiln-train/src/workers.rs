@@ -16,6 +16,71 @@ use kiln_models::TrainModel;
 use crate::data::{RunData, TrainData};
 use crate::trainer::{builtin_model, train_with, TrainOptions, TrainSummary};
 
+/// Trains as this process was launched: alone or with several `devices` of this process
+/// ([`train_on_devices`]), or as one rank of the MPI job `mpi` (see `kiln_dist::join_mpi_job`),
+/// where an error stops the whole job at once. Returns the summary and whether this process is
+/// rank 0 (the one that reports).
+pub fn train_as_launched<B: AutodiffBackend>(
+    config: &Config,
+    devices: Vec<B::Device>,
+    backend: BackendKind,
+    options: TrainOptions,
+    mpi: Option<kiln_dist::MpiJob>,
+) -> Result<(TrainSummary, bool)> {
+    match mpi {
+        None => Ok((
+            train_on_devices::<B>(config, devices, backend, options)?,
+            true,
+        )),
+        Some(job) => train_in_mpi_job::<B>(job, config, devices, backend, options),
+    }
+}
+
+/// Trains as one rank of an MPI job on its one device.
+#[cfg(feature = "mpi")]
+fn train_in_mpi_job<B: AutodiffBackend>(
+    job: kiln_dist::MpiJob,
+    config: &Config,
+    devices: Vec<B::Device>,
+    backend: BackendKind,
+    options: TrainOptions,
+) -> Result<(TrainSummary, bool)> {
+    use kiln_core::config::Engine;
+    let device = devices
+        .into_iter()
+        .next()
+        .context("an MPI rank needs a device")?;
+    let nccl = match config.distributed.engine {
+        Engine::Auto => None,
+        Engine::Mpi => Some(false),
+        Engine::Nccl => Some(true),
+    };
+    let rank = job.rank();
+    let result =
+        kiln_dist::mpi::process_communicator::<B::InnerBackend>(job.clone(), &device, nccl)
+            .and_then(|mut comm| {
+                crate::train::<B>(config, device, backend, options, comm.as_mut())
+            });
+    match result {
+        Ok(summary) => Ok((summary, rank == 0)),
+        Err(e) => {
+            eprintln!("error: rank {rank} of {}: {e:#}", job.size());
+            job.abort(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn train_in_mpi_job<B: AutodiffBackend>(
+    job: kiln_dist::MpiJob,
+    _config: &Config,
+    _devices: Vec<B::Device>,
+    _backend: BackendKind,
+    _options: TrainOptions,
+) -> Result<(TrainSummary, bool)> {
+    match job {}
+}
+
 /// Trains on every device of `devices` as data-parallel workers (rank = position in the list);
 /// returns rank 0's summary. The first worker to fail stops the run with its error.
 pub fn train_on_devices<B: AutodiffBackend>(

@@ -3,11 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
-use kiln_models::{Targets, TrainModel};
+use kiln_core::Config;
+use kiln_models::{Model, ModelConfig, Targets, TrainModel};
 use serde::{Deserialize, Serialize};
+
+use crate::data::{RunData, Split};
+use crate::weights;
 
 /// The loss and metrics over a whole split. As JSON, the metrics are fields beside `loss` and
 /// `samples` (`{"loss": .., "accuracy": .., "samples": ..}` for a classifier).
@@ -39,7 +45,7 @@ impl EvalResult {
     }
 }
 
-/// Evaluates `model` on every batch of `batches` (e.g. [`crate::TrainData::eval_batches`]);
+/// Evaluates `model` on every batch of `batches` (e.g. [`RunData::eval_batches`]);
 /// the error of the first batch that could not be read.
 pub fn evaluate<B: Backend, M: TrainModel<B>>(
     model: &M,
@@ -47,6 +53,34 @@ pub fn evaluate<B: Backend, M: TrainModel<B>>(
     device: &B::Device,
 ) -> Result<EvalResult> {
     Ok(eval_sums(model, batches, device)?.finish(model))
+}
+
+/// Evaluates the weights in `weights_file` (a checkpoint's `model.safetensors`) of a run with
+/// config `config` on `split` of the run's data, rebuilt exactly as the run saw it: what
+/// `kiln eval` reports, as JSON with the split and the weights file.
+pub fn eval_run<B: Backend>(
+    config: &Config,
+    weights_file: &Path,
+    split: Split,
+    device: &B::Device,
+) -> Result<serde_json::Value> {
+    let data = RunData::load(config)?;
+    if !data.has(split) {
+        bail!(
+            "the run's data has no {} split (text and token data hold out a validation split only: use --split valid)",
+            split.name()
+        );
+    }
+    let model = Model::<B>::new(
+        &ModelConfig::of(config)?,
+        &data.shape(),
+        config.train.precision,
+        config.run.seed,
+        device,
+    )?;
+    let model = weights::load(model, weights_file)?;
+    let r = evaluate(&model, data.eval_batches(split, config), device)?;
+    Ok(r.json_with(serde_json::json!({"split": split.name(), "weights": weights_file})))
 }
 
 /// The sums of an evaluation, before they become means and metrics: what data-parallel

@@ -13,18 +13,21 @@ use kiln_models::{DataShape, Gpt, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::TOKENIZER_FILE;
 use crate::weights;
+use kiln_core::layout::TOKENIZER_FILE;
 
 /// How to sample.
 #[derive(Clone, Debug)]
 pub struct Sampling {
+    /// The text to continue (empty: start a new text).
     pub prompt: String,
+    /// Number of tokens to generate.
     pub max_tokens: usize,
     /// Divides the logits; 0 picks the most likely token every time.
     pub temperature: f64,
     /// Sample only among the k most likely tokens.
     pub top_k: Option<usize>,
+    /// Seed of the sampling: the same seed draws the same text.
     pub seed: u64,
 }
 

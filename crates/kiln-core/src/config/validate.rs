@@ -1,0 +1,168 @@
+//! Validation: the ranges and combinations of values that the types alone cannot express. Each
+//! error names the key (`data.batch_size: must be at least 1`).
+
+use anyhow::{bail, Result};
+
+use super::{Config, DataFormat, OptimizerKind, ScheduleKind};
+
+impl Config {
+    /// Checks values that types alone cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        check(!self.run.name.is_empty(), "run.name", "must not be empty")?;
+        check(
+            !self.run.name.contains(['/', '\\']) && self.run.name != "." && self.run.name != "..",
+            "run.name",
+            "must be a plain directory name (no slashes)",
+        )?;
+        check(d.batch_size > 0, "data.batch_size", "must be at least 1")?;
+        check(
+            self.distributed.timeout_secs >= 1.0 && self.distributed.timeout_secs.is_finite(),
+            "distributed.timeout_secs",
+            "must be at least 1 (seconds)",
+        )?;
+        if let Some(b) = d.eval_batch_size {
+            check(b > 0, "data.eval_batch_size", "must be at least 1")?;
+        }
+        check(
+            d.loader_threads > 0,
+            "data.loader_threads",
+            "must be at least 1",
+        )?;
+        check(d.prefetch > 0, "data.prefetch", "must be at least 1")?;
+        check(
+            (0.0..1.0).contains(&d.valid_fraction),
+            "data.valid_fraction",
+            "must be in [0, 1)",
+        )?;
+        match d.format {
+            None => {}
+            Some(DataFormat::Idx) => {
+                for (key, v) in [
+                    ("data.train_images", &d.train_images),
+                    ("data.train_labels", &d.train_labels),
+                    ("data.test_images", &d.test_images),
+                    ("data.test_labels", &d.test_labels),
+                ] {
+                    check(v.is_some(), key, "is required when data.format = \"idx\"")?;
+                }
+                check(d.num_classes >= 2, "data.num_classes", "must be at least 2")?;
+            }
+            Some(DataFormat::Text | DataFormat::Tokens) => {
+                check(
+                    d.path.is_some(),
+                    "data.path",
+                    "is required when data.format = \"text\" or \"tokens\"",
+                )?;
+            }
+            Some(DataFormat::Csv) => {
+                check(
+                    d.path.is_some(),
+                    "data.path",
+                    "is required when data.format = \"csv\"",
+                )?;
+                check(
+                    d.test_fraction > 0.0 && d.test_fraction < 1.0,
+                    "data.test_fraction",
+                    "must be in (0, 1)",
+                )?;
+            }
+        }
+
+        if let Some(b) = d.eval_max_batches {
+            check(b > 0, "data.eval_max_batches", "must be at least 1")?;
+        }
+
+        let o = &self.optimizer;
+        check(
+            o.lr > 0.0 && o.lr.is_finite(),
+            "optimizer.lr",
+            "must be a positive number",
+        )?;
+        check(
+            o.weight_decay >= 0.0,
+            "optimizer.weight_decay",
+            "must be >= 0",
+        )?;
+        check(
+            o.betas.iter().all(|b| (0.0..1.0).contains(b)),
+            "optimizer.betas",
+            "both betas must be in [0, 1)",
+        )?;
+        check(o.eps > 0.0, "optimizer.eps", "must be > 0")?;
+        check(
+            (0.0..1.0).contains(&o.momentum),
+            "optimizer.momentum",
+            "must be in [0, 1)",
+        )?;
+        check(
+            !o.nesterov || o.momentum > 0.0,
+            "optimizer.nesterov",
+            "needs optimizer.momentum > 0",
+        )?;
+        check(
+            o.kind == OptimizerKind::Sgd || (o.momentum == 0.0 && !o.nesterov),
+            "optimizer.momentum",
+            "applies to kind = \"sgd\" only (AdamW uses optimizer.betas)",
+        )?;
+
+        let s = &self.schedule;
+        check(
+            s.min_lr >= 0.0 && s.min_lr <= o.lr,
+            "schedule.min_lr",
+            "must be in [0, optimizer.lr]",
+        )?;
+        check(s.step_size > 0, "schedule.step_size", "must be at least 1")?;
+        check(
+            s.gamma > 0.0 && s.gamma <= 1.0,
+            "schedule.gamma",
+            "must be in (0, 1]",
+        )?;
+        if s.kind == ScheduleKind::Cosine {
+            check(
+                o.lr <= 1.0,
+                "optimizer.lr",
+                "must be at most 1 with the cosine schedule",
+            )?;
+        }
+
+        let t = &self.train;
+        match (t.max_steps, t.epochs) {
+            (Some(0), _) => bail!("train.max_steps: must be at least 1"),
+            (_, Some(0)) => bail!("train.epochs: must be at least 1"),
+            (Some(_), Some(_)) => {
+                bail!("train.max_steps and train.epochs: set one of them, not both")
+            }
+            (None, None) => bail!("train: set train.max_steps or train.epochs"),
+            _ => {}
+        }
+        check(t.log_every > 0, "train.log_every", "must be at least 1")?;
+        check(
+            t.grad_accum_steps > 0,
+            "train.grad_accum_steps",
+            "must be at least 1",
+        )?;
+        if let Some(c) = t.grad_clip_norm {
+            check(c > 0.0, "train.grad_clip_norm", "must be > 0")?;
+        }
+        if let Some(k) = self.checkpoint.keep_last {
+            check(k > 0, "checkpoint.keep_last", "must be at least 1")?;
+        }
+        if self.checkpoint.best_metric.is_some() {
+            check(
+                self.data.valid_fraction > 0.0,
+                "checkpoint.best_metric",
+                "needs a validation split (data.valid_fraction > 0)",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn check(ok: bool, key: &str, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        bail!("{key}: {what}")
+    }
+}
