@@ -69,6 +69,31 @@ fn apply() -> Tuning {
     Tuning::Unsupported
 }
 
+/// Bytes of memory this process can still allocate without swapping, as far as the system
+/// says: Linux's `MemAvailable`, lowered to what the process's cgroup (a container's memory
+/// limit) has left. `None` where neither is known.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // cgroup v2: memory.max is "max" (unlimited) or a byte count.
+    let cgroup = read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

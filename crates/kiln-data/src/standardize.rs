@@ -1,4 +1,5 @@
-//! Feature standardization `(x - mean) / std`, fitted on the training split only.
+//! Feature standardization `(x - mean) / std`, fitted on the training split only: the one
+//! routine that training, `kiln predict`, the ONNX graph and serving apply.
 
 use crate::Dataset;
 
@@ -6,7 +7,8 @@ use crate::Dataset;
 ///
 /// Either one entry per feature ([`Standardizer::per_feature`]) or a single
 /// entry applied to every value ([`Standardizer::global`]).
-#[derive(Clone, Debug, PartialEq)]
+/// As JSON (export manifests): `{"mean": [...], "std": [...]}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Standardizer {
     /// Mean of each feature, or one global mean.
     pub mean: Vec<f32>,
@@ -33,28 +35,67 @@ impl Standardizer {
         }
     }
 
-    /// Replaces every value `x` of `ds` by `(x - mean) / std`. A standard
-    /// deviation of 0 (a constant feature) is treated as 1.
+    /// Checks a standardizer read from a file (an export's manifest) for samples of `features`
+    /// values: as many means as standard deviations, one or one per feature, all finite.
+    pub fn check(&self, features: usize) -> Result<(), String> {
+        let n = self.mean.len();
+        if n != self.std.len() {
+            return Err(format!(
+                "{n} means but {} standard deviations",
+                self.std.len()
+            ));
+        }
+        if n != 1 && n != features {
+            return Err(format!(
+                "{n} values; it needs 1 or one per feature ({features})"
+            ));
+        }
+        if !self.mean.iter().chain(&self.std).all(|v| v.is_finite()) {
+            return Err("a mean or standard deviation is not a finite number".into());
+        }
+        Ok(())
+    }
+
+    /// The factor each feature is multiplied by after centering: `1 / std`, and 1 for a
+    /// standard deviation of 0 (a constant feature).
+    pub fn scale(&self) -> Vec<f32> {
+        self.std
+            .iter()
+            .map(|&s| if s == 0.0 { 1.0 } else { 1.0 / s })
+            .collect()
+    }
+
+    /// Replaces every value `x` of the row-major rows `x` (`features` values each) by
+    /// `(x - mean) * scale` (see [`Standardizer::scale`]).
+    ///
+    /// # Panics
+    /// If this is a per-feature standardizer of another width than `features`.
+    pub fn apply_rows(&self, x: &mut [f32], features: usize) {
+        let width = self.mean.len();
+        assert!(
+            width == 1 || width == features,
+            "standardizer has {width} features but the samples have {features}"
+        );
+        let scale = self.scale();
+        if width == 1 {
+            let (mean, scale) = (self.mean[0], scale[0]);
+            x.iter_mut().for_each(|v| *v = (*v - mean) * scale);
+            return;
+        }
+        for sample in x.chunks_exact_mut(width) {
+            for ((v, mean), scale) in sample.iter_mut().zip(&self.mean).zip(&scale) {
+                *v = (*v - mean) * scale;
+            }
+        }
+    }
+
+    /// Standardizes every sample of `ds` ([`Standardizer::apply_rows`]).
     ///
     /// # Panics
     /// If this is a per-feature standardizer fitted on samples of another length.
     pub fn apply(&self, ds: &mut Dataset) {
-        let width = self.mean.len();
-        assert!(
-            width == 1 || width == ds.sample_len(),
-            "standardizer has {width} features but the dataset's samples have {}",
-            ds.sample_len()
-        );
-        let scale: Vec<f32> = self
-            .std
-            .iter()
-            .map(|&s| if s == 0.0 { 1.0 } else { 1.0 / s })
-            .collect();
-        for sample in ds.features.chunks_exact_mut(width) {
-            for ((x, mean), scale) in sample.iter_mut().zip(&self.mean).zip(&scale) {
-                *x = (*x - mean) * scale;
-            }
-        }
+        let features = ds.sample_len();
+        self.apply_rows(&mut ds.features, features);
     }
 }
 

@@ -13,6 +13,8 @@
 //! Every collective runs under a [`Watchdog`]: a worker that dies, hangs or never joins makes
 //! the others stop with an error naming the collective after `distributed.timeout_secs`.
 
+#![warn(missing_docs)]
+
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;

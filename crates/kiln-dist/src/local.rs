@@ -19,6 +19,8 @@ pub struct LocalGroup {
 }
 
 impl LocalGroup {
+    /// The shared state of `world` worker threads; give each thread a clone for [`Local::join`].
+    /// Every host collective then waits until all `world` threads have called it.
     pub fn new(world: usize) -> Arc<LocalGroup> {
         Arc::new(LocalGroup {
             world,

@@ -58,10 +58,12 @@ impl MpiSession {
         })
     }
 
+    /// This process's rank in `MPI_COMM_WORLD`, `0..size()`.
     pub fn rank(&self) -> usize {
         self.world.rank() as usize
     }
 
+    /// Number of processes in the job (the size of `MPI_COMM_WORLD`).
     pub fn size(&self) -> usize {
         self.world.size() as usize
     }
@@ -71,6 +73,8 @@ impl MpiSession {
         mpi::environment::processor_name().unwrap_or_else(|_| "?".into())
     }
 
+    /// The watchdog of this process's collectives; past its deadline it calls `MPI_Abort`,
+    /// which stops every process of the job.
     pub fn watchdog(&self) -> &Watchdog {
         &self.watchdog
     }
@@ -97,6 +101,8 @@ pub struct Mpi {
 }
 
 impl Mpi {
+    /// A communicator over all the processes of `session` (no communication yet); its
+    /// collectives block in MPI under the session's watchdog.
     pub fn new(session: Arc<MpiSession>) -> Mpi {
         Mpi { session }
     }

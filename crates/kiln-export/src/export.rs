@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kiln_core::config::DataFormat;
 use kiln_core::layout::TOKENIZER_FILE;
-use kiln_data::CharTokenizer;
+use kiln_data::{CharTokenizer, Standardizer};
 use kiln_infer::{evaluate, EvalResult, RunData, Split};
 use kiln_models::{DataShape, ModelConfig, Step, TrainModel};
 use serde_json::{json, Value};
@@ -284,7 +284,7 @@ fn input_spec(data: &RunData, format: DataFormat, section: &ModelConfig) -> Resu
                 "features": s.test.sample_len(),
                 "scaling": scaling,
                 "source_format": source,
-                "standardize": s.standardizer.as_ref().map(|st| json!({"mean": st.mean, "std": st.std})),
+                "standardize": s.standardizer,
             })
         }
         RunData::Text(t) => {
@@ -488,15 +488,7 @@ fn classifier_net(
     };
     let standardize = match &input["standardize"] {
         Value::Null => None,
-        s => {
-            let mean: Vec<f32> = serde_json::from_value(s["mean"].clone())?;
-            let std: Vec<f32> = serde_json::from_value(s["std"].clone())?;
-            let inv = std
-                .iter()
-                .map(|&s| if s == 0.0 { 1.0 } else { 1.0 / s })
-                .collect();
-            Some((mean, inv))
-        }
+        s => Some(serde_json::from_value::<Standardizer>(s.clone())?),
     };
     let classes = manifest.output["labels"].as_array().map_or(0, |l| l.len());
     Ok(ClassifierNet {

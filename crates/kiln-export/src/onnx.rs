@@ -37,6 +37,7 @@ mod proto;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::format::{ExportTensor, Quant};
+use kiln_data::Standardizer;
 use kiln_models::Activation;
 use proto::{AttrValue, DataType, Dim, Model, Node, Tensor, ValueInfo};
 
@@ -82,9 +83,10 @@ pub struct ClassifierNet {
     /// A CNN's image shape `[c, h, w]` (`c*h*w == features`): the graph reshapes its input to
     /// `[batch, c, h, w]` before the first layer. `None` for an MLP.
     pub image: Option<[usize; 3]>,
-    /// Standardization applied to the input first: `(x - mean) * inv_std`, one value for all
-    /// features or one per feature.
-    pub standardize: Option<(Vec<f32>, Vec<f32>)>,
+    /// The training data's standardization, applied to the input first:
+    /// `(x - mean) * scale` ([`Standardizer::scale`]), one value for all features or one per
+    /// feature.
+    pub standardize: Option<Standardizer>,
     pub layers: Vec<Layer>,
     pub classes: usize,
 }
@@ -118,18 +120,12 @@ pub fn classifier_to_onnx(net: &ClassifierNet) -> Result<Vec<u8>> {
     ensure!(net.classes > 0, "ONNX export: the network has no classes");
     let mut g = Graph::default();
     let mut x = INPUT_NAME.to_string();
-    if let Some((mean, inv_std)) = &net.standardize {
-        for (what, v) in [("mean", mean), ("inverse standard deviation", inv_std)] {
-            ensure!(
-                v.len() == 1 || v.len() == net.features,
-                "ONNX export: the standardization {what} has {} values; it needs 1 or one per \
-                 feature ({})",
-                v.len(),
-                net.features
-            );
-        }
-        let m = g.floats("standardize.mean", &[mean.len()], mean);
-        let s = g.floats("standardize.inv_std", &[inv_std.len()], inv_std);
+    if let Some(st) = &net.standardize {
+        st.check(net.features)
+            .map_err(|e| anyhow::anyhow!("ONNX export: the standardization has {e}"))?;
+        let scale = st.scale();
+        let m = g.floats("standardize.mean", &[st.mean.len()], &st.mean);
+        let s = g.floats("standardize.inv_std", &[scale.len()], &scale);
         x = g.node("Sub", "standardize.centered", &[&x, &m], vec![]);
         x = g.node("Mul", "standardize.scaled", &[&x, &s], vec![]);
     }
@@ -801,10 +797,10 @@ mod tests {
         ClassifierNet {
             features: 6,
             image: None,
-            standardize: Some((
-                r.vec(6, 0.5),
-                r.vec(6, 0.5).iter().map(|s| s + 1.5).collect(),
-            )),
+            standardize: Some(Standardizer {
+                mean: r.vec(6, 0.5),
+                std: r.vec(6, 0.5).iter().map(|s| 1.0 / (s + 1.5)).collect(),
+            }),
             layers: vec![
                 linear(&mut r, 6, 8, scheme, true),
                 Layer::Activation(Activation::Relu),
@@ -829,7 +825,10 @@ mod tests {
         ClassifierNet {
             features: 2 * 7 * 9,
             image: Some([2, 7, 9]),
-            standardize: Some((vec![0.4], vec![2.5])),
+            standardize: Some(Standardizer {
+                mean: vec![0.4],
+                std: vec![0.4],
+            }),
             layers: vec![
                 conv(&mut r, 2, 4, 3, 1, scheme),
                 batch_norm(&mut r, 4),
@@ -873,10 +872,10 @@ mod tests {
     /// One sample through `net`, in f64.
     fn forward(net: &ClassifierNet, input: &[f32]) -> Vec<f32> {
         let mut x: Vec<f64> = input.iter().map(|&v| f64::from(v)).collect();
-        if let Some((mean, inv_std)) = &net.standardize {
+        if let Some(st) = &net.standardize {
             let at = |v: &[f32], i: usize| f64::from(v[if v.len() == 1 { 0 } else { i }]);
             for (i, v) in x.iter_mut().enumerate() {
-                *v = (*v - at(mean, i)) * at(inv_std, i);
+                *v = (*v - at(&st.mean, i)) / at(&st.std, i);
             }
         }
         let mut chw = net.image.map(|[c, h, w]| (c, h, w));
@@ -1147,9 +1146,12 @@ mod tests {
         );
 
         let mut net = base.clone();
-        net.standardize = Some((vec![0.0; 5], vec![1.0]));
+        net.standardize = Some(Standardizer {
+            mean: vec![0.0; 5],
+            std: vec![1.0; 5],
+        });
         let e = error(&net);
-        assert!(e.contains("standardization mean has 5 values"), "{e}");
+        assert!(e.contains("standardization has 5 values"), "{e}");
 
         let mut net = base.clone();
         net.layers[0] = Layer::Linear {

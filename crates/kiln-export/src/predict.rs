@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_data::CharTokenizer;
+use kiln_data::{CharTokenizer, Standardizer};
 use kiln_infer::generate::{generate_with, Sampling};
 use kiln_models::{DataShape, Input, Model, ModelConfig};
 use serde_json::{json, Value};
@@ -26,8 +26,8 @@ pub enum Task {
         labels: Vec<String>,
         /// `[features]` or `[c, h, w]`.
         sample_shape: Vec<usize>,
-        /// Means and standard deviations (one, or one per feature).
-        standardize: Option<(Vec<f32>, Vec<f32>)>,
+        /// The training data's standardization, applied to every input first.
+        standardize: Option<Standardizer>,
     },
     Language {
         tokenizer: CharTokenizer,
@@ -77,18 +77,11 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
             let standardize = match &manifest.input["standardize"] {
                 Value::Null => None,
                 s => {
-                    let mean: Vec<f32> = serde_json::from_value(s["mean"].clone())
+                    let st: Standardizer = serde_json::from_value(s.clone())
                         .with_context(|| damaged("input.standardize"))?;
-                    let std: Vec<f32> = serde_json::from_value(s["std"].clone())
-                        .with_context(|| damaged("input.standardize"))?;
-                    let features: usize = sample_shape.iter().product();
-                    ensure!(
-                        mean.len() == std.len()
-                            && (mean.len() == 1 || mean.len() == features)
-                            && mean.iter().chain(&std).all(|v| v.is_finite()),
-                        damaged("input.standardize")
-                    );
-                    Some((mean, std))
+                    st.check(sample_shape.iter().product())
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", damaged("input.standardize")))?;
+                    Some(st)
                 }
             };
             let shape = DataShape::Samples {
@@ -308,8 +301,8 @@ pub fn classify<B: Backend>(
             .iter()
             .flat_map(|r| r.values.iter().copied())
             .collect();
-        if let Some((mean, std)) = standardize {
-            standardize_rows(&mut x, features, mean, std);
+        if let Some(st) = standardize {
+            st.apply_rows(&mut x, features);
         }
         let input = Tensor::<B, 2>::from_data(TensorData::new(x, [chunk.len(), features]), device);
         let logits = loaded.model.forward(Input::Features(input));
@@ -342,18 +335,6 @@ pub fn classify<B: Backend>(
         }
     }
     Ok(())
-}
-
-/// `(x - mean) / std` per feature (or with one global pair), as the training data loader does;
-/// a standard deviation of 0 counts as 1.
-fn standardize_rows(x: &mut [f32], features: usize, mean: &[f32], std: &[f32]) {
-    for row in x.chunks_exact_mut(features) {
-        for (j, v) in row.iter_mut().enumerate() {
-            let k = if mean.len() == 1 { 0 } else { j };
-            let s = if std[k] == 0.0 { 1.0 } else { 1.0 / std[k] };
-            *v = (*v - mean[k]) * s;
-        }
-    }
 }
 
 /// Continues `sampling.prompt` with the export's GPT and writes one JSON line: prompt,

@@ -103,6 +103,31 @@ impl CnnConfig {
         Ok(())
     }
 
+    /// Parameters of the network for images of `[c, h, w]` and `classes` classes: each
+    /// convolution's kernel and bias, batch norm's scale, shift and running mean and variance
+    /// (burn counts those as parameters too), and the head. Feature maps
+    /// that a convolution or pooling cannot shrink further count as empty ([`Cnn::new`] refuses
+    /// them with its own error).
+    pub fn param_count(&self, [c, h, w]: [usize; 3], classes: usize) -> u128 {
+        let (mut c, mut h, mut w) = (c as u128, h, w);
+        let k = self.kernel_size as u128;
+        let mut params = 0u128;
+        for (i, &c_out) in self.channels.iter().enumerate() {
+            let c_out = c_out as u128;
+            params += c * c_out * k * k + c_out;
+            if self.batch_norm {
+                params += 4 * c_out;
+            }
+            let grown = |s: usize| (s + 2 * self.padding).saturating_sub(self.kernel_size - 1);
+            (c, h, w) = (c_out, grown(h), grown(w));
+            if self.pooling != Pooling::None && (i + 1) % self.pool_every.max(1) == 0 {
+                (h, w) = (h / 2, w / 2);
+            }
+        }
+        let flat = (c * h as u128 * w as u128).min(usize::MAX as u128) as usize;
+        params + crate::mlp::head_params(flat, &self.hidden, classes)
+    }
+
     /// The network's inference steps, for exporters: per block `blocks.{i}` a convolution,
     /// batch norm if any, the activation and the pooling of every `pool_every`-th block; then
     /// the flattened features through the head (`head.layers.{i}`).

@@ -8,7 +8,8 @@ use kiln_core::config::{Config, DataFormat, DataSection, ModelSection};
 use serde::{Deserialize, Serialize};
 
 use crate::cnn::CnnConfig;
-use crate::gpt::GptConfig;
+use crate::gpt::{GptConfig, GptShape};
+use crate::DataShape;
 use crate::mlp::MlpConfig;
 
 /// The model of a run of Kiln's own models (`kiln train`).
@@ -135,6 +136,35 @@ impl ModelConfig {
         }
     }
 
+    /// Parameters of the model of this config for data of `shape`: what [`crate::Model::new`]
+    /// would allocate, so that a model too large for memory is refused first.
+    pub fn param_count(&self, shape: &DataShape) -> Result<u128> {
+        Ok(match (self, shape) {
+            (
+                ModelConfig::Mlp(m),
+                DataShape::Samples {
+                    sample_shape,
+                    num_classes,
+                },
+            ) => crate::mlp::head_params(sample_shape.iter().product(), &m.hidden, *num_classes),
+            (
+                ModelConfig::Cnn(c),
+                DataShape::Samples {
+                    sample_shape,
+                    num_classes,
+                },
+            ) => match sample_shape.as_slice() {
+                &[ch, h, w] => c.param_count([ch, h, w], *num_classes),
+                _ => 0,
+            },
+            (ModelConfig::Gpt(g), DataShape::Tokens { vocab_size }) => {
+                GptShape::new(g, *vocab_size)?.param_count()
+            }
+            // Model::new refuses the pair with its own error.
+            _ => 0,
+        })
+    }
+
     /// A classifier's inference steps for exporters (see [`crate::plan`]); `None` for a GPT,
     /// whose exports map its tensors by name instead.
     pub fn plan(&self) -> Option<Vec<crate::Step>> {
@@ -196,6 +226,98 @@ fn is_v1_layout(model: &toml::Table) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The count that refuses a model too large for memory is what Model::new allocates.
+    #[test]
+    fn parameter_counts_are_those_of_the_built_models() {
+        use burn::module::Module;
+        type B = burn::backend::Flex;
+        let cases = [
+            (
+                r#"kind = "mlp"
+hidden = [7, 5]"#,
+                DataShape::Samples {
+                    sample_shape: vec![6],
+                    num_classes: 3,
+                },
+            ),
+            (
+                r#"kind = "cnn"
+channels = [4, 6]
+hidden = [9]
+padding = 1
+batch_norm = true"#,
+                DataShape::Samples {
+                    sample_shape: vec![2, 9, 7],
+                    num_classes: 4,
+                },
+            ),
+            (
+                r#"kind = "cnn"
+channels = [3, 5, 2]
+pooling = "avg"
+pool_every = 2"#,
+                DataShape::Samples {
+                    sample_shape: vec![1, 12, 12],
+                    num_classes: 10,
+                },
+            ),
+            (
+                r#"kind = "gpt"
+n_layer = 2
+n_head = 2
+n_embd = 8
+block_size = 6"#,
+                DataShape::Tokens { vocab_size: 11 },
+            ),
+            (
+                r#"kind = "gpt"
+n_layer = 1
+n_head = 2
+n_embd = 8
+block_size = 4
+bias = false
+tie_weights = false
+vocab_size = 16"#,
+                DataShape::Tokens { vocab_size: 13 },
+            ),
+        ];
+        for (text, shape) in cases {
+            let spec: ModelConfig = toml::from_str(text).unwrap();
+            let model = crate::Model::<B>::new(
+                &spec,
+                &shape,
+                kiln_core::config::Precision::F32,
+                1,
+                &Default::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                spec.param_count(&shape).unwrap(),
+                model.num_params() as u128,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_larger_than_memory_is_refused_with_its_size() {
+        let spec: ModelConfig = toml::from_str("kind = \"mlp\"\nhidden = [4000000000]").unwrap();
+        let shape = DataShape::Samples {
+            sample_shape: vec![784],
+            num_classes: 10,
+        };
+        let params = spec.param_count(&shape).unwrap();
+        assert_eq!(params, 784 * 4_000_000_000 + 4_000_000_000 + 4_000_000_000 * 10 + 10);
+        let e = crate::check_fits_in_memory(&spec, params, Some(16 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3,180,000,000,010 parameters"), "{e}");
+        assert!(e.contains("11.6 TiB as float32") && e.contains("16.0 GiB"), "{e}");
+        assert!(e.contains("model.hidden"), "{e}");
+        crate::check_fits_in_memory(&spec, 1000, Some(16 << 30)).unwrap();
+        crate::check_fits_in_memory(&spec, params, None).unwrap();
+    }
 
     fn config(model: &str, data: &str) -> Result<Config> {
         let text = format!(

@@ -142,6 +142,18 @@ pub struct GptShape {
 }
 
 impl GptShape {
+    /// Parameters of the GPT: embeddings, per block two LayerNorms, attention and MLP, the
+    /// final LayerNorm and an untied head (GPT-2's count).
+    pub fn param_count(&self) -> u128 {
+        let (d, v) = (self.n_embd as u128, self.vocab_size as u128);
+        let bias = u128::from(self.bias);
+        let norm = d + bias * d;
+        let linear = |d_in: u128, d_out: u128| d_in * d_out + bias * d_out;
+        let block = 2 * norm + linear(d, 3 * d) + linear(d, d) + linear(d, 4 * d) + linear(4 * d, d);
+        let head = if self.tie_weights { 0 } else { d * v };
+        v * d + self.block_size as u128 * d + self.n_layer as u128 * block + norm + head
+    }
+
     /// The shape of `spec` for a tokenizer of `vocab` tokens (`model.vocab_size` may pad it).
     pub fn new(spec: &GptConfig, vocab: usize) -> Result<Self> {
         let vocab_size = spec.vocab_size.unwrap_or(vocab);

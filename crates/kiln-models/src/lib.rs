@@ -104,6 +104,7 @@ impl<B: Backend> Model<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Self> {
+        check_fits_in_memory(spec, spec.param_count(shape)?, kiln_core::alloc::available_memory())?;
         // Before the weights are allocated: see kiln_core::alloc.
         kiln_core::alloc::tune();
         let mut init = HostInit::new(seed);
@@ -184,6 +185,57 @@ impl<B: Backend> Model<B> {
             }
             _ => panic!("the input kind does not match the model"),
         }
+    }
+}
+
+/// Refuses a model whose `params` float32 weights alone exceed `available` bytes of memory
+/// (training needs about four times as much: gradients and two AdamW moments), before anything
+/// is allocated: allocating them would abort the process.
+pub fn check_fits_in_memory(spec: &ModelConfig, params: u128, available: Option<u64>) -> Result<()> {
+    let bytes = params.saturating_mul(4);
+    let keys = match spec {
+        ModelConfig::Mlp(_) => "model.hidden",
+        ModelConfig::Cnn(_) => "model.channels, model.hidden",
+        ModelConfig::Gpt(_) => "model.n_layer, model.n_embd, model.vocab_size, model.block_size",
+    };
+    match available {
+        Some(available) if bytes > u128::from(available) => bail!(
+            "model: this model (model.kind = \"{}\") has {} parameters, {} as float32 weights alone (about 4x that to train), more than the {} of memory available; make it smaller ({keys})",
+            spec.kind(),
+            with_commas(params),
+            human_bytes(bytes),
+            human_bytes(u128::from(available)),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn with_commas(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Bytes in binary units, e.g. `12.5 TiB`.
+fn human_bytes(bytes: u128) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", units[unit])
     }
 }
 

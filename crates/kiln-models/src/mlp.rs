@@ -59,6 +59,18 @@ impl MlpConfig {
     }
 }
 
+/// Parameters of an MLP (or a CNN's head) of `d_in` inputs, `hidden` widths and `d_out`
+/// outputs: each linear layer's weights and bias. Counted in `u128`: a width typed by mistake
+/// must not overflow before it can be refused.
+pub(crate) fn head_params(d_in: usize, hidden: &[usize], d_out: usize) -> u128 {
+    let widths: Vec<u128> = std::iter::once(d_in)
+        .chain(hidden.iter().copied())
+        .chain(std::iter::once(d_out))
+        .map(|w| w as u128)
+        .collect();
+    widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+}
+
 /// Checks the widths and dropout of an MLP, or of a CNN's head.
 pub(crate) fn check_head(hidden: &[usize], dropout: f64) -> Result<()> {
     if hidden.contains(&0) {

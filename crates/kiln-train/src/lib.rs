@@ -1,6 +1,8 @@
 //! Kiln's training: a step-based loop on burn's autodiff, optimizers and LR schedulers, generic
 //! over the backend.
 
+#![warn(missing_docs)]
+
 pub mod allreduce;
 pub mod checkpoint;
 pub mod clip;
