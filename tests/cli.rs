@@ -202,6 +202,25 @@ fn batch_size_zero() {
 }
 
 #[test]
+fn a_model_too_large_for_memory_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("run.output_dir=\"{}\"", tmp.path().display());
+    fails_with(
+        &[
+            "train",
+            "configs/smoke.toml",
+            "--set",
+            "model.hidden=[4000000000]",
+            "--set",
+            &out,
+        ],
+        &["3,180,000,000,010 parameters", "model.hidden"],
+    );
+    // Nothing was written: no run directory for a run that never started.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn missing_dataset_file() {
     fails_with(
         &[

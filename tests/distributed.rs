@@ -89,6 +89,20 @@ fn assert_same_metrics(a: &Path, b: &Path) {
     }
 }
 
+/// run.json records the world size and, for each rank in order, its host and device.
+fn assert_records_workers(run: &Path, n: usize) {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["world_size"], n, "{info}");
+    let devices = info["devices"].as_array().expect("run.json devices");
+    assert_eq!(devices.len(), n, "{info}");
+    for (rank, d) in devices.iter().enumerate() {
+        assert_eq!(d["rank"], rank, "{info}");
+        assert!(!d["host"].as_str().unwrap().is_empty(), "{info}");
+        assert!(!d["device"].as_str().unwrap().is_empty(), "{info}");
+    }
+}
+
 fn run_dir(summary: &Value) -> PathBuf {
     PathBuf::from(summary["run_dir"].as_str().unwrap())
 }
@@ -104,6 +118,7 @@ fn devices_of_one_process_match_one_worker_with_a_twice_larger_batch() {
     assert_eq!(two["workers"], 2);
     assert_eq!(two["engine"], "burn-collective");
     assert_eq!(one["workers"], 1);
+    assert_records_workers(&run_dir(&two), 2);
     let diff = max_weight_diff(&weights(&run_dir(&one), 100), &weights(&run_dir(&two), 100));
     assert!(diff <= WEIGHT_TOL, "weights differ by {diff}");
     assert_same_metrics(&run_dir(&one), &run_dir(&two));
@@ -270,6 +285,7 @@ mod mpi {
             let many = run_ok(&args(&launch, SMOKE, out, &name, &mlp_sets(batch, 100)));
             assert_eq!(many["workers"], n);
             assert_eq!(many["engine"], "mpi");
+            assert_records_workers(&run_dir(&many), n);
             let diff = max_weight_diff(
                 &weights(&run_dir(&one), 100),
                 &weights(&run_dir(&many), 100),

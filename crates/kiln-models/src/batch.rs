@@ -21,9 +21,21 @@ pub struct HostBatch {
 /// The inputs of a [`HostBatch`].
 pub enum HostInput {
     /// `[rows, features]`.
-    Features { x: Vec<f32>, rows: usize },
+    Features {
+        /// Row-major values, `rows * features` of them.
+        x: Vec<f32>,
+        /// Samples in the batch.
+        rows: usize,
+    },
     /// `[rows, t]` token ids.
-    Tokens { x: Vec<i64>, rows: usize, t: usize },
+    Tokens {
+        /// Row-major token ids, `rows * t` of them.
+        x: Vec<i64>,
+        /// Sequences in the batch.
+        rows: usize,
+        /// Tokens per sequence.
+        t: usize,
+    },
 }
 
 impl HostBatch {

@@ -23,8 +23,11 @@ use crate::Observer;
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
+    /// The maximum of each 2x2 window.
     Max,
+    /// The mean of each 2x2 window.
     Avg,
+    /// No pooling.
     None,
 }
 
@@ -38,6 +41,7 @@ pub struct CnnConfig {
     /// Widths of the classifier head's hidden layers.
     #[serde(default)]
     pub hidden: Vec<usize>,
+    /// The activation after each convolution and hidden layer (default ReLU).
     #[serde(default = "relu")]
     pub activation: Activation,
     /// Dropout in the head, while training.
@@ -46,6 +50,7 @@ pub struct CnnConfig {
     /// Output channels of each convolution.
     #[serde(default)]
     pub channels: Vec<usize>,
+    /// Height and width of every convolution's kernel (default 3).
     #[serde(default = "three")]
     pub kernel_size: usize,
     /// Zero padding of each convolution (`kernel_size / 2` keeps the size).
@@ -54,6 +59,7 @@ pub struct CnnConfig {
     /// Pooling after each convolution (`pool_every = 1`) or after every n-th.
     #[serde(default = "max")]
     pub pooling: Pooling,
+    /// Pool after every n-th convolution (default 1, after each).
     #[serde(default = "one")]
     pub pool_every: usize,
     /// Batch normalization after each convolution.
@@ -160,26 +166,37 @@ impl CnnConfig {
     }
 }
 
+/// One convolution with what follows it: batch norm, the activation and pooling.
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
+    /// The convolution, stride 1.
     pub conv: Conv2d<B>,
+    /// Batch normalization over channels, when `model.batch_norm`.
     pub norm: Option<BatchNorm<B>>,
+    /// 2x2 max pooling, when this block pools by maximum.
     pub max_pool: Option<MaxPool2d>,
+    /// 2x2 average pooling, when this block pools by mean.
     pub avg_pool: Option<AvgPool2d>,
 }
 
+/// A convolutional classifier: convolution blocks, then the flattened feature map through an
+/// MLP head.
 #[derive(Module, Debug)]
 pub struct Cnn<B: Backend> {
+    /// The convolution blocks, in order.
     pub blocks: Vec<ConvBlock<B>>,
+    /// The classifier of the flattened features.
     pub head: Mlp<B>,
     /// Input `[channels, height, width]`.
     #[module(skip)]
     pub input_shape: [usize; 3],
+    /// Applied after each convolution (after batch norm).
     #[module(skip)]
     pub activation: Activation,
     /// Zero padding of every convolution.
     #[module(skip)]
     pub padding: usize,
+    /// The precision the layers compute in.
     #[module(skip)]
     pub precision: Precision,
 }

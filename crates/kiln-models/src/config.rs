@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cnn::CnnConfig;
 use crate::gpt::{GptConfig, GptShape};
-use crate::DataShape;
 use crate::mlp::MlpConfig;
+use crate::DataShape;
 
 /// The model of a run of Kiln's own models (`kiln train`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -308,12 +308,18 @@ vocab_size = 16"#,
             num_classes: 10,
         };
         let params = spec.param_count(&shape).unwrap();
-        assert_eq!(params, 784 * 4_000_000_000 + 4_000_000_000 + 4_000_000_000 * 10 + 10);
+        assert_eq!(
+            params,
+            784 * 4_000_000_000 + 4_000_000_000 + 4_000_000_000 * 10 + 10
+        );
         let e = crate::check_fits_in_memory(&spec, params, Some(16 << 30))
             .unwrap_err()
             .to_string();
         assert!(e.contains("3,180,000,000,010 parameters"), "{e}");
-        assert!(e.contains("11.6 TiB as float32") && e.contains("16.0 GiB"), "{e}");
+        assert!(
+            e.contains("11.6 TiB as float32") && e.contains("16.0 GiB"),
+            "{e}"
+        );
         assert!(e.contains("model.hidden"), "{e}");
         crate::check_fits_in_memory(&spec, 1000, Some(16 << 30)).unwrap();
         crate::check_fits_in_memory(&spec, params, None).unwrap();

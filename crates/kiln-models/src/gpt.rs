@@ -130,12 +130,19 @@ impl GptConfig {
 /// The shape of a GPT, from the `[model]` section and the tokenizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GptShape {
+    /// Rows of the token embedding (and outputs of the head).
     pub vocab_size: usize,
+    /// Transformer blocks.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
+    /// The width of the residual stream.
     pub n_embd: usize,
+    /// The longest context, in tokens.
     pub block_size: usize,
+    /// Whether linear layers and LayerNorms have biases.
     pub bias: bool,
+    /// Whether the head reuses the token embedding.
     pub tie_weights: bool,
     /// The MLP's GELU.
     pub gelu: GeluForm,
@@ -149,7 +156,8 @@ impl GptShape {
         let bias = u128::from(self.bias);
         let norm = d + bias * d;
         let linear = |d_in: u128, d_out: u128| d_in * d_out + bias * d_out;
-        let block = 2 * norm + linear(d, 3 * d) + linear(d, d) + linear(d, 4 * d) + linear(4 * d, d);
+        let block =
+            2 * norm + linear(d, 3 * d) + linear(d, d) + linear(d, 4 * d) + linear(4 * d, d);
         let head = if self.tie_weights { 0 } else { d * v };
         v * d + self.block_size as u128 * d + self.n_layer as u128 * block + norm + head
     }
@@ -180,45 +188,66 @@ impl GptShape {
     }
 }
 
+/// Causal multi-head self-attention (GPT-2's names).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query, key and value projections in one matrix.
     pub c_attn: Linear<B>,
+    /// The output projection.
     pub c_proj: Linear<B>,
 }
 
+/// A block's feed-forward network: `n_embd -> 4 n_embd -> n_embd` with GELU.
 #[derive(Module, Debug)]
 pub struct MlpBlock<B: Backend> {
+    /// The expansion.
     pub c_fc: Linear<B>,
+    /// The projection back to `n_embd`.
     pub c_proj: Linear<B>,
 }
 
+/// A pre-norm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
+    /// The norm before attention.
     pub ln_1: LayerNorm<B>,
+    /// Self-attention.
     pub attn: Attention<B>,
+    /// The norm before the MLP.
     pub ln_2: LayerNorm<B>,
+    /// The feed-forward network.
     pub mlp: MlpBlock<B>,
 }
 
+/// A GPT-2 style decoder-only language model, with GPT-2's parameter names.
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
+    /// The token embedding `[vocab, n_embd]`.
     pub wte: Embedding<B>,
+    /// The learned position embedding `[block_size, n_embd]`.
     pub wpe: Embedding<B>,
+    /// The transformer blocks.
     pub h: Vec<Block<B>>,
+    /// The final norm.
     pub ln_f: LayerNorm<B>,
     /// `[n_embd, vocab]`; absent when the head is tied to `wte`.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// Attention heads per block.
     #[module(skip)]
     pub n_head: usize,
+    /// The longest context, in tokens.
     #[module(skip)]
     pub block_size: usize,
+    /// Outputs of the head.
     #[module(skip)]
     pub vocab_size: usize,
+    /// Dropout on embeddings, attention and residuals while training.
     #[module(skip)]
     pub dropout: f64,
+    /// The precision the layers compute in.
     #[module(skip)]
     pub precision: Precision,
+    /// The MLP's GELU.
     #[module(skip)]
     pub gelu: GeluForm,
 }
@@ -243,6 +272,7 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
+    /// A GPT of `shape` with initial weights from `init` (GPT-2's scheme), on `device`.
     pub fn new(
         shape: GptShape,
         dropout: f64,

@@ -20,6 +20,7 @@ pub struct HostInit {
 }
 
 impl HostInit {
+    /// A source whose values depend only on `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),

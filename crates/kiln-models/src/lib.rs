@@ -3,6 +3,8 @@
 //! the run's seed (identical on every backend). [`TrainModel`] is the trait a model implements
 //! to train through Kiln's loop; [`Model`], the built-in models, implements it like any other.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod cnn;
 pub mod config;
@@ -37,11 +39,16 @@ pub use train::{materialize, quant_axis, rank_one_params, LossOutput, Targets, T
 pub enum DataShape {
     /// Fixed-size samples (features or images) with one class label each.
     Samples {
+        /// The shape of one sample: `[features]` or `[channels, height, width]`.
         sample_shape: Vec<usize>,
+        /// Labels are `0..num_classes`.
         num_classes: usize,
     },
     /// Token sequences; the targets are the next tokens.
-    Tokens { vocab_size: usize },
+    Tokens {
+        /// Token ids are `0..vocab_size`.
+        vocab_size: usize,
+    },
 }
 
 impl DataShape {
@@ -90,8 +97,11 @@ impl<B: Backend> Observer<B> for () {
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model<B: Backend> {
+    /// `model.kind = "mlp"`.
     Mlp(Mlp<B>),
+    /// `model.kind = "cnn"`.
     Cnn(Cnn<B>),
+    /// `model.kind = "gpt"`.
     Gpt(Gpt<B>),
 }
 
@@ -104,7 +114,11 @@ impl<B: Backend> Model<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Self> {
-        check_fits_in_memory(spec, spec.param_count(shape)?, kiln_core::alloc::available_memory())?;
+        check_fits_in_memory(
+            spec,
+            spec.param_count(shape)?,
+            kiln_core::alloc::available_memory(),
+        )?;
         // Before the weights are allocated: see kiln_core::alloc.
         kiln_core::alloc::tune();
         let mut init = HostInit::new(seed);
@@ -191,7 +205,11 @@ impl<B: Backend> Model<B> {
 /// Refuses a model whose `params` float32 weights alone exceed `available` bytes of memory
 /// (training needs about four times as much: gradients and two AdamW moments), before anything
 /// is allocated: allocating them would abort the process.
-pub fn check_fits_in_memory(spec: &ModelConfig, params: u128, available: Option<u64>) -> Result<()> {
+pub fn check_fits_in_memory(
+    spec: &ModelConfig,
+    params: u128,
+    available: Option<u64>,
+) -> Result<()> {
     let bytes = params.saturating_mul(4);
     let keys = match spec {
         ModelConfig::Mlp(_) => "model.hidden",

@@ -19,10 +19,13 @@ use crate::Observer;
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
+    /// `max(x, 0)`.
     Relu,
     /// The exact GELU, `x Φ(x)`.
     Gelu,
+    /// `tanh(x)`.
     Tanh,
+    /// `1 / (1 + e^-x)`.
     Sigmoid,
 }
 
@@ -33,6 +36,7 @@ pub struct MlpConfig {
     /// Hidden layer widths; none is logistic regression.
     #[serde(default)]
     pub hidden: Vec<usize>,
+    /// The activation after each hidden layer (default ReLU).
     #[serde(default = "relu")]
     pub activation: Activation,
     /// Dropout after each hidden layer, while training.
@@ -82,19 +86,26 @@ pub(crate) fn check_head(hidden: &[usize], dropout: f64) -> Result<()> {
     Ok(())
 }
 
+/// A multilayer perceptron: linear layers with an activation (and dropout while training)
+/// between them. Also the head of [`crate::Cnn`].
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// Hidden layers followed by the output layer.
     pub layers: Vec<Linear<B>>,
+    /// Applied after every layer but the last.
     #[module(skip)]
     pub activation: Activation,
+    /// The probability of zeroing a hidden value while training.
     #[module(skip)]
     pub dropout: f64,
+    /// The precision the layers compute in.
     #[module(skip)]
     pub precision: Precision,
 }
 
 impl<B: Backend> Mlp<B> {
+    /// An MLP of `d_in` inputs, `hidden` widths and `d_out` outputs with initial weights from
+    /// `init`, on `device`.
     pub fn new(
         d_in: usize,
         hidden: &[usize],

@@ -10,17 +10,30 @@ use crate::mlp::Activation;
 pub enum Step {
     /// `x W + b`, `weight` `[d_in, d_out]`; the bias is optional (absent from the weights when
     /// the layer has none).
-    Linear { weight: String, bias: String },
+    Linear {
+        /// The weight tensor's name.
+        weight: String,
+        /// The bias tensor's name.
+        bias: String,
+    },
     /// A 2-d convolution, `weight` `[c_out, c_in, k, k]`, stride 1, `padding` zeros on each side;
     /// an optional bias as for [`Step::Linear`].
     Conv2d {
+        /// The kernel tensor's name.
         weight: String,
+        /// The bias tensor's name.
         bias: String,
+        /// Zeros added on each side of the height and width.
         padding: usize,
     },
     /// Inference-mode batch normalization over channels: `prefix.gamma`, `prefix.beta`,
     /// `prefix.running_mean`, `prefix.running_var`.
-    BatchNorm { prefix: String, epsilon: f64 },
+    BatchNorm {
+        /// The module's name, before `.gamma` etc.
+        prefix: String,
+        /// Added to the running variance before its square root.
+        epsilon: f64,
+    },
     /// The activation function, element-wise.
     Activation(Activation),
     /// 2x2 max pooling, stride 2 (odd edges dropped).
