@@ -24,8 +24,11 @@ use kiln_infer::EvalResult;
 pub struct TrainState {
     /// Where the data loader stands: the next batch is `batch_in_epoch` of `epoch` (0-based).
     pub data: DataPosition,
+    /// The positions of the run's random streams.
     pub rng: RngState,
+    /// Where the learning-rate schedule stands.
     pub schedule: ScheduleState,
+    /// The optimizer whose buffers `optimizer.safetensors` holds.
     pub optimizer: OptimizerInfo,
     /// Training statistics accumulated since the last log event.
     pub window: WindowState,
@@ -33,6 +36,7 @@ pub struct TrainState {
     pub best: Option<Best>,
     /// The latest validation result.
     pub last_valid: Option<EvalResult>,
+    /// Seconds the loop has waited for the data loader over the whole run.
     pub data_wait_secs: f64,
     /// The f16 loss scaler (absent in f32/bf16 runs).
     #[serde(default)]
@@ -63,6 +67,7 @@ pub struct DataPosition {
     pub stream: Option<kiln_data::StreamPosition>,
 }
 
+/// The run's random streams: a seed and how far each stream has gone.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RngState {
     /// `run.seed`: initial weights (ChaCha8 on the host), the split and the per-epoch shuffle.
@@ -73,23 +78,30 @@ pub struct RngState {
     pub dropout_next_step: usize,
 }
 
+/// Where the learning-rate schedule stands.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScheduleState {
     /// Steps the schedule spans (the run's length when it started).
     pub horizon_steps: usize,
+    /// Steps the schedule has advanced.
     pub steps_done: usize,
+    /// The learning rate of the last step.
     pub last_lr: f64,
 }
 
+/// Which optimizer wrote `optimizer.safetensors`, and the buffers it holds per parameter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OptimizerInfo {
+    /// `optimizer.kind` (`adamw`, `sgd`).
     pub kind: String,
+    /// Buffer names, PyTorch's (`exp_avg`, `exp_avg_sq`, `momentum_buffer`).
     pub buffers: Vec<String>,
 }
 
 /// The sums of a log window that a checkpoint interrupted.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WindowState {
+    /// The training loss summed over the window's targets.
     pub loss_sum: f32,
     /// The model's sums ([`kiln_models::TrainModel::sum_names`]) by name.
     #[serde(default)]
@@ -98,7 +110,9 @@ pub struct WindowState {
     /// predictions here (read as the sum `accuracy`); new ones leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correct: Option<i64>,
+    /// Targets (samples or tokens) trained on in the window.
     pub samples: usize,
+    /// The gradient norm of the window's last clipped step (none without clipping).
     pub grad_norm: Option<f64>,
 }
 
@@ -113,10 +127,14 @@ impl WindowState {
     }
 }
 
+/// The best validation result so far, by `checkpoint.best_metric`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Best {
+    /// The metric compared (`valid.loss`, `valid.accuracy`, ...).
     pub metric: String,
+    /// Its best value.
     pub value: f64,
+    /// The step that reached it (the `best` checkpoint's).
     pub step: usize,
 }
 
@@ -126,6 +144,7 @@ pub struct ParamTable {
 }
 
 impl ParamTable {
+    /// The table of `model`'s parameters and buffers.
     pub fn of<B: Backend, M: Module<B>>(model: &M) -> Self {
         let entries = model
             .collect(None, None, true)

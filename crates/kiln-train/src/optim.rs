@@ -56,7 +56,9 @@ impl Rule {
 /// order of [`Optim::buffer_names`], each with the parameter's shape.
 #[derive(Clone, Debug)]
 pub struct ParamState<B: Backend> {
+    /// Updates applied to the parameter (PyTorch's `state["step"]`).
     pub step: u64,
+    /// The buffers, flattened.
     pub buffers: Vec<Tensor<B, 1>>,
 }
 
@@ -69,6 +71,7 @@ pub struct Optim<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Optim<B> {
+    /// The optimizer of an `[optimizer]` section, with no state yet.
     pub fn new(s: &OptimizerSection) -> Self {
         let rule = match s.kind {
             OptimizerKind::Adamw => Rule::AdamW {
@@ -121,6 +124,7 @@ impl<B: AutodiffBackend> Optim<B> {
         })
     }
 
+    /// The state of every parameter updated so far, by parameter id.
     pub fn state(&self) -> &HashMap<ParamId, ParamState<B::InnerBackend>> {
         &self.state
     }

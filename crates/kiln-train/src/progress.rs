@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The run's progress display: a bar on a terminal, log lines otherwise.
 pub struct Progress {
     bar: Option<ProgressBar>,
     total: usize,
@@ -73,6 +74,7 @@ impl Progress {
         }
     }
 
+    /// Removes the bar (at the end of the run).
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -17,6 +17,8 @@ use crate::checkpoint::{model_to_host, optimizer_to_host, ParamTable, TrainState
 use crate::events::CheckpointEvent;
 use crate::optim::Optim;
 
+/// Writes the run's checkpoints in the background (the loop waits only to copy the tensors to
+/// the host), prunes old ones, and reports each when it is complete on disk.
 pub struct Saver {
     run: PathBuf,
     writer: Writer,
@@ -28,6 +30,7 @@ pub struct Saver {
 }
 
 impl Saver {
+    /// A saver for the run directory `run` of a run of `config`.
     pub fn new(run: &Path, config: &Config) -> Self {
         Self {
             run: run.to_path_buf(),

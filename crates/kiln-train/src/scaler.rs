@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The scaler's whole state (saved in checkpoints, so a resumed run continues with it).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LossScale {
+    /// The factor the loss is multiplied by before the backward pass.
     pub scale: f64,
     /// Good steps since the scale last changed.
     pub good_steps: u64,
@@ -31,6 +32,7 @@ impl Default for LossScale {
 impl LossScale {
     /// PyTorch's defaults.
     pub const INIT: f64 = 65536.0;
+    /// Good steps in a row after which the scale doubles.
     pub const GROWTH_INTERVAL: u64 = 2000;
 
     /// Records whether this step's gradients were finite; returns whether to apply the update.

@@ -16,6 +16,8 @@ enum Main {
     Step(StepLrScheduler),
 }
 
+/// The learning rate of each step: an optional linear warm-up, then the configured schedule
+/// (burn's schedulers), resumable from a [`crate::checkpoint::ScheduleState`].
 pub struct LrSchedule {
     warmup: Option<LinearLrScheduler>,
     warmup_left: usize,

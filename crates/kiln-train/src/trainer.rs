@@ -42,6 +42,7 @@ use kiln_infer::{eval_sums, EvalResult, EvalSums};
 /// How a run is started and stopped, besides its config.
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
+    /// The checkpoint to continue from (none starts a new run).
     pub resume: Option<ResumeFrom>,
     /// Resume even though the checkpoint was written under a different config.
     pub force: bool,
@@ -58,17 +59,26 @@ pub struct TrainOptions {
 pub struct TrainSummary {
     /// "completed", "interrupted" (by a signal) or "paused" (`--until-step`).
     pub status: &'static str,
+    /// The run directory.
     pub run_dir: PathBuf,
+    /// The step the run stopped after.
     pub steps: usize,
+    /// `train.max_steps`.
     pub total_steps: usize,
+    /// The checkpoint's step when the run resumed.
     pub resumed_from: Option<usize>,
     /// The last checkpoint written.
     pub checkpoint: Option<PathBuf>,
+    /// Wall-clock seconds of this invocation.
     pub seconds: f64,
+    /// Seconds the loop has waited for the data loader over the whole run (resumed attempts
+    /// included).
     pub data_wait_seconds: f64,
     /// Data-parallel workers (1 alone) and how they exchanged gradients.
     pub workers: usize,
+    /// `single`, `burn-collective`, `mpi` or `nccl`.
     pub engine: &'static str,
+    /// The last validation result.
     pub valid: Option<EvalResult>,
     /// Only when the run completed.
     pub test: Option<EvalResult>,
