@@ -19,13 +19,16 @@ use serde_json::{json, Value};
 /// Per weight name, the `[K, K]` second-moment matrix of its `K` inputs (the order of the
 /// quantization matrix: the input index of a linear weight, `(c_in, kh, kw)` of a convolution).
 pub struct Calibration {
+    /// The row-major `[K, K]` matrix of each calibrated weight, by its name.
     pub by_weight: BTreeMap<String, Vec<f32>>,
     /// Samples (or windows) and rows (samples, pixels or token positions) seen.
     pub samples: usize,
+    /// Where the samples came from, for the manifest.
     pub source: String,
 }
 
 impl Calibration {
+    /// The matrix of the weight `weight`, if it was calibrated.
     pub fn get(&self, weight: &str) -> Option<&Vec<f32>> {
         self.by_weight.get(weight)
     }

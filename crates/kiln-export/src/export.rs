@@ -34,6 +34,7 @@ pub enum Format {
 }
 
 impl Format {
+    /// The name `--format` takes.
     pub fn name(self) -> &'static str {
         match self {
             Format::Kiln => "kiln",
@@ -68,8 +69,11 @@ pub fn check_supported(model: &ModelConfig, format: Format, scheme: Scheme) -> R
 /// How to export.
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
+    /// The format to write.
     pub format: Format,
+    /// How to quantize the weights.
     pub scheme: Scheme,
+    /// The directory to write (created if needed).
     pub out: PathBuf,
     /// Replace an existing, non-empty `out`.
     pub overwrite: bool,

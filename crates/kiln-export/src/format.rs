@@ -21,8 +21,11 @@ use sha2::{Digest, Sha256};
 
 use crate::quant::{Int4Blocks, Int8Channels};
 
+/// The export's weights (safetensors).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The export's manifest ([`Manifest`]).
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The manifest's `format`.
 pub const FORMAT: &str = "kiln-export";
 /// The manifest version written. Version 2 records the model's own section
 /// (`architecture.model` holds only its kind's keys); version 1 (every kind's keys) still reads.
@@ -33,12 +36,19 @@ pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// How weights are quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// float32 weights.
     None,
+    /// int8 with one scale per output channel.
     Int8,
-    Int4 { block: usize },
+    /// int4 with one scale per block of `block` input values of each output channel.
+    Int4 {
+        /// Values per scale.
+        block: usize,
+    },
 }
 
 impl Scheme {
+    /// The name `--quantize` takes and manifests record.
     pub fn name(self) -> &'static str {
         match self {
             Scheme::None => "none",
@@ -52,23 +62,31 @@ impl Scheme {
 /// channel axis moved last (`C` channels, `K` values each).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Quant {
+    /// One scale per channel.
     Int8(Int8Channels),
+    /// One scale per block of a channel.
     Int4(Int4Blocks),
 }
 
 /// One tensor of an export.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExportTensor {
+    /// Stored as float32.
     F32 {
+        /// The tensor's shape.
         shape: Vec<usize>,
+        /// Its values, row-major.
         data: Vec<f32>,
     },
     /// Quantized with one scale per index of `axis` (int8) or per block of each such channel
     /// (int4). `axis` is 0 (convolutions `[c_out, c_in, k, k]`, embeddings `[rows, dim]`) or the
     /// last axis (linear weights `[d_in, d_out]`).
     Quant {
+        /// The logical (float) shape.
         shape: Vec<usize>,
+        /// The channel axis.
         axis: usize,
+        /// The integers and scales.
         q: Quant,
     },
 }
@@ -223,15 +241,20 @@ pub struct TensorEntry {
 /// Checksum of the weights file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// Lowercase hex.
     pub sha256: String,
+    /// The file's size.
     pub bytes: u64,
 }
 
 /// `manifest.json`. The sections describing the model are JSON values filled by the exporter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// [`FORMAT_VERSION`] when written; any from [`OLDEST_FORMAT_VERSION`] reads.
     pub format_version: u32,
+    /// The Kiln that wrote the export.
     pub kiln_version: String,
     /// The model section of the run's config.
     pub architecture: serde_json::Value,
@@ -245,10 +268,13 @@ pub struct Manifest {
     pub source: serde_json::Value,
     /// Metrics measured on the exported (quantized) model.
     pub metrics: serde_json::Value,
+    /// How each tensor of the weights file is stored, by name.
     pub tensors: BTreeMap<String, TensorEntry>,
+    /// The checksum of each file, by name.
     pub files: BTreeMap<String, FileEntry>,
 }
 
+/// The sha256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()

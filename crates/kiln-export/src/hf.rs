@@ -35,12 +35,17 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
-/// The files of the folder.
+/// The weights, with GPT-2's tensor names and layouts.
 pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
+/// The model's `GPT2Config`.
 pub const HF_CONFIG_FILE: &str = "config.json";
+/// The character tokenizer as a `tokenizers` WordLevel model.
 pub const HF_TOKENIZER_FILE: &str = "tokenizer.json";
+/// `AutoTokenizer`'s settings.
 pub const HF_TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// The special tokens (the unknown token).
 pub const HF_SPECIAL_TOKENS_FILE: &str = "special_tokens_map.json";
+/// `generate`'s defaults.
 pub const HF_GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 /// The WordLevel model's unknown token: more than one character, so no vocabulary entry.
@@ -56,8 +61,11 @@ pub struct Gpt2Shape {
     pub vocab_size: usize,
     /// Rows of `wpe` (Kiln's `block_size`).
     pub n_positions: usize,
+    /// The width of the residual stream.
     pub n_embd: usize,
+    /// Transformer blocks.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
     /// Whether the linear layers and LayerNorms have biases.
     pub bias: bool,

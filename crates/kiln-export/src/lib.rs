@@ -5,6 +5,8 @@
 //! Quantization happens on the host, so it is the same on every backend; Kiln runs a quantized
 //! export as the float model with dequantized weights, and so do the ONNX graphs.
 
+#![warn(missing_docs)]
+
 pub mod calibrate;
 pub mod export;
 pub mod format;

@@ -47,16 +47,24 @@ pub enum Layer {
     /// `weight`: logical shape `[c_out, c_in, k, k]` (burn's layout), float or quantized along
     /// axis 0. Stride 1, `padding` zeros on every side.
     Conv2d {
+        /// The kernel.
         weight: ExportTensor,
+        /// One value per output channel, if the layer has a bias.
         bias: Option<Vec<f32>>,
+        /// Zeros added on each side of the height and width.
         padding: usize,
     },
     /// Inference-mode batch normalization over channels.
     BatchNorm {
+        /// The scale, per channel.
         gamma: Vec<f32>,
+        /// The shift, per channel.
         beta: Vec<f32>,
+        /// The running mean, per channel.
         mean: Vec<f32>,
+        /// The running variance, per channel.
         var: Vec<f32>,
+        /// Added to the variance before its square root.
         epsilon: f64,
     },
     /// The model's activation function, element-wise (GELU: the exact, erf form).
@@ -69,7 +77,9 @@ pub enum Layer {
     Flatten,
     /// `weight`: logical shape `[d_in, d_out]` (burn's layout), float or quantized along axis 1.
     Linear {
+        /// The weight.
         weight: ExportTensor,
+        /// One value per output, if the layer has a bias.
         bias: Option<Vec<f32>>,
     },
 }
@@ -87,7 +97,9 @@ pub struct ClassifierNet {
     /// `(x - mean) * scale` ([`Standardizer::scale`]), one value for all features or one per
     /// feature.
     pub standardize: Option<Standardizer>,
+    /// The layers, in order.
     pub layers: Vec<Layer>,
+    /// Outputs of the graph: one logit per class.
     pub classes: usize,
 }
 

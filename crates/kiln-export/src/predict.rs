@@ -22,22 +22,29 @@ const BATCH: usize = 256;
 
 /// What an export's model takes.
 pub enum Task {
+    /// A classifier of samples.
     Classifier {
+        /// The class names, by class index.
         labels: Vec<String>,
         /// `[features]` or `[c, h, w]`.
         sample_shape: Vec<usize>,
         /// The training data's standardization, applied to every input first.
         standardize: Option<Standardizer>,
     },
+    /// A language model.
     Language {
+        /// The run's character tokenizer.
         tokenizer: CharTokenizer,
     },
 }
 
 /// An export loaded onto a device.
 pub struct Loaded<B: Backend> {
+    /// The export's manifest.
     pub manifest: Manifest,
+    /// The model, quantized weights dequantized.
     pub model: Model<B>,
+    /// What it takes.
     pub task: Task,
 }
 
@@ -122,6 +129,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
 pub struct Record {
     /// `file.png`, `file.csv:3` (line), `file.gz#12` (record).
     pub origin: String,
+    /// The sample's values as the data loader reads them (pixels in [0, 1]).
     pub values: Vec<f32>,
 }
 

@@ -20,7 +20,9 @@ use anyhow::{ensure, Result};
 /// An int8 matrix with one scale per output column.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int8Channels {
+    /// Rows: the values of each channel.
     pub d_in: usize,
+    /// Columns: the channels.
     pub d_out: usize,
     /// `[d_in, d_out]`, row-major like the float weight.
     pub values: Vec<i8>,
@@ -61,8 +63,11 @@ impl Int8Channels {
 /// An int4 matrix with one scale per block of `block` input rows of each output column.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int4Blocks {
+    /// Rows: the values of each channel.
     pub d_in: usize,
+    /// Columns: the channels.
     pub d_out: usize,
+    /// Rows per scale.
     pub block: usize,
     /// `[d_out, d_in]` values in `-7..=7`, two per byte (low nibble first), padded to whole bytes.
     pub packed: Vec<u8>,

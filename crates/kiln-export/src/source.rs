@@ -13,13 +13,17 @@ use safetensors::Dtype;
 
 /// A verified checkpoint's model weights, the run's config and where they came from.
 pub struct Source {
+    /// The run's resolved config.
     pub config: Config,
+    /// The run directory.
     pub run_dir: PathBuf,
     /// The checkpoint directory (`step-<N>`).
     pub checkpoint: PathBuf,
+    /// The checkpoint's step.
     pub step: usize,
     /// sha256 of the checkpoint's `model.safetensors`.
     pub sha256: String,
+    /// Its size.
     pub bytes: u64,
     /// Every model tensor by burn-store name: shape and values.
     pub weights: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
