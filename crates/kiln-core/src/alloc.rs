@@ -87,7 +87,8 @@ pub fn available_memory() -> Option<u64> {
             .ok()
     };
     // cgroup v2: memory.max is "max" (unlimited) or a byte count.
-    let cgroup = read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    let cgroup =
+        read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
     match (available, cgroup) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),
