@@ -23,7 +23,8 @@ pub struct Calibration {
     pub by_weight: BTreeMap<String, Vec<f32>>,
     /// Samples (or windows) and rows (samples, pixels or token positions) seen.
     pub samples: usize,
-    /// Where the samples came from, for the manifest.
+    /// Where the samples came from (the training split or text, and how they were picked), as the
+    /// manifest records it.
     pub source: String,
 }
 

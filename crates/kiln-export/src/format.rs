@@ -42,7 +42,7 @@ pub enum Scheme {
     Int8,
     /// int4 with one scale per block of `block` input values of each output channel.
     Int4 {
-        /// Values per scale.
+        /// Input values per scale (at least 1).
         block: usize,
     },
 }
@@ -84,9 +84,9 @@ pub enum ExportTensor {
     Quant {
         /// The logical (float) shape.
         shape: Vec<usize>,
-        /// The channel axis.
+        /// The channel axis: 0 or the last axis of `shape`.
         axis: usize,
-        /// The integers and scales.
+        /// The integers and scales of the `[K, C]` matrix (the tensor with `axis` moved last).
         q: Quant,
     },
 }
@@ -233,7 +233,7 @@ pub struct TensorEntry {
     /// `block` consecutive values of each such channel (int4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub axis: Option<usize>,
-    /// int4 block size.
+    /// An int4 tensor's values per scale; `None` for f32 and int8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block: Option<usize>,
 }
@@ -241,9 +241,9 @@ pub struct TensorEntry {
 /// Checksum of the weights file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
-    /// Lowercase hex.
+    /// The file's sha256, 64 lowercase hex digits.
     pub sha256: String,
-    /// The file's size.
+    /// The file's size in bytes.
     pub bytes: u64,
 }
 

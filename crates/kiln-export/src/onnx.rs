@@ -49,7 +49,7 @@ pub enum Layer {
     /// `weight`: logical shape `[c_out, c_in, k, k]` (burn's layout), float or quantized along
     /// axis 0. Stride 1, `padding` zeros on every side.
     Conv2d {
-        /// The kernel.
+        /// The kernel, `[c_out, c_in, k, k]`.
         weight: ExportTensor,
         /// One value per output channel, if the layer has a bias.
         bias: Option<Vec<f32>>,
@@ -66,7 +66,7 @@ pub enum Layer {
         mean: Vec<f32>,
         /// The running variance, per channel.
         var: Vec<f32>,
-        /// Added to the variance before its square root.
+        /// Added to the variance before its square root (the model's own epsilon).
         epsilon: f64,
     },
     /// The model's activation function, element-wise (GELU: the exact, erf form).
@@ -79,7 +79,7 @@ pub enum Layer {
     Flatten,
     /// `weight`: logical shape `[d_in, d_out]` (burn's layout), float or quantized along axis 1.
     Linear {
-        /// The weight.
+        /// The weight, `[d_in, d_out]`.
         weight: ExportTensor,
         /// One value per output, if the layer has a bias.
         bias: Option<Vec<f32>>,

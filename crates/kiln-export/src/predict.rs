@@ -42,9 +42,9 @@ pub enum Task {
 pub struct Loaded<B: Backend> {
     /// The export's manifest.
     pub manifest: Manifest,
-    /// The model, quantized weights dequantized.
+    /// The model on the device, quantized weights dequantized to float32.
     pub model: Model<B>,
-    /// What it takes.
+    /// What it takes and gives: samples and class labels, or text and its tokenizer.
     pub task: Task,
 }
 

@@ -20,9 +20,9 @@ use anyhow::{ensure, Result};
 /// An int8 matrix with one scale per output column.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int8Channels {
-    /// Rows: the values of each channel.
+    /// Rows of the float weight (inputs): the values of each channel.
     pub d_in: usize,
-    /// Columns: the channels.
+    /// Columns of the float weight (outputs): the channels, one scale each.
     pub d_out: usize,
     /// `[d_in, d_out]`, row-major like the float weight.
     pub values: Vec<i8>,
@@ -63,11 +63,11 @@ impl Int8Channels {
 /// An int4 matrix with one scale per block of `block` input rows of each output column.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int4Blocks {
-    /// Rows: the values of each channel.
+    /// Rows of the float weight (inputs): the values of each channel.
     pub d_in: usize,
-    /// Columns: the channels.
+    /// Columns of the float weight (outputs): the channels.
     pub d_out: usize,
-    /// Rows per scale.
+    /// Rows per scale; a column's last block is shorter when `block` does not divide `d_in`.
     pub block: usize,
     /// `[d_out, d_in]` values in `-7..=7`, two per byte (low nibble first), padded to whole bytes.
     pub packed: Vec<u8>,

@@ -19,11 +19,11 @@ pub struct Source {
     pub run_dir: PathBuf,
     /// The checkpoint directory (`step-<N>`).
     pub checkpoint: PathBuf,
-    /// The checkpoint's step.
+    /// The training step at which the checkpoint was saved.
     pub step: usize,
-    /// sha256 of the checkpoint's `model.safetensors`.
+    /// sha256 of the checkpoint's `model.safetensors`, lowercase hex.
     pub sha256: String,
-    /// Its size.
+    /// Size of the checkpoint's `model.safetensors` in bytes.
     pub bytes: u64,
     /// Every model tensor by burn-store name: shape and values.
     pub weights: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
