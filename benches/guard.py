@@ -23,7 +23,10 @@ with a record, it fails (exit 1) when any ratio falls below 70% of the recorded 
 CPU model it reports and passes. A ratio below its floor is measured once more (a whole second
 run) and the better of the two counts, so that a slow spell of a shared machine is not a
 regression but a real one still fails. --record runs the measurement --record-runs times (default 3)
-and stores the median of each ratio for this CPU model.
+and adds them to this CPU model's recordings; the recorded ratio is the median of every run of
+every recording. A shared VM's ratios move from day to day with identical binaries (GPT: 1.44x
+on 2026-12-02, 0.94-1.11x on 2026-12-03, Kiln's step slowed more than PyTorch's), so recordings
+from quiet and busy days together set the floor: one from a quiet day alone fails busy days.
 --slowdown F makes kiln-bench busy-wait so each timed step takes F times as long (a real
 slowdown, to check that the guard catches one: `--slowdown 1.5` must fail on a recorded CPU).
 Writes the run to target/guard/last.json. Takes about 1-2 minutes on 2 cores.
@@ -61,6 +64,24 @@ def cpu_model():
     flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
     simd = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "baseline"
     return f"{name} ({os.cpu_count()} cores, {simd})"
+
+
+def recordings_of(entry):
+    """This CPU model's recordings, oldest first (an entry of the first format is one recording)."""
+    if not entry:
+        return []
+    if "recordings" in entry:
+        return entry["recordings"]
+    keys = ("date", "reps", "threads", "runs", "ratios", "all_ratios")
+    return [{k: entry[k] for k in keys if k in entry}]
+
+
+def pooled(recordings):
+    """Each ratio's median over every run of every recording (None without a recording)."""
+    runs = [r for rec in recordings for r in rec.get("all_ratios", [rec["ratios"]])]
+    if not runs:
+        return None
+    return {n: statistics.median(r[n] for r in runs if n in r) for n in runs[0]}
 
 
 def run_json(cmd, env):
@@ -127,7 +148,8 @@ def main():
             all_ratios.append(measure(a)[2])
         ratios = {k: statistics.median(r[k] for r in all_ratios) for k in ratios}
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
-    recorded = record.get(cpu, {}).get("ratios")
+    recordings = recordings_of(record.get(cpu))
+    recorded = pooled(recordings)
     lines = [f"CPU: {cpu}; {a.reps} reps, {a.threads} threads, slowdown {a.slowdown}; {time.time() - started:.0f} s"]
     def below(ratios):
         return [n for n, r in ratios.items() if recorded and n in recorded and r < THRESHOLD * recorded[n]]
@@ -157,10 +179,13 @@ def main():
     (ROOT / "target/guard").mkdir(parents=True, exist_ok=True)
     (ROOT / "target/guard/last.json").write_text(json.dumps(out, indent=2) + "\n")
     if a.record:
-        record[cpu] = {"ratios": ratios, "date": out["date"], "reps": a.reps, "threads": a.threads,
-                       "runs": a.record_runs, "all_ratios": all_ratios}
+        recordings.append({"date": out["date"], "reps": a.reps, "threads": a.threads,
+                           "runs": a.record_runs, "ratios": ratios, "all_ratios": all_ratios})
+        record[cpu] = {"ratios": pooled(recordings), "recordings": recordings}
         RECORD.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"recorded for {cpu} in {RECORD.relative_to(ROOT)}")
+        summary = ", ".join(f"{n} {r:.3f}" for n, r in record[cpu]["ratios"].items())
+        print(f"recorded for {cpu} in {RECORD.relative_to(ROOT)} ({len(recordings)} recordings; "
+              f"median of their runs: {summary})")
         return 0
     if not recorded:
         print(f"no record for this CPU model in {RECORD.relative_to(ROOT)}: reported, not checked")
