@@ -78,6 +78,13 @@ fi
 want() { [[ " ${stages[*]} " == *" $1 "* ]]; }
 die() { echo "tests/run.sh: $*" >&2; exit 1; }
 start=$SECONDS
+# timed STAGE: prints how long the previous stage took, and starts timing STAGE (the CI budget is
+# kept per stage: the closing notes say how many minutes each adds).
+timed_stage='' timed_start=$SECONDS
+timed() {
+    [[ -z $timed_stage ]] || echo "-- $timed_stage: $((SECONDS - timed_start)) s"
+    timed_stage=$1 timed_start=$SECONDS
+}
 
 package_names() { awk 'NF { print $1 }' <<<"$package_table" | sort -u; }
 # (grep without -q reads all of dpkg's output: with -q, dpkg could die of SIGPIPE and pipefail fail
@@ -139,6 +146,7 @@ family() {
 }
 
 if want packages; then
+    timed packages
     echo "== Debian packages: install what is missing"
     if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
         die "no dpkg/apt-get: this script sets up Debian machines; elsewhere install the packages of its table yourself and run the other stages: bash tests/run.sh ${all_stages[*]:1}"
@@ -200,16 +208,19 @@ base_python=/usr/bin/python3
 [[ -x $base_python ]] || base_python=python3
 
 if want python; then
+    timed python
     echo "== Python environment of the export tests (onnxruntime, transformers, torch; target/pyenv)"
     KILN_BASE_PYTHON=$base_python bash tests/python/setup.sh
 fi
 
 if want fmt; then
+    timed fmt
     echo "== cargo fmt --check"
     cargo fmt --all -- --check
 fi
 
 if want clippy; then
+    timed clippy
     echo "== cargo clippy (with the CUDA backend: this is also the compile check of the CUDA build)"
     # CUDA cannot run here. Type-checking and linting its code (burn-cuda, cubecl-cuda, cudarc,
     # NCCL) catches what a `cargo build --features cuda` would, short of code generation and
@@ -219,6 +230,7 @@ if want clippy; then
 fi
 
 if want test; then
+    timed test
     echo "== tests: cargo test --release --workspace --features kiln-cli/mpi (Python tests required)"
     export KILN_REQUIRE_PYTHON_TESTS=1
     cargo test --release --workspace --features kiln-cli/mpi
@@ -229,6 +241,7 @@ if want test; then
 fi
 
 if want examples; then
+    timed examples
     echo "== the examples, as a user runs them (cargo run --release --example NAME; seconds)"
     # The test stage built them (cargo test builds every example) with these features.
     target/release/examples/residual
@@ -236,12 +249,14 @@ if want examples; then
 fi
 
 if want guard; then
+    timed guard
     echo "== speed guard: Kiln vs PyTorch on this CPU (benches/guard.py, 1-2.5 min)"
     # target/release/kiln and kiln-bench were built by the tests (benches/tests/kiln_bench.rs).
     target/pyenv/bin/python benches/guard.py --python target/pyenv/bin/python
 fi
 
 if want haswell; then
+    timed haswell
     echo "== the same kiln-bench on a CPU without AVX-512 (qemu-x86_64 -cpu Haswell)"
     qemu-x86_64 -cpu Haswell target/release/kiln-bench --backend flex --model gpt --batch 2 \
         --n-layer 1 --block 16 --warmup 1 --steps 2 2>/dev/null |
@@ -249,9 +264,11 @@ if want haswell; then
 fi
 
 if want slurm; then
+    timed slurm
     echo "== Slurm: a one-node cluster runs a 2-rank training (tests/slurm/one-node.sh)"
     need_root "tests/slurm/one-node.sh (it starts the Slurm daemons)"
     "${as_root[@]}" tests/slurm/one-node.sh target/release/kiln
 fi
 
+timed ""
 echo "tests/run.sh: passed (${stages[*]}) in $(((SECONDS - start) / 60)) min"
