@@ -167,3 +167,29 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The Python of the tests that check Kiln's output with outside tools (target/pyenv from
+/// tests/python/setup.sh, or $KILN_PYTHON), when it can import `modules` (`"tensorboard"`). In CI
+/// (`KILN_REQUIRE_PYTHON_TESTS=1`) a missing environment fails the test; elsewhere it is skipped.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let candidate = std::env::var_os("KILN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/pyenv/bin/python"));
+    let ok = Command::new(&candidate)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    assert!(
+        std::env::var_os("KILN_REQUIRE_PYTHON_TESTS").is_none(),
+        "{} cannot import {modules}; run bash tests/python/setup.sh",
+        candidate.display()
+    );
+    eprintln!(
+        "SKIPPED: no Python that imports {modules} at {} (run bash tests/python/setup.sh)",
+        candidate.display()
+    );
+    None
+}

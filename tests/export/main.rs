@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{copy_dir, fails_with, kiln, repo_root, stderr, train};
+use common::{copy_dir, fails_with, kiln, python_with, repo_root, stderr, train};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

@@ -3,29 +3,9 @@
 
 use super::*;
 
-/// The Python of the export tests, when its packages are there. In CI
-/// (`KILN_REQUIRE_PYTHON_TESTS=1`) a missing environment fails the test.
+/// The Python of the export tests, when its packages are there (CI requires it).
 fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("KILN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/pyenv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import onnxruntime, transformers, safetensors, torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var_os("KILN_REQUIRE_PYTHON_TESTS").is_none(),
-        "{} lacks onnxruntime/transformers; run bash tests/python/setup.sh",
-        candidate.display()
-    );
-    eprintln!(
-        "SKIPPED: no Python with onnxruntime and transformers at {} (run bash tests/python/setup.sh)",
-        candidate.display()
-    );
-    None
+    python_with("onnxruntime, transformers, safetensors, torch")
 }
 
 fn run_python(python: &Path, args: &[&str]) -> Value {

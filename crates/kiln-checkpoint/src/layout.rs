@@ -12,6 +12,7 @@
 //!     state.json            step, loop/RNG/schedule state, config hash, sha256 of each file
 //!   latest                  "step-<N>": the newest complete checkpoint
 //!   best                    "step-<N>": the checkpoint with the best validation metric
+//!   tb/                     TensorBoard event files (tracking.tensorboard = true)
 //! ```
 
 /// The run's fully resolved config.
@@ -32,6 +33,8 @@ pub const STATE_FILE: &str = "state.json";
 pub const LATEST: &str = "latest";
 /// The pointer to the checkpoint with the best validation metric.
 pub const BEST: &str = "best";
+/// The directory of the run's TensorBoard event files (`tracking.tensorboard = true`).
+pub const TENSORBOARD_DIR: &str = "tb";
 
 /// Name of the checkpoint directory of `step`.
 pub fn step_dir_name(step: usize) -> String {

@@ -8,7 +8,7 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use commands::{eval, export, generate, launch, predict, tokenize, train};
+use commands::{eval, export, generate, launch, plot, predict, runs, sweep, sync, tokenize, train};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,10 @@ enum Command {
     Export(export::Args),
     Predict(predict::Args),
     Tokenize(tokenize::Args),
+    Sync(sync::Args),
+    Plot(plot::Args),
+    Runs(runs::Args),
+    Sweep(sweep::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,10 @@ fn main() -> ExitCode {
         Command::Export(args) => export::exec(args),
         Command::Predict(args) => predict::exec(args),
         Command::Tokenize(args) => tokenize::exec(args),
+        Command::Sync(args) => sync::exec(args),
+        Command::Plot(args) => plot::exec(args),
+        Command::Runs(args) => runs::exec(args),
+        Command::Sweep(args) => sweep::exec(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

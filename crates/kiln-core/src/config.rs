@@ -15,13 +15,15 @@ use serde::{Deserialize, Serialize};
 
 mod hash;
 mod load;
+mod tracking;
 mod validate;
 
 #[cfg(test)]
 mod tests;
 
-pub use hash::RESUMABLE_KEYS;
+pub use hash::{is_resumable_key, RESUMABLE_KEYS};
 pub use load::apply_override;
+pub use tracking::{Switch, TrackingSection};
 
 /// A whole run, as resolved from the file, the overrides and the defaults.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -49,6 +51,10 @@ pub struct Config {
     /// `[distributed]`: data-parallel training across workers.
     #[serde(default)]
     pub distributed: DistributedSection,
+    /// `[tracking]`: TensorBoard, MLflow and system metrics (none of it changes the numbers;
+    /// left out of `config.toml` when every key has its default).
+    #[serde(default, skip_serializing_if = "TrackingSection::is_default")]
+    pub tracking: TrackingSection,
 }
 
 /// `[run]`: what the run is called, its seed and where its directory is written.

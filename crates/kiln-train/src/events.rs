@@ -30,6 +30,8 @@ pub enum Event {
     Checkpoint(CheckpointEvent),
     /// The run resumed from a checkpoint.
     Resume(ResumeEvent),
+    /// The process's memory and CPU use over a log window.
+    System(crate::system::SystemEvent),
 }
 
 impl Event {
@@ -40,6 +42,7 @@ impl Event {
             Event::Eval(e) => e.step,
             Event::Checkpoint(e) => e.step,
             Event::Resume(e) => e.step,
+            Event::System(e) => e.step,
         }
     }
 }

@@ -19,6 +19,8 @@ pub mod schedule;
 pub mod sinks;
 pub mod sources;
 pub mod step;
+pub mod system;
+pub mod tracked;
 pub mod trainer;
 pub mod workers;
 

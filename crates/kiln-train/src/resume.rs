@@ -90,7 +90,7 @@ pub fn check_resume_changes(changed: &[String], run_dir: &Path, force: bool) -> 
     let maths: Vec<&str> = changed
         .iter()
         .map(String::as_str)
-        .filter(|k| !RESUMABLE_KEYS.contains(k))
+        .filter(|k| !kiln_core::config::is_resumable_key(k))
         .collect();
     if maths.is_empty() {
         return Ok(());
@@ -98,7 +98,7 @@ pub fn check_resume_changes(changed: &[String], run_dir: &Path, force: bool) -> 
     let keys = maths.join(", ");
     if !force {
         bail!(
-            "--set {keys}: changes what the run computes, so the resumed run would not continue the same run; without --force only these keys may change: {}",
+            "--set {keys}: changes what the run computes, so the resumed run would not continue the same run; without --force only these keys may change: {} and any tracking.* key",
             RESUMABLE_KEYS.join(", ")
         );
     }

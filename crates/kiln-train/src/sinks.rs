@@ -8,25 +8,50 @@ use kiln_core::RunDir;
 
 use crate::events::{Event, RunEnd, RunStart, Sink, Status};
 use crate::progress::Progress;
+use crate::tracked::Tracked;
 use kiln_infer::EvalResult;
 
-/// Appends every event to the run directory's `metrics.jsonl`, one JSON object per line,
-/// flushed at once so that the file is readable while the run goes on.
+/// Appends every event to the run directory's `metrics.jsonl`, one JSON object per line with
+/// the wall-clock `time` (seconds since the Unix epoch), flushed at once so that the file is
+/// readable while the run goes on; and hands each line, as written, to the run's trackers.
 pub struct Jsonl {
     run: RunDir,
+    tracked: Option<Tracked>,
 }
 
 impl Jsonl {
-    /// The record of `run`.
-    pub fn new(run: RunDir) -> Self {
-        Jsonl { run }
+    /// The record of `run`, reported to `tracked` too.
+    pub fn new(run: RunDir, tracked: Option<Tracked>) -> Self {
+        Jsonl { run, tracked }
     }
 }
 
 impl Sink for Jsonl {
+    fn start(&mut self, run: &RunStart) -> Result<()> {
+        if let Some(tracked) = self.tracked.as_mut() {
+            tracked.start(run);
+        }
+        Ok(())
+    }
+
     fn event(&mut self, event: &Event) -> Result<()> {
         // Through a JSON value, whose keys are sorted: the lines earlier versions wrote.
-        self.run.log_event(&serde_json::to_value(event)?)
+        let mut line = serde_json::to_value(event)?;
+        if let serde_json::Value::Object(fields) = &mut line {
+            let time = (kiln_track::record::now() * 1000.0).round() / 1000.0;
+            fields.insert("time".into(), time.into());
+            if let Some(tracked) = self.tracked.as_mut() {
+                tracked.line(fields);
+            }
+        }
+        self.run.log_event(&line)
+    }
+
+    fn end(&mut self, end: &RunEnd) -> Result<()> {
+        if let Some(tracked) = self.tracked.as_mut() {
+            tracked.end(end);
+        }
+        Ok(())
     }
 }
 
@@ -104,7 +129,7 @@ impl Sink for Console {
                 c.write_secs,
                 c.stall_secs
             ),
-            Event::Eval(_) | Event::Resume(_) => {}
+            Event::Eval(_) | Event::Resume(_) | Event::System(_) => {}
         }
         Ok(())
     }

@@ -4,7 +4,11 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod launch;
+pub mod plot;
 pub mod predict;
+pub mod runs;
+pub mod sweep;
+pub mod sync;
 pub mod tokenize;
 pub mod train;
 

@@ -61,6 +61,8 @@ pub fn exec(args: Args) -> Result<()> {
     if args.until_step == Some(0) {
         bail!("--until-step: must be at least 1");
     }
+    // A tracker that is on but names no server fails now, before anything is written.
+    kiln_train::tracked::mlflow_server(&config)?;
     let stop = stop_on_signals()?;
     let timeout = Duration::from_secs_f64(config.distributed.timeout_secs);
     let mpi = kiln_dist::join_mpi_job(timeout, &stop)?;

@@ -7,7 +7,7 @@ use super::Config;
 
 impl Config {
     /// A sha256 of everything in the config that decides the numbers a run computes: the config
-    /// without the keys of [`RESUMABLE_KEYS`] and without where the run is written. A built-in
+    /// without the keys of [`RESUMABLE_KEYS`], `[tracking]` and where the run is written. A built-in
     /// model's section is hashed in version 1's layout (see [`crate::compat`]), so runs written
     /// before per-model sections keep their hash.
     pub fn maths_hash(&self) -> String {
@@ -15,10 +15,12 @@ impl Config {
         if let Some(toml::Value::Table(model)) = table.get_mut("model") {
             *model = crate::compat::model_in_v1_layout(model);
         }
-        for key in RESUMABLE_KEYS
-            .iter()
-            .chain(&["run.name", "run.output_dir", "run.overwrite"])
-        {
+        for key in RESUMABLE_KEYS.iter().chain(&[
+            "run.name",
+            "run.output_dir",
+            "run.overwrite",
+            "tracking",
+        ]) {
             remove_key(&mut table, key);
         }
         // A key added later, set to the value that its absence means, computes what configs
@@ -75,6 +77,12 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "distributed.timeout_secs",
     "distributed.engine",
 ];
+
+/// Whether a resumed run may change `key` (a dotted key) without changing what it computes:
+/// one of [`RESUMABLE_KEYS`], or any key of `[tracking]`.
+pub fn is_resumable_key(key: &str) -> bool {
+    RESUMABLE_KEYS.contains(&key) || key.starts_with("tracking.")
+}
 
 /// Keys added after configs were first hashed, with the value their absence stands for.
 const IMPLICIT_DEFAULTS: &[(&str, &str)] = &[("model.gelu", "exact")];

@@ -201,3 +201,41 @@ fn maths_hash_ignores_cadence_and_location_only() {
     );
     assert_eq!(base.changed_keys(&lr), vec!["optimizer.lr"]);
 }
+
+#[test]
+fn tracking_keys_are_out_of_the_hash_and_may_change_on_resume() {
+    let base = load(&[]).unwrap();
+    let tracked = load(&[
+        "tracking.tensorboard=true",
+        "tracking.mlflow=\"http://127.0.0.1:5000\"",
+        "tracking.exit_timeout_secs=3",
+    ])
+    .unwrap();
+    assert_eq!(base.maths_hash(), tracked.maths_hash());
+    assert!(
+        !base.to_toml().contains("tracking"),
+        "the default section is not written"
+    );
+    let again = Config::from_toml_str(&tracked.to_toml(), &[], "resolved").unwrap();
+    assert_eq!(tracked, again);
+    assert_eq!(again.tracking.mlflow.place(), Some("http://127.0.0.1:5000"));
+    let changed = base.changed_keys(&tracked);
+    assert!(!changed.is_empty());
+    assert!(
+        changed.iter().all(|k| super::is_resumable_key(k)),
+        "{changed:?}"
+    );
+    let e = format!(
+        "{:#}",
+        load(&["tracking.exit_timeout_secs=-1"]).unwrap_err()
+    );
+    assert!(
+        e.contains("tracking.exit_timeout_secs: must be at least 0"),
+        "{e}"
+    );
+    let e = format!("{:#}", load(&["tracking.tensorboard=\"\""]).unwrap_err());
+    assert!(
+        e.contains("tracking.tensorboard: must be true, false or a non-empty place"),
+        "{e}"
+    );
+}

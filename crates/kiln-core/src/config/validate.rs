@@ -21,6 +21,22 @@ impl Config {
             "distributed.timeout_secs",
             "must be at least 1 (seconds)",
         )?;
+        let t = &self.tracking;
+        check(
+            t.exit_timeout_secs >= 0.0 && t.exit_timeout_secs.is_finite(),
+            "tracking.exit_timeout_secs",
+            "must be at least 0 (seconds)",
+        )?;
+        for (key, switch) in [
+            ("tracking.tensorboard", &t.tensorboard),
+            ("tracking.mlflow", &t.mlflow),
+        ] {
+            check(
+                switch.place() != Some(""),
+                key,
+                "must be true, false or a non-empty place (a directory or a URI)",
+            )?;
+        }
         if let Some(b) = d.eval_batch_size {
             check(b > 0, "data.eval_batch_size", "must be at least 1")?;
         }

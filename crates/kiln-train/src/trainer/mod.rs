@@ -27,6 +27,7 @@ use crate::resume::ResumeFrom;
 use crate::saver::Saver;
 use crate::scaler::LossScale;
 use crate::schedule::LrSchedule;
+use crate::system::SystemSampler;
 use kiln_infer::EvalResult;
 
 use window::Window;
@@ -233,6 +234,8 @@ struct Loop<'a, B: AutodiffBackend, D: TrainData + ?Sized> {
     /// Where the run's events go: rank 0's `metrics.jsonl`, console and the caller's sinks
     /// (other workers have none).
     sinks: Sinks,
+    /// Rank 0's system metrics (`tracking.system_metrics`; other workers report none).
+    system: Option<SystemSampler>,
     /// Rank 0's checkpoint writer (other workers write nothing).
     saver: Option<Saver>,
 }

@@ -26,6 +26,8 @@ use crate::resume::ResumeFrom;
 use crate::saver::Saver;
 use crate::schedule::LrSchedule;
 use crate::sinks::{Console, Jsonl};
+use crate::system::SystemSampler;
+use crate::tracked::Tracked;
 
 use super::window::Window;
 use super::{Loop, Start, TrainOptions};
@@ -105,6 +107,9 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
             // Each worker draws its own dropout masks; rank 0's are those of a single worker.
             dropout_seed: config.run.seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             sinks: Sinks::none(),
+            system: (lead && config.tracking.system_metrics)
+                .then(SystemSampler::new)
+                .flatten(),
             saver: lead.then(|| Saver::new(&run_path, config)),
             run_path,
             comm,
@@ -116,7 +121,8 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         Ok((lp, start.model))
     }
 
-    /// Rank 0's sinks: `metrics.jsonl`, the console and the caller's; each hears of the start
+    /// Rank 0's sinks: `metrics.jsonl` (and through it the trackers of `[tracking]`), the
+    /// console and the caller's; each hears of the start
     /// (and the resume), and of the config as an artifact.
     pub(super) fn open_sinks(
         &mut self,
@@ -126,7 +132,8 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         resume: Option<ResumeEvent>,
         options: &TrainOptions,
     ) -> Result<()> {
-        self.sinks.push(Box::new(Jsonl::new(run)));
+        let tracked = Tracked::new(self.config, &self.run_path)?;
+        self.sinks.push(Box::new(Jsonl::new(run, tracked)));
         self.sinks.push(Box::new(Console::new(self.unit)));
         for sink in &options.sinks {
             self.sinks.push(Box::new(sink.clone()));

@@ -185,7 +185,11 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
             workers: (self.world > 1).then_some(self.world),
             comm_secs: (self.world > 1).then_some(stats.comm_secs),
         };
-        self.sinks.event(Event::Train(event))
+        self.sinks.event(Event::Train(event))?;
+        match self.system.as_mut().and_then(|s| s.sample(self.step)) {
+            Some(system) => self.sinks.event(Event::System(system)),
+            None => Ok(()),
+        }
     }
 
     /// Evaluates on the validation split when due; whether the result is a new best.
