@@ -79,6 +79,9 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", "--", &format!("-{}", self.child.id())])
             .status();
@@ -357,7 +360,7 @@ fn a_real_mlflow_server_gets_every_run_and_what_it_missed() {
     // The server stops mid-run: training goes on to the same weights, within the exit timeout.
     let timeout = "tracking.exit_timeout_secs=3";
     let began = Instant::now();
-    let mut child = spawn_kiln(&train_args(
+    let child = spawn_kiln(&train_args(
         &out,
         "stopped",
         &[&tracked[0], tracked[1], long[0], long[1], timeout],

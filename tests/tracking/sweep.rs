@@ -140,7 +140,12 @@ fn a_bad_trial_key_is_refused_before_any_trial_runs() {
     let o = kiln(&["sweep", path.to_str().unwrap()]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("optimizer.lrr"), "{e}");
+    assert!(
+        e.contains("trial t000-lrr=0.001")
+            && e.contains("unknown field `lrr`")
+            && e.contains("optimizer"),
+        "{e}"
+    );
     assert!(
         !tmp.path().join("bad").exists(),
         "nothing is written for a sweep that cannot run"

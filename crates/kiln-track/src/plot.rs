@@ -133,17 +133,20 @@ pub fn plot(runs: &[PathBuf], metrics: &[String], out: &Path) -> Result<Plot> {
             } else {
                 y_min.abs().max(1.0) * 0.1
             };
+            let span = y_max - y_min + 2.0 * pad;
             let mut chart = ChartBuilder::on(panel)
                 .caption(metric, ("sans-serif", 22))
                 .margin(12)
                 .x_label_area_size(45)
-                .y_label_area_size(70)
+                .y_label_area_size(85)
                 .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))
                 .map_err(draw_error)?;
             chart
                 .configure_mesh()
                 .x_desc("step")
                 .y_desc(metric.as_str())
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| compact(*y, span))
                 .label_style(("sans-serif", 14))
                 .draw()
                 .map_err(draw_error)?;
@@ -182,6 +185,42 @@ pub fn plot(runs: &[PathBuf], metrics: &[String], out: &Path) -> Result<Plot> {
     })
 }
 
+/// An axis label that fits its strip, with a digit more than ticks `span` / 10 apart need
+/// (ticks may fall on halves), trailing zeros dropped: `0.25`, `2`, `1.5e-5`, `1.3052e8`.
+fn compact(v: f64, span: f64) -> String {
+    let tick = (span / 10.0).abs().max(f64::MIN_POSITIVE).log10().floor() as i32;
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        let digits = (a.log10().floor() as i32 - tick + 1).clamp(1, 8) as usize;
+        let text = format!("{v:.digits$e}");
+        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+        format!("{}e{exponent}", trim(mantissa))
+    } else {
+        trim(&format!("{v:.*}", (1 - tick).clamp(0, 8) as usize))
+    }
+}
+
 fn draw_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("cannot draw the plot: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact;
+
+    #[test]
+    fn axis_labels_have_the_digits_their_ticks_need() {
+        assert_eq!(compact(0.25, 1.0), "0.25");
+        assert_eq!(compact(2.0, 2.0), "2");
+        assert_eq!(compact(0.8123, 0.2), "0.812");
+        assert_eq!(compact(130_520_000.0, 1_300_000.0), "1.3052e8");
+        assert_eq!(compact(1.5e-5, 1e-5), "1.5e-5");
+    }
 }

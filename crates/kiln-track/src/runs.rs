@@ -184,7 +184,7 @@ pub fn table(rows: &[RunRow]) -> String {
                 Some(m) => format!("{}/{m}", r.step),
                 None => r.step.to_string(),
             },
-            format!("{:.1}", r.train_secs),
+            format!("{:.2}", r.train_secs),
             r.best_valid
                 .map_or("-".into(), |(v, s)| format!("{v:.4} @{s}")),
         ];

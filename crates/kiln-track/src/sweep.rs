@@ -373,6 +373,24 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_sweep_plans_trials_of_a_shipped_config() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sweeps");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let spec = SweepSpec::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(
+                path.parent().unwrap().join(&spec.base).is_file(),
+                "{}",
+                path.display()
+            );
+            assert!(!spec.trials(42).is_empty());
+            seen += 1;
+        }
+        assert!(seen >= 1);
+    }
+
+    #[test]
     fn bad_sweep_files_name_what_to_fix() {
         let cases = [
             ("base = \"b\"\nmetric = \"loss\"\n[parameters]\n\"a.b\" = [1]\n", "write it as <split>/<field>"),

@@ -13,7 +13,7 @@ use super::stop_on_signals;
 /// checkpoint and starts the rest. Prints the table, and with --json the sweep as JSON.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The sweep file (see configs/sweep-smoke.toml).
+    /// The sweep file (see configs/sweeps/smoke.toml).
     sweep: PathBuf,
     /// Trials at a time; the cores are split between them.
     #[arg(long, default_value_t = 1)]
