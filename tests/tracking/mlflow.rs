@@ -328,7 +328,7 @@ fn a_real_mlflow_server_gets_every_run_and_what_it_missed() {
     let mut child = spawn_kiln(&train_args(
         &out,
         "signalled",
-        &[&tracked[0], tracked[1], "train.max_steps=100000"],
+        &[tracked[0], tracked[1], "train.max_steps=100000"],
     ));
     let signalled = tmp.path().join("runs/signalled");
     wait_for("the first checkpoint", || {
@@ -363,7 +363,7 @@ fn a_real_mlflow_server_gets_every_run_and_what_it_missed() {
     let child = spawn_kiln(&train_args(
         &out,
         "stopped",
-        &[&tracked[0], tracked[1], long[0], long[1], timeout],
+        &[tracked[0], tracked[1], long[0], long[1], timeout],
     ));
     let stopped = tmp.path().join("runs/stopped");
     wait_for("the first points in MLflow", || {

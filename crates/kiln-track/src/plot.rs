@@ -55,8 +55,11 @@ pub struct Plot {
     pub series: Vec<Series>,
 }
 
-/// A run's points of each metric: `{metric: [(step, value)]}`.
-fn points(run: &Path) -> Result<BTreeMap<String, Vec<(f64, f64)>>> {
+/// A metric's points, `(step, value)`.
+type Points = Vec<(f64, f64)>;
+
+/// A run's points of each metric.
+fn points(run: &Path) -> Result<BTreeMap<String, Points>> {
     let path = run.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -65,7 +68,7 @@ fn points(run: &Path) -> Result<BTreeMap<String, Vec<(f64, f64)>>> {
             run.display()
         )
     })?;
-    let mut out = BTreeMap::<String, Vec<(f64, f64)>>::new();
+    let mut out = BTreeMap::<String, Points>::new();
     for record in text.lines().filter_map(Record::parse) {
         let step = record.step() as f64;
         for (tag, v) in record.scalars() {
@@ -88,7 +91,7 @@ pub fn plot(runs: &[PathBuf], metrics: &[String], out: &Path) -> Result<Plot> {
             out.display()
         );
     }
-    let data: Vec<(String, BTreeMap<String, Vec<(f64, f64)>>)> = runs
+    let data: Vec<(String, BTreeMap<String, Points>)> = runs
         .iter()
         .map(|r| {
             let name = r.file_name().map_or_else(
@@ -118,7 +121,7 @@ pub fn plot(runs: &[PathBuf], metrics: &[String], out: &Path) -> Result<Plot> {
         root.fill(&WHITE).map_err(draw_error)?;
         let panels = root.split_evenly((metrics.len(), 1));
         for (panel, metric) in panels.iter().zip(metrics) {
-            let lines: Vec<(usize, &String, &Vec<(f64, f64)>)> = data
+            let lines: Vec<(usize, &String, &Points)> = data
                 .iter()
                 .enumerate()
                 .filter_map(|(i, (name, p))| Some((i, name, p.get(metric)?)))

@@ -15,6 +15,9 @@ use super::{SweepSpec, SweepState, Trial, TrialRecord, TrialStatus};
 use crate::mlflow::{self, Server};
 use crate::RunStatus;
 
+/// Checks a trial's `--set` overrides against the base config file.
+pub type Check = Box<dyn Fn(&Path, &[String]) -> Result<()>>;
+
 /// How [`run`] runs trials.
 pub struct RunOptions {
     /// The `kiln` binary that trains them.
@@ -24,7 +27,7 @@ pub struct RunOptions {
     /// Set by a signal: start no more trials, let the running ones checkpoint and stop.
     pub stop: Arc<AtomicBool>,
     /// Checks a trial's overrides against the base config before anything runs.
-    pub check: Box<dyn Fn(&Path, &[String]) -> Result<()>>,
+    pub check: Check,
 }
 
 /// What a sweep did.
@@ -316,8 +319,8 @@ fn last_value(run_dir: &Path, metric: &str) -> Option<f64> {
     let (split, field) = metric.split_once('/')?;
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).ok()?;
     text.lines()
+        .rev()
         .filter_map(crate::Record::parse)
         .filter(|r| r.group() == Some(split))
-        .filter_map(|r| r.fields.get(field).and_then(serde_json::Value::as_f64))
-        .last()
+        .find_map(|r| r.fields.get(field).and_then(serde_json::Value::as_f64))
 }
