@@ -63,6 +63,10 @@ munge                /usr/sbin/munged                               Slurm authen
 munge                munge                                          checks munged answers (one-node.sh)
 munge                unmunge                                        checks munged answers (one-node.sh)
 hostname             hostname                                       names the Slurm node (one-node.sh)
+procps               /usr/bin/kill                                  signals runs, sweeps and servers (tests/resume.rs, tests/tracking/)
+util-linux           unshare                                        kiln plot with the system fonts hidden (tests/tracking/views.rs)
+mount                mount                                          mounts over /usr/share/fonts in that namespace
+libc-bin             ldd                                            shows kiln links no font library (tests/tracking/views.rs)
 '
 
 all_stages=(packages python fmt clippy test examples guard haswell slurm)
