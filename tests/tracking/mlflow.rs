@@ -235,12 +235,16 @@ fn a_real_mlflow_server_gets_every_run_and_what_it_missed() {
     let to_mlflow = format!("tracking.mlflow=\"{uri}\"");
     let tracked = [to_mlflow.as_str(), "tracking.experiment=\"kiln-e2e\""];
 
-    // A whole run: params, every metric, tags, artifacts, FINISHED.
+    // A whole run: params, every metric, tags, artifacts (the weights too), FINISHED.
     let o = kiln(
-        &train_args(&out, "whole", &tracked)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &train_args(
+            &out,
+            "whole",
+            &[tracked[0], tracked[1], "tracking.log_weights=true"],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let whole = tmp.path().join("runs/whole");
@@ -302,9 +306,18 @@ fn a_real_mlflow_server_gets_every_run_and_what_it_missed() {
         .map(|f| f["path"].as_str().unwrap())
         .collect();
     assert!(
-        names.contains(&"config.toml") && names.contains(&"metrics.jsonl"),
+        names.contains(&"config.toml")
+            && names.contains(&"metrics.jsonl")
+            && names.contains(&"weights"),
         "{names:?}"
     );
+    let weights =
+        api(&uri, &format!("artifacts/list?run_id={id}&path=weights"))["files"][0].clone();
+    assert_eq!(weights["path"], "weights/model.safetensors");
+    let size = std::fs::metadata(whole.join("step-40/model.safetensors"))
+        .unwrap()
+        .len();
+    assert_eq!(weights["file_size"].as_u64(), Some(size), "{weights}");
 
     // Paused at step 20 (KILLED), then resumed: the same MLflow run, RUNNING again, FINISHED.
     let mut args = train_args(&out, "resumed", &tracked);

@@ -3,8 +3,8 @@
 //! The run's flattened config becomes its params, its scalars its metrics (sent with
 //! `runs/log-batch`, at most 1000 metrics and 100 params per request, MLflow's limits), facts
 //! about it tags (`kiln.version`, `backend`, `git.commit` also as `mlflow.source.git.commit`), and
-//! at the end `config.toml` and `metrics.jsonl` artifacts (through the server's artifact proxy,
-//! `mlflow-artifacts:` URIs). Its status is `RUNNING` while it trains, then `FINISHED`, `FAILED` or
+//! at the end `config.toml` and `metrics.jsonl` artifacts, and when asked the final weights
+//! (through the server's artifact proxy, `mlflow-artifacts:` URIs). Its status is `RUNNING` while it trains, then `FINISHED`, `FAILED` or
 //! `KILLED` (a signal stopped it).
 //!
 //! The MLflow run's id is kept in the run directory (`mlflow.json`, with how many lines of
@@ -26,8 +26,11 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod client;
+
 use crate::record::{now, Record};
 use crate::tracker::{RunInfo, RunStatus, Tracker};
+use client::{id_of, Client};
 
 /// MLflow's limit of metrics per `log-batch` request.
 pub const MAX_METRICS_PER_BATCH: usize = 1000;
@@ -90,142 +93,6 @@ impl Server {
     }
 }
 
-/// A client of one MLflow server, each request bounded in time.
-struct Client {
-    server: Server,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    fn new(server: Server) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(3))
-            .timeout(Duration::from_secs(15))
-            .build();
-        Client { server, agent }
-    }
-
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let req = self
-            .agent
-            .request(method, &format!("{}{path}", self.server.uri));
-        match &self.server.auth {
-            Some(a) => req.set("Authorization", a),
-            None => req,
-        }
-    }
-
-    /// Calls `api/2.0/mlflow/<endpoint>`; an error names the endpoint and MLflow's message.
-    fn call(&self, method: &str, endpoint: &str, body: Option<Value>) -> Result<Value> {
-        let path = format!("/api/2.0/mlflow/{endpoint}");
-        let req = self.request(method, &path);
-        let sent = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match sent {
-            Ok(resp) => Ok(resp.into_json().unwrap_or(Value::Null)),
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let reason: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                Err(anyhow::Error::new(ApiError {
-                    code: reason["error_code"].as_str().unwrap_or("").to_string(),
-                    message: format!(
-                        "MLflow {endpoint} at {}: HTTP {code}: {}",
-                        self.server.uri,
-                        reason["message"].as_str().unwrap_or(text.trim())
-                    ),
-                }))
-            }
-            Err(e) => Err(anyhow::anyhow!(
-                "MLflow {endpoint} at {}: {e}",
-                self.server.uri
-            )),
-        }
-    }
-
-    /// The experiment's id, creating it if missing.
-    fn experiment_id(&self) -> Result<String> {
-        let name = &self.server.experiment;
-        let by_name = |c: &Client| {
-            let q = format!("experiments/get-by-name?experiment_name={}", encode(name));
-            c.call("GET", &q, None)
-        };
-        match by_name(self) {
-            Ok(v) => return id_of(&v["experiment"]["experiment_id"]),
-            Err(e) if api_code(&e) == Some("RESOURCE_DOES_NOT_EXIST") => {}
-            Err(e) => return Err(e),
-        }
-        match self.call("POST", "experiments/create", Some(json!({ "name": name }))) {
-            Ok(v) => id_of(&v["experiment_id"]),
-            // Another run created it meanwhile.
-            Err(e) if api_code(&e) == Some("RESOURCE_ALREADY_EXISTS") => {
-                id_of(&by_name(self)?["experiment"]["experiment_id"])
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Uploads `file` as the run's artifact `name` through the server's artifact proxy.
-    fn upload(&self, artifact_uri: &str, name: &str, file: &Path) -> Result<()> {
-        let Some(rest) = artifact_uri.strip_prefix("mlflow-artifacts:") else {
-            bail!("the run's artifact store is {artifact_uri}, which Kiln does not write to; start the server with artifact serving (mlflow server's default)");
-        };
-        let bytes =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let path = format!(
-            "/api/2.0/mlflow-artifacts/artifacts/{}/{name}",
-            rest.trim_start_matches('/').trim_end_matches('/')
-        );
-        self.request("PUT", &path)
-            .send_bytes(&bytes)
-            .map(drop)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "MLflow artifact upload of {name} to {}: {e}",
-                    self.server.uri
-                )
-            })
-    }
-}
-
-/// An MLflow error response.
-#[derive(Debug)]
-struct ApiError {
-    code: String,
-    message: String,
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-fn api_code(e: &anyhow::Error) -> Option<&str> {
-    e.downcast_ref::<ApiError>().map(|a| a.code.as_str())
-}
-
-fn id_of(v: &Value) -> Result<String> {
-    v.as_str()
-        .map(str::to_string)
-        .context("MLflow answered without the id it should have sent")
-}
-
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// What the run directory remembers of its MLflow run (`mlflow.json`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -281,6 +148,7 @@ pub struct Mlflow {
     /// `kiln sync`: records before this many lines were sent already.
     skip: usize,
     seen: usize,
+    log_weights: bool,
 }
 
 impl Mlflow {
@@ -296,7 +164,15 @@ impl Mlflow {
             gap: false,
             skip: 0,
             seen: 0,
+            log_weights: false,
         }
+    }
+
+    /// At the end, also uploads the newest checkpoint's `model.safetensors` as the artifact
+    /// `weights/model.safetensors` (`tracking.log_weights`).
+    pub fn log_weights(mut self, on: bool) -> Mlflow {
+        self.log_weights = on;
+        self
     }
 
     fn state(&mut self) -> Result<&mut State> {
@@ -458,6 +334,15 @@ impl Tracker for Mlflow {
                 uploads = uploads.and(self.client.upload(&state.artifact_uri, name, &file));
             }
         }
+        if self.log_weights {
+            // The newest checkpoint's weights (`latest` names its directory).
+            let latest = std::fs::read_to_string(self.run_dir.join("latest")).ok();
+            let file = latest.map(|l| self.run_dir.join(l.trim()).join("model.safetensors"));
+            if let Some(file) = file.filter(|f| f.exists()) {
+                let name = "weights/model.safetensors";
+                uploads = uploads.and(self.client.upload(&state.artifact_uri, name, &file));
+            }
+        }
         self.client.call(
             "POST",
             "runs/update",
@@ -532,6 +417,7 @@ fn count_lines(path: &Path) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::client::encode;
     use super::*;
 
     #[test]

@@ -112,7 +112,8 @@ impl Tracked {
             trackers.push(Box::new(TensorBoard::new(dir)));
         }
         if let Some(server) = mlflow_server(config)? {
-            trackers.push(Box::new(Mlflow::new(server, run_dir.to_path_buf())));
+            let mlflow = Mlflow::new(server, run_dir.to_path_buf());
+            trackers.push(Box::new(mlflow.log_weights(config.tracking.log_weights)));
         }
         Ok((!trackers.is_empty()).then(|| Tracked {
             trackers: Some(trackers),
@@ -238,7 +239,8 @@ pub fn sync(run_dir: &Path, overrides: &[String]) -> Result<SyncReport> {
             let had = State::read(run_dir)?
                 .filter(|s| s.tracking_uri == server.uri)
                 .map_or(0, |s| s.sent_lines.min(records.len()));
-            let mut tracker = Mlflow::new(server, run_dir.to_path_buf());
+            let mut tracker =
+                Mlflow::new(server, run_dir.to_path_buf()).log_weights(config.tracking.log_weights);
             tracker.skip_lines(had);
             replay(&mut tracker)?;
             let state = State::read(run_dir)?.context("the MLflow tracker wrote no mlflow.json")?;

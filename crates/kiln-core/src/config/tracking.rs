@@ -20,6 +20,10 @@ pub struct TrackingSection {
     /// experiment the run goes in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,
+    /// `tracking.log_weights` (default false): at the end, upload the newest checkpoint's
+    /// `model.safetensors` to MLflow as the artifact `weights/model.safetensors`.
+    #[serde(default)]
+    pub log_weights: bool,
     /// `tracking.exit_timeout_secs` (default 10, at least 0): at the end of a run, how long to
     /// wait for trackers still sending; what is left is reported, and `kiln sync` sends it.
     #[serde(default = "default_exit_timeout_secs")]
@@ -36,6 +40,7 @@ impl Default for TrackingSection {
             tensorboard: Switch::default(),
             mlflow: Switch::default(),
             experiment: None,
+            log_weights: false,
             exit_timeout_secs: default_exit_timeout_secs(),
             system_metrics: true,
         }
