@@ -95,11 +95,9 @@ fn backends_agree_on_smoke() {
     let runs: Vec<(String, Vec<f64>)> = ["flex", "ndarray", "wgpu"]
         .iter()
         .map(|b| {
-            let dir = tmp.path().join(b);
-            (
-                b.to_string(),
-                losses(&train("configs/smoke.toml", b, &dir, &[])),
-            )
+            let run = train("configs/smoke.toml", b, &tmp.path().join(b), &[]);
+            assert_system_metrics(&run, *b == "wgpu");
+            (b.to_string(), losses(&run))
         })
         .collect();
     let (_, reference) = &runs[0];
@@ -113,6 +111,40 @@ fn backends_agree_on_smoke() {
             );
         }
     }
+}
+
+/// Every train window is followed by a system event with the process's memory and CPU use and,
+/// on a GPU backend only, the device memory its allocator holds (the smoke MLP's weights, Adam's
+/// moments and a batch occupy well over 100 KiB).
+fn assert_system_metrics(run: &Path, gpu: bool) {
+    let system = events_named(run, "system");
+    assert_eq!(system.len(), events(run, "train").len(), "{run:?}");
+    for e in &system {
+        assert!(e["rss_bytes"].as_u64().unwrap() > 1 << 20, "{e}");
+        assert!(e["cpu_percent"].as_f64().unwrap() >= 0.0, "{e}");
+        match (
+            e["gpu_memory_bytes"].as_u64(),
+            e["gpu_reserved_bytes"].as_u64(),
+        ) {
+            (Some(in_use), Some(reserved)) if gpu => {
+                assert!(in_use > 100 << 10 && reserved >= in_use, "{e}")
+            }
+            (None, None) if !gpu => {}
+            _ => panic!(
+                "gpu memory {} expected: {e}",
+                if gpu { "is" } else { "is not" }
+            ),
+        }
+    }
+}
+
+fn events_named(run: &Path, event: &str) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == event)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

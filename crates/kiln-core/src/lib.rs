@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod backend;
 pub mod compat;
 pub mod config;
+pub mod device_memory;
 pub mod rundir;
 
 pub use backend::{dispatch, dispatch_on, BackendKind, BackendTask};

@@ -11,6 +11,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use kiln_checkpoint::{find_resumable, remove_partial, verify, Verified};
 use kiln_core::config::Precision;
+use kiln_core::device_memory::device_memory_probe;
 use kiln_core::rundir::{host_name, RunInfo, WorkerDevice};
 use kiln_core::{BackendKind, Config, RunDir};
 use kiln_data::Shard;
@@ -77,6 +78,9 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
         let stop_at = options
             .until_step
             .map_or(total_steps, |u| u.min(total_steps));
+        let system = (lead && config.tracking.system_metrics)
+            .then(|| SystemSampler::new(device_memory_probe(&device)))
+            .flatten();
         let mut lp = Loop {
             config,
             data,
@@ -107,9 +111,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
             // Each worker draws its own dropout masks; rank 0's are those of a single worker.
             dropout_seed: config.run.seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             sinks: Sinks::none(),
-            system: (lead && config.tracking.system_metrics)
-                .then(SystemSampler::new)
-                .flatten(),
+            system,
             saver: lead.then(|| Saver::new(&run_path, config)),
             run_path,
             comm,
