@@ -67,6 +67,7 @@ procps               /usr/bin/kill                                  signals runs
 util-linux           unshare                                        kiln plot with the system fonts hidden (tests/tracking/views.rs)
 mount                mount                                          mounts over /usr/share/fonts in that namespace
 libc-bin             ldd                                            shows kiln links no font library (tests/tracking/views.rs)
+openssl              openssl                                        a test CA and server certificate for MLflow over HTTPS (tests/tracking/)
 '
 
 all_stages=(packages python fmt clippy test examples guard haswell slurm)

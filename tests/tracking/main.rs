@@ -1,11 +1,13 @@
 //! Experiment tracking as users see it: TensorBoard's own reader (EventAccumulator, from PyPI's
 //! `tensorboard`) reads back what `kiln train` wrote with `tracking.tensorboard` on; a real MLflow
-//! server (mlflow.rs) gets the run over its REST API; `kiln plot` and `kiln runs` (views.rs) and
+//! server (mlflow.rs; over HTTPS with a login, mlflow_secure.rs) gets the run over its REST API; `kiln plot` and `kiln runs` (views.rs) and
 //! `kiln sweep` (sweep.rs) compare runs.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod mlflow;
+mod mlflow_secure;
+mod mlflow_server;
 mod sweep;
 mod views;
 

@@ -5,103 +5,14 @@
 //! without tracking, within the exit timeout, and `kiln sync` sends the rest, once.
 
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::common::{kiln, repo_root, stderr};
-
-/// The `mlflow` of target/mlflow-env (tests/python/setup.sh) or $KILN_MLFLOW; required in CI.
-fn mlflow_bin() -> Option<PathBuf> {
-    let bin = std::env::var_os("KILN_MLFLOW")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/mlflow-env/bin/mlflow"));
-    if bin.exists() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var_os("KILN_REQUIRE_PYTHON_TESTS").is_none(),
-        "no MLflow at {}; run bash tests/python/setup.sh",
-        bin.display()
-    );
-    eprintln!(
-        "SKIPPED: no MLflow at {} (run bash tests/python/setup.sh)",
-        bin.display()
-    );
-    None
-}
-
-/// `mlflow server` on 127.0.0.1:`port` with its SQLite store and artifacts in `dir`; stopped
-/// (its whole process group) when dropped.
-struct Server {
-    child: Child,
-    uri: String,
-}
-
-impl Server {
-    fn start(bin: &Path, dir: &Path, port: u16) -> Server {
-        let child = Command::new(bin)
-            .args([
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--workers",
-                "1",
-            ])
-            .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-            .arg("--artifacts-destination")
-            .arg(dir.join("artifacts"))
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("mlflow server starts");
-        let server = Server {
-            child,
-            uri: format!("http://127.0.0.1:{port}"),
-        };
-        let began = Instant::now();
-        while ureq::get(&format!("{}/health", server.uri)).call().is_err() {
-            assert!(
-                began.elapsed() < Duration::from_secs(180),
-                "mlflow server not up after 180 s"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        server
-    }
-
-    fn stop(&mut self) {
-        if self.child.try_wait().is_ok_and(|s| s.is_some()) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::mlflow_server::{free_port, mlflow_bin, Server};
 
 fn api(uri: &str, endpoint: &str) -> Value {
     ureq::get(&format!("{uri}/api/2.0/mlflow/{endpoint}"))

@@ -17,7 +17,9 @@
 //! resumed attempt's only.
 //!
 //! Credentials come from MLflow's usual variables: `MLFLOW_TRACKING_TOKEN` (a bearer token) or
-//! `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD` (basic auth).
+//! `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD` (basic auth); for `https://`
+//! servers with a private CA, `MLFLOW_TRACKING_SERVER_CERT_PATH` or
+//! `MLFLOW_TRACKING_INSECURE_TLS` (see [`Trust`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,10 +29,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 mod client;
+mod tls;
 
 use crate::record::{now, Record};
 use crate::tracker::{RunInfo, RunStatus, Tracker};
 use client::{id_of, Client};
+pub use tls::Trust;
 
 /// MLflow's limit of metrics per `log-batch` request.
 pub const MAX_METRICS_PER_BATCH: usize = 1000;
@@ -50,13 +54,25 @@ pub struct Server {
     pub experiment: String,
     /// `Authorization` header value, if any.
     auth: Option<String>,
+    /// How an `https://` server's certificate is checked.
+    trust: Trust,
 }
 
 impl Server {
     /// The server of `place` (a URI) or of `MLFLOW_TRACKING_URI`, the experiment `experiment` or
-    /// `MLFLOW_EXPERIMENT_NAME` or `Default`, and the credentials of MLflow's variables.
+    /// `MLFLOW_EXPERIMENT_NAME` or `Default`, and the credentials and TLS settings of MLflow's
+    /// variables.
     pub fn from_env(place: Option<&str>, experiment: Option<&str>) -> Result<Server> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Server::from_vars(place, experiment, |name| std::env::var(name).ok())
+    }
+
+    /// [`Server::from_env`] with the variables that `var` gives.
+    pub fn from_vars(
+        place: Option<&str>,
+        experiment: Option<&str>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Server> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
         let uri = match place {
             Some(p) => p.to_string(),
             None => var("MLFLOW_TRACKING_URI").context(
@@ -85,10 +101,28 @@ impl Server {
             }
             (None, None) => None,
         };
+        let insecure = match var("MLFLOW_TRACKING_INSECURE_TLS").as_deref() {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+            Some(v) => bail!("MLFLOW_TRACKING_INSECURE_TLS={v:?}: expected true or false"),
+        };
+        let trust = match (insecure, var("MLFLOW_TRACKING_SERVER_CERT_PATH")) {
+            (true, Some(_)) => bail!("MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH are both set: MLflow refuses that too; keep one"),
+            (true, None) => Trust::Insecure,
+            (false, Some(path)) => Trust::Extra(path.into()),
+            (false, None) => Trust::Public,
+        };
+        tls::config(&trust)?; // a bad certificate file is an error now, not at the first request
+
+        if var("MLFLOW_TRACKING_CLIENT_CERT_PATH").is_some() {
+            bail!("MLFLOW_TRACKING_CLIENT_CERT_PATH is set: Kiln does not send client certificates (mutual TLS); use a token or basic auth");
+        }
         Ok(Server {
             uri,
             experiment,
             auth,
+            trust,
         })
     }
 }
@@ -420,18 +454,103 @@ mod tests {
     use super::client::encode;
     use super::*;
 
+    fn vars<'a>(set: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            set.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
     #[test]
     fn the_uri_must_be_a_server() {
-        let e = Server::from_env(Some("file:///tmp/mlruns"), None).unwrap_err();
+        let e = Server::from_vars(Some("file:///tmp/mlruns"), None, vars(&[])).unwrap_err();
         assert!(
             format!("{e:#}").contains("must start with http:// or https://"),
             "{e:#}"
         );
-        let s = Server::from_env(Some("http://127.0.0.1:5000/"), Some("exp")).unwrap();
+        let s = Server::from_vars(Some("http://127.0.0.1:5000/"), Some("exp"), vars(&[])).unwrap();
         assert_eq!(
             (s.uri.as_str(), s.experiment.as_str()),
             ("http://127.0.0.1:5000", "exp")
         );
+        let e = Server::from_vars(None, None, vars(&[])).unwrap_err();
+        assert!(format!("{e:#}").contains("MLFLOW_TRACKING_URI"), "{e:#}");
+    }
+
+    #[test]
+    fn server_uri_experiment_and_credentials_come_from_mlflows_variables() {
+        let s = Server::from_vars(
+            None,
+            None,
+            vars(&[
+                ("MLFLOW_TRACKING_URI", "https://mlflow.example.org/"),
+                ("MLFLOW_EXPERIMENT_NAME", "vision"),
+                ("MLFLOW_TRACKING_USERNAME", "ada"),
+                ("MLFLOW_TRACKING_PASSWORD", "s3cret:x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.uri, "https://mlflow.example.org");
+        assert_eq!(s.experiment, "vision");
+        // base64("ada:s3cret:x")
+        assert_eq!(s.auth.as_deref(), Some("Basic YWRhOnMzY3JldDp4"));
+        assert_eq!(s.trust, Trust::Public);
+        // A token wins over a user name (as in MLflow); the config's experiment over the variable.
+        let s = Server::from_vars(
+            Some("http://h:1"),
+            Some("mine"),
+            vars(&[
+                ("MLFLOW_TRACKING_TOKEN", "tok"),
+                ("MLFLOW_TRACKING_USERNAME", "ada"),
+                ("MLFLOW_EXPERIMENT_NAME", "vision"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.auth.as_deref(), s.experiment.as_str()),
+            (Some("Bearer tok"), "mine")
+        );
+        let s = Server::from_vars(Some("http://h:1"), None, vars(&[])).unwrap();
+        assert_eq!((s.auth, s.experiment.as_str()), (None, "Default"));
+    }
+
+    #[test]
+    fn tls_settings_come_from_mlflows_variables() {
+        let url = Some("https://h:1");
+        let trust = |set: &[(&str, &str)]| Server::from_vars(url, None, vars(set)).map(|s| s.trust);
+        assert_eq!(
+            trust(&[("MLFLOW_TRACKING_INSECURE_TLS", "true")]).unwrap(),
+            Trust::Insecure
+        );
+        assert_eq!(
+            trust(&[("MLFLOW_TRACKING_INSECURE_TLS", "false")]).unwrap(),
+            Trust::Public
+        );
+        for (set, needle) in [
+            (
+                &[("MLFLOW_TRACKING_INSECURE_TLS", "yes please")][..],
+                "expected true or false",
+            ),
+            (
+                &[
+                    ("MLFLOW_TRACKING_INSECURE_TLS", "true"),
+                    ("MLFLOW_TRACKING_SERVER_CERT_PATH", "/ca.pem"),
+                ][..],
+                "both set",
+            ),
+            (
+                &[("MLFLOW_TRACKING_SERVER_CERT_PATH", "/nonexistent/ca.pem")][..],
+                "/nonexistent/ca.pem",
+            ),
+            (
+                &[("MLFLOW_TRACKING_CLIENT_CERT_PATH", "/client.pem")][..],
+                "client certificates",
+            ),
+        ] {
+            let e = trust(set).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{set:?}: {e:#}");
+        }
     }
 
     #[test]
@@ -445,8 +564,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let server =
-            Server::from_env(Some(&format!("http://127.0.0.1:{port}")), Some("e")).unwrap();
+        let uri = format!("http://127.0.0.1:{port}");
+        let server = Server::from_vars(Some(&uri), Some("e"), vars(&[])).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut t = Mlflow::new(server, dir.path().to_path_buf());
         let began = Instant::now();

@@ -16,11 +16,19 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) fn new(server: Server) -> Client {
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
-            .timeout(Duration::from_secs(15))
-            .build();
-        Client { server, agent }
+            .timeout(Duration::from_secs(15));
+        // Server::from_vars checked the settings; a certificate file gone since then falls back.
+        match super::tls::config(&server.trust) {
+            Ok(Some(tls)) => agent = agent.tls_config(tls),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e:#}; trusting the public certificate authorities only"),
+        }
+        Client {
+            server,
+            agent: agent.build(),
+        }
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
@@ -46,18 +54,23 @@ impl Client {
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let reason: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let hint = match code {
+                    401 | 403 => "; log in with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN",
+                    _ => "",
+                };
                 Err(anyhow::Error::new(ApiError {
                     code: reason["error_code"].as_str().unwrap_or("").to_string(),
                     message: format!(
-                        "MLflow {endpoint} at {}: HTTP {code}: {}",
+                        "MLflow {endpoint} at {}: HTTP {code}: {}{hint}",
                         self.server.uri,
                         reason["message"].as_str().unwrap_or(text.trim())
                     ),
                 }))
             }
             Err(e) => Err(anyhow::anyhow!(
-                "MLflow {endpoint} at {}: {e}",
-                self.server.uri
+                "MLflow {endpoint} at {}: {e}{}",
+                self.server.uri,
+                transport_hint(&e.to_string())
             )),
         }
     }
@@ -104,6 +117,15 @@ impl Client {
                     self.server.uri
                 )
             })
+    }
+}
+
+/// What to set when a connection failed for a reason the user can fix.
+fn transport_hint(error: &str) -> &'static str {
+    if error.contains("invalid peer certificate") {
+        "; if the server's certificate is from your own CA, set MLFLOW_TRACKING_SERVER_CERT_PATH to its PEM file (or MLFLOW_TRACKING_INSECURE_TLS=true to skip verification)"
+    } else {
+        ""
     }
 }
 
