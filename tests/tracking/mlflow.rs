@@ -2,7 +2,8 @@
 //! here) gets Kiln's runs: params, every metric with its steps, tags and artifacts read back over
 //! MLflow's REST API; a resumed run continues the same MLflow run; a signal ends it KILLED; a
 //! server stopped mid-run or a listener that never answers leaves training as it would be
-//! without tracking, within the exit timeout, and `kiln sync` sends the rest, once.
+//! without tracking, within the exit timeout, and `kiln sync` sends the rest, once; a run that
+//! fails (its disk full) ends FAILED.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -364,5 +365,73 @@ fn a_real_mlflow_server_gets_every_run_and_what_it_missed() {
         "{}",
         stderr(&o)
     );
+
+    // A run that fails (its disk fills up at the first checkpoint) ends FAILED in MLflow, with
+    // what it logged before.
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let args = train_args(
+        &format!("run.output_dir=\"{}\"", full.display()),
+        "full-disk",
+        &tracked,
+    );
+    if let Some(o) = on_a_full_disk(&full, &args) {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("No space left on device"),
+            "{}",
+            stderr(&o)
+        );
+        let runs = server.runs_of("kiln-e2e");
+        let info = &runs
+            .iter()
+            .find(|r| r["info"]["run_name"] == "full-disk")
+            .unwrap_or_else(|| panic!("no run 'full-disk': {runs:?}"))["info"];
+        assert_eq!(info["status"], "FAILED", "{info}");
+        let id = info["run_id"].as_str().unwrap();
+        let history = api(
+            &uri,
+            &format!("metrics/get-history?run_id={id}&metric_key=train/loss"),
+        );
+        let steps: Vec<u64> = history["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["step"].as_u64().unwrap())
+            .collect();
+        // What it logged before the failure: the step-20 checkpoint (300 KB) cannot fit, and the
+        // background saver's error stops the run at its next step or checkpoint, so up to 40.
+        assert!(
+            steps.first() == Some(&5) && steps.last() <= Some(&40),
+            "{steps:?}"
+        );
+    }
     drop(server);
+}
+
+/// `kiln ARGS` in a private mount namespace where `dir` is a 150 KiB tmpfs: a disk that fills up
+/// at the smoke run's first checkpoint. `None` where this test may not do that (it needs root and
+/// util-linux's unshare, as CI has).
+fn on_a_full_disk(dir: &Path, args: &[String]) -> Option<std::process::Output> {
+    let may = Command::new("unshare")
+        .args(["--mount", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !may {
+        eprintln!("SKIPPED: the full-disk run (needs root and unshare)");
+        return None;
+    }
+    let script = format!(
+        "mount -t tmpfs -o size=150k tmpfs {} && exec \"$0\" \"$@\"",
+        dir.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("KILN_LOG", "warn")
+        .output()
+        .unwrap();
+    Some(out)
 }

@@ -6,7 +6,7 @@
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::common::repo_root;
@@ -55,6 +55,8 @@ pub struct Server {
     pub uri: String,
     /// The test CA's certificate (PEM) for an HTTPS server.
     pub ca: Option<PathBuf>,
+    /// Its stdout and stderr.
+    log: PathBuf,
 }
 
 impl Server {
@@ -120,7 +122,17 @@ impl Server {
     }
 
     fn spawn(bin: &Path, dir: &Path, port: u16, ca: Option<&Path>, extra: &[String]) -> Server {
-        let child = Command::new(bin)
+        let log_path = dir.join("mlflow-server.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(bin);
+        if ca.is_some() {
+            // The basic-auth app's users. Only for it: a plain server reads this file too (its
+            // runs/search imports the auth module when mlflow[auth] is installed).
+            command
+                .env("MLFLOW_AUTH_CONFIG_PATH", dir.join("basic_auth.ini"))
+                .env("MLFLOW_FLASK_SERVER_SECRET_KEY", "kiln-test");
+        }
+        let child = command
             .args([
                 "server",
                 "--host",
@@ -135,12 +147,9 @@ impl Server {
             .arg("--artifacts-destination")
             .arg(dir.join("artifacts"))
             .args(extra)
-            // Read by the basic-auth app only.
-            .env("MLFLOW_AUTH_CONFIG_PATH", dir.join("basic_auth.ini"))
-            .env("MLFLOW_FLASK_SERVER_SECRET_KEY", "kiln-test")
             .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .process_group(0)
             .spawn()
             .expect("mlflow server starts");
@@ -149,7 +158,36 @@ impl Server {
             child,
             uri: format!("{scheme}://127.0.0.1:{port}"),
             ca: ca.map(Path::to_path_buf),
+            log: log_path,
         }
+    }
+
+    /// Every run of an experiment, as MLflow's REST API returns them (`runs/search`), on a plain
+    /// HTTP server.
+    pub fn runs_of(&self, experiment: &str) -> Vec<serde_json::Value> {
+        let uri = &self.uri;
+        let got = ureq::get(&format!(
+            "{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}"
+        ))
+        .call()
+        .unwrap_or_else(|e| panic!("experiment {experiment}: {e}"));
+        let got: serde_json::Value = got.into_json().unwrap();
+        let id = &got["experiment"]["experiment_id"];
+        let found = ureq::post(&format!("{uri}/api/2.0/mlflow/runs/search"))
+            .send_json(serde_json::json!({ "experiment_ids": [id], "max_results": 1000 }));
+        let found: serde_json::Value = match found {
+            Ok(r) => r.into_json().unwrap(),
+            Err(ureq::Error::Status(code, r)) => {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail = &log[log.len().saturating_sub(4000)..];
+                panic!(
+                    "runs/search: HTTP {code} ({}); the server's log ends:\n{tail}",
+                    r.status_text()
+                )
+            }
+            Err(e) => panic!("runs/search: {e}"),
+        };
+        found["runs"].as_array().cloned().unwrap_or_default()
     }
 
     /// Stops the server (SIGTERM to its process group) and waits for it.

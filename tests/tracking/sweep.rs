@@ -1,5 +1,7 @@
 //! `kiln sweep`: a 4-trial sweep of the smoke config gives the ranked table; killed in the middle
-//! and run again, it does not repeat finished trials and ends with the same table.
+//! and run again, it does not repeat finished trials and ends with the same table. Two trials at
+//! a time, with MLflow on: an MLflow parent run with the trials as children, and diverging
+//! trials recorded as failed and ranked last.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::common::{kiln, repo_root, stderr};
+use super::mlflow_server::{free_port, mlflow_bin, Server};
 
 fn sweep_file(dir: &Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
@@ -150,4 +153,113 @@ fn a_bad_trial_key_is_refused_before_any_trial_runs() {
         !tmp.path().join("bad").exists(),
         "nothing is written for a sweep that cannot run"
     );
+}
+
+#[test]
+fn two_trials_at_a_time_report_to_one_mlflow_parent_and_diverging_ones_rank_last() {
+    let Some(bin) = mlflow_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, tmp.path(), free_port());
+    // The smoke config reporting to MLflow; lr = 1e30 makes the loss NaN.
+    let base = tmp.path().join("base.toml");
+    let smoke = std::fs::read_to_string(repo_root().join("configs/smoke.toml")).unwrap();
+    std::fs::write(
+        &base,
+        format!(
+            "{smoke}\n[tracking]\nmlflow = \"{}\"\nexperiment = \"sweeps\"\n",
+            server.uri
+        ),
+    )
+    .unwrap();
+    let file = tmp.path().join("par.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "base = \"base.toml\"\noutput_dir = \"{}\"\nmetric = \"valid/loss\"\n[parameters]\n\"optimizer.lr\" = [3e-3, 1e30]\n\"model.hidden\" = [[16], [32]]\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let o = kiln(&["sweep", file.to_str().unwrap(), "--jobs", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let outcome: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let trials = outcome["state"]["trials"].as_array().unwrap();
+    let status = |t: &Value| t["status"].as_str().unwrap().to_string();
+    let ranked: Vec<(String, String)> = outcome["ranked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().into(), status(t)))
+        .collect();
+    assert_eq!(ranked.len(), 4, "{outcome}");
+    for (i, (name, st)) in ranked.iter().enumerate() {
+        let diverged = name.ends_with("lr=1e30");
+        assert_eq!(
+            diverged,
+            i >= 2,
+            "the diverging trials rank last: {ranked:?}"
+        );
+        assert_eq!(st, if diverged { "failed" } else { "finished" }, "{name}");
+    }
+
+    // Two at a time: trials' training overlapped (the times of their metrics.jsonl lines).
+    let span = |name: &str| -> (f64, f64) {
+        let text = std::fs::read_to_string(tmp.path().join("par").join(name).join("metrics.jsonl"))
+            .unwrap();
+        let times: Vec<f64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["time"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        (times[0], *times.last().unwrap())
+    };
+    let spans: Vec<(f64, f64)> = trials
+        .iter()
+        .map(|t| span(t["name"].as_str().unwrap()))
+        .collect();
+    let overlapping = (0..4)
+        .flat_map(|i| (i + 1..4).map(move |j| (i, j)))
+        .filter(|&(i, j)| spans[i].0 < spans[j].1 && spans[j].0 < spans[i].1)
+        .count();
+    assert!(overlapping >= 1, "no two trials ran at once: {spans:?}");
+
+    // MLflow: a parent run named after the sweep, FINISHED, with best/valid/loss equal to the
+    // best trial's; each trial a child run of it.
+    let runs = server.runs_of("sweeps");
+    let tag = |r: &Value, key: &str| -> Option<String> {
+        r["data"]["tags"]
+            .as_array()?
+            .iter()
+            .find(|t| t["key"] == key)
+            .and_then(|t| t["value"].as_str().map(String::from))
+    };
+    let search = |pick: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        runs.iter().filter(|r| pick(r)).cloned().collect()
+    };
+    let parents = search(&|r| r["info"]["run_name"] == "par");
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    let parent = &parents[0];
+    assert_eq!(parent["info"]["status"], "FINISHED");
+    let parent_id = parent["info"]["run_id"].as_str().unwrap();
+    let best = parent["data"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "best/valid/loss")
+        .unwrap_or_else(|| panic!("no best/valid/loss: {parent}"))["value"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(best, outcome["ranked"][0]["value"].as_f64().unwrap());
+    let children = search(&|r| tag(r, "mlflow.parentRunId").as_deref() == Some(parent_id));
+    let mut names: Vec<&str> = children
+        .iter()
+        .map(|r| r["info"]["run_name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<&str> = trials.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    want.sort();
+    assert_eq!(names, want);
 }

@@ -219,7 +219,7 @@ impl SweepSpec {
         for point in points {
             let group: Vec<String> = point
                 .iter()
-                .map(|(key, v)| format!("{}={v}", key.rsplit('.').next().unwrap_or(key)))
+                .map(|(key, v)| format!("{}={}", key.rsplit('.').next().unwrap_or(key), short(v)))
                 .collect();
             let group = group.join("-");
             for r in 0..self.repeats {
@@ -283,6 +283,21 @@ fn draw(r: &RangeSpec, rng: &mut impl Rng) -> toml::Value {
         lo + t * (hi - lo)
     };
     value(r, x)
+}
+
+/// A value as a trial's name shows it: very large and very small numbers in exponent form
+/// (`lr=1e30`, `lr=1e-5`, not thirty digits), the rest as TOML writes them.
+fn short(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Float(x) if *x != 0.0 && (x.abs() >= 1e5 || x.abs() < 1e-3) => {
+            format!("{x:e}")
+        }
+        toml::Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(short).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A trial's directory name: its parameters, in characters any file system takes.
@@ -350,6 +365,9 @@ mod tests {
         let lr = |t: &Trial| t.params[1].1.as_float().unwrap();
         assert!((lr(&t[2]) - 0.1).abs() < 1e-12 && (lr(&t[1]) - 0.01).abs() < 1e-12);
         assert_eq!(s.trials(7), t, "the same spec plans the same trials");
+        let s = spec("base = \"b.toml\"\nmetric = \"valid/loss\"\n[parameters]\n\"optimizer.lr\" = [1e30, 3e-5, 0.25]\n").unwrap();
+        let names: Vec<String> = s.trials(7).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["t000-lr=1e30", "t001-lr=3e-5", "t002-lr=0.25"]);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct SweepOutcome {
     pub complete: bool,
     /// The state, trials in run order.
     pub state: SweepState,
+    /// The trials best first (failed, NaN and unfinished ones last).
+    pub ranked: Vec<TrialRecord>,
     /// The best trial's `config.toml`.
     pub best_config: Option<PathBuf>,
 }
@@ -291,10 +293,12 @@ impl Sweep {
         let best_config = best
             .filter(|_| complete)
             .map(|t| self.dir.join(&t.name).join("config.toml"));
+        let ranked = state.ranked().into_iter().cloned().collect();
         Ok(SweepOutcome {
             dir: self.dir,
             complete,
             state,
+            ranked,
             best_config,
         })
     }
