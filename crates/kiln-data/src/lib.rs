@@ -14,22 +14,25 @@
 #![warn(missing_docs)]
 
 mod batch;
-mod csv;
 mod dataset;
 mod idx;
 mod loader;
 mod read;
+mod sklearn_csv;
 mod source;
 mod standardize;
+pub mod table;
 pub mod text;
 
 pub use batch::{eval_batches, Batch};
-pub use csv::load_sklearn_csv;
 pub use dataset::{split, Dataset};
 pub use idx::{load_idx, load_idx_images};
 pub use loader::{Loaded, Loader, LoaderConfig, Shard, StreamPosition};
+pub use sklearn_csv::load_sklearn_csv;
 pub use source::{Collated, Gather, RandomAccess, Stream};
 pub use standardize::Standardizer;
+pub use table::schema::{Missing, TableOptions, TableSchema, Task};
+pub use table::{read_table, Table};
 pub use text::{
     check_span, eval_window_count, eval_windows, meta_path, random_windows, random_windows_from,
     read_meta, read_text, tokenize_file, write_token_file, CharTokenizer, TokenBatch, TokenDtype,
@@ -73,5 +76,28 @@ mod tests {
         assert_eq!(ds.num_classes, 3);
         assert_eq!(ds.class_names, vec!["class_0", "class_1", "class_2"]);
         assert_eq!(&ds.sample(0)[..2], &[14.23, 1.71]);
+    }
+
+    #[test]
+    fn reads_the_shipped_penguins_table_with_its_missing_values() {
+        let t = read_table(&dataset_path("tabular/penguins.csv"), None).unwrap();
+        assert_eq!(t.rows.len(), 344);
+        assert_eq!(t.columns[0], "species");
+        let options = TableOptions {
+            label: Some("species".into()),
+            missing: Missing::Drop,
+            ..TableOptions::default()
+        };
+        let all: Vec<usize> = (0..344).collect();
+        let schema = TableSchema::fit(&[&t], &all, &options).unwrap();
+        assert_eq!(schema.classes().unwrap(), ["Adelie", "Chinstrap", "Gentoo"]);
+        // island (3) and sex (2) one-hot, four measurements and the year.
+        assert_eq!(schema.width(), 3 + 4 + 2 + 1);
+        let encoded = schema.encode(&t, &all, true).unwrap();
+        assert_eq!(
+            encoded.rows.len(),
+            344 - 11,
+            "the rows without sex are dropped"
+        );
     }
 }
