@@ -23,6 +23,8 @@ pub const RUN_INFO_FILE: &str = "run.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The tokenizer of a run on text data.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// What the columns of a run's table mean (a table with a header of column names).
+pub const TABLE_FILE: &str = "table.json";
 /// A checkpoint's model parameters.
 pub const MODEL_FILE: &str = "model.safetensors";
 /// A checkpoint's optimizer state.

@@ -104,6 +104,22 @@ impl DataFormat {
     }
 }
 
+/// `data.missing`: what a missing value in a table does.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingValues {
+    /// `"error"` (the default): an error naming the row and column.
+    Error,
+    /// `"drop"`: the row is left out.
+    Drop,
+    /// `"mean"`: the column's mean over the training split (categories: the most frequent).
+    Mean,
+    /// `"median"`: the column's median over the training split (categories: the most frequent).
+    Median,
+    /// `"mode"`: the column's most frequent value over the training split.
+    Mode,
+}
+
 /// `data.token_dtype`: the element type of a token file.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -162,6 +178,27 @@ pub struct DataSection {
     /// `data.path` (required for csv, text and tokens): the one data file. CSV: the test split is
     /// held out from it; text/tokens: the validation split is held out from its end.
     pub path: Option<PathBuf>,
+    /// `data.test_path` (csv): a separate test table with the same columns; `data.test_fraction`
+    /// is then not used.
+    pub test_path: Option<PathBuf>,
+    /// `data.delimiter` (csv): the cell delimiter, one character (`","`, `";"`, `"\t"`);
+    /// detected from the header when unset.
+    pub delimiter: Option<String>,
+    /// `data.label` (csv with a header of column names): the label column (default: the last).
+    pub label: Option<String>,
+    /// `data.features` (csv with a header of column names): the feature columns, in this order
+    /// (default: every column but the label).
+    pub features: Option<Vec<String>>,
+    /// `data.categorical` (csv with a header of column names): feature columns to one-hot
+    /// encode even where their values are numbers (a column of mostly non-numbers always is).
+    pub categorical: Option<Vec<String>>,
+    /// `data.missing` (csv with a header of column names; default `"error"`): what a missing
+    /// value (empty, `NA`, `NaN`, `null`) does.
+    pub missing: Option<MissingValues>,
+    /// `data.stratify` (csv): hold out test and validation rows class by class, so each split
+    /// has the classes in the data's proportions. Default: true for a table with a header of
+    /// column names, false for the scikit-learn layout (whose splits stay as they were).
+    pub stratify: Option<bool>,
     /// `data.token_dtype`: tokens: the element type of the token file, `"u16"` or `"u32"`
     /// (defaults to its `.json` sidecar, else u16).
     pub token_dtype: Option<TokenDtype>,

@@ -74,17 +74,59 @@ impl Dataset {
 /// # Panics
 /// If `fraction` is not in `[0, 1)`.
 pub fn split(ds: &Dataset, fraction: f64, seed: u64) -> (Dataset, Dataset) {
+    let (rest, held) = split_indices(ds.len(), fraction, seed);
+    (ds.subset(&rest), ds.subset(&held))
+}
+
+/// The indices `0..n` split as [`split`] splits a dataset of `n` samples: `(rest, held_out)`,
+/// each in increasing order.
+///
+/// # Panics
+/// If `fraction` is not in `[0, 1)`.
+pub fn split_indices(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     assert!(
         (0.0..1.0).contains(&fraction),
         "split fraction must be in [0, 1), got {fraction}"
     );
-    let mut order: Vec<usize> = (0..ds.len()).collect();
+    let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let held_len = ((ds.len() as f64) * fraction).round() as usize;
+    let held_len = ((n as f64) * fraction).round() as usize;
     let (held, rest) = order.split_at_mut(held_len);
     held.sort_unstable();
     rest.sort_unstable();
-    (ds.subset(rest), ds.subset(held))
+    (rest.to_vec(), held.to_vec())
+}
+
+/// [`split_indices`] class by class: of the indices whose `keys` are equal, `round(count *
+/// fraction)` are held out, chosen by one `ChaCha8Rng` seeded from `seed` and drawn from the
+/// classes in key order. Each split then has the classes in the data's proportions.
+///
+/// # Panics
+/// If `fraction` is not in `[0, 1)`.
+pub fn stratified_split_indices<K: Ord>(
+    keys: &[K],
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    assert!(
+        (0.0..1.0).contains(&fraction),
+        "split fraction must be in [0, 1), got {fraction}"
+    );
+    let mut classes: std::collections::BTreeMap<&K, Vec<usize>> = Default::default();
+    for (i, k) in keys.iter().enumerate() {
+        classes.entry(k).or_default().push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut rest, mut held) = (Vec::new(), Vec::new());
+    for members in classes.values_mut() {
+        members.shuffle(&mut rng);
+        let held_len = ((members.len() as f64) * fraction).round() as usize;
+        held.extend_from_slice(&members[..held_len]);
+        rest.extend_from_slice(&members[held_len..]);
+    }
+    held.sort_unstable();
+    rest.sort_unstable();
+    (rest, held)
 }
 
 #[cfg(test)]
@@ -148,6 +190,27 @@ pub(crate) mod tests {
         assert_eq!(train, ds);
         assert!(val.is_empty());
         assert_eq!(val.sample_shape, vec![2]);
+    }
+
+    #[test]
+    fn a_stratified_split_holds_out_each_class_in_proportion() {
+        // 60 of class a, 30 of b, 10 of c.
+        let keys: Vec<char> = (0..100)
+            .map(|i| match i % 10 {
+                0 => 'c',
+                1..=3 => 'b',
+                _ => 'a',
+            })
+            .collect();
+        let (rest, held) = stratified_split_indices(&keys, 0.2, 7);
+        let count = |ids: &[usize], k: char| ids.iter().filter(|&&i| keys[i] == k).count();
+        assert_eq!(
+            [count(&held, 'a'), count(&held, 'b'), count(&held, 'c')],
+            [12, 6, 2]
+        );
+        assert_eq!(rest.len() + held.len(), 100);
+        assert!(held.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(stratified_split_indices(&keys, 0.2, 7), (rest, held));
     }
 
     #[test]

@@ -25,10 +25,10 @@ pub mod table;
 pub mod text;
 
 pub use batch::{eval_batches, Batch};
-pub use dataset::{split, Dataset};
+pub use dataset::{split, split_indices, stratified_split_indices, Dataset};
 pub use idx::{load_idx, load_idx_images};
 pub use loader::{Loaded, Loader, LoaderConfig, Shard, StreamPosition};
-pub use sklearn_csv::load_sklearn_csv;
+pub use sklearn_csv::{is_sklearn_layout, load_sklearn_csv};
 pub use source::{Collated, Gather, RandomAccess, Stream};
 pub use standardize::Standardizer;
 pub use table::schema::{Missing, TableOptions, TableSchema, Task};

@@ -13,6 +13,20 @@ use crate::Dataset;
 const EXPECTED_HEADER: &str = "expected the scikit-learn header \
      `n_samples,n_features,class_name_0,class_name_1,...` such as `178,13,class_0,class_1,class_2`";
 
+/// Whether a CSV file is in the scikit-learn layout: its first line starts with two whole
+/// numbers (`n_samples,n_features`) where a table of named columns has names.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn is_sklearn_layout(path: &Path) -> Result<bool> {
+    let bytes = read_bytes(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let cells: Vec<&str> = first.split(',').map(str::trim).collect();
+    Ok(cells.len() >= 3 && cells[..2].iter().all(|c| c.parse::<usize>().is_ok()))
+}
+
 /// Reads a scikit-learn layout CSV file (gzip-compressed or raw).
 ///
 /// Samples get the shape `[n_features]`; `num_classes` and `class_names` come
@@ -30,6 +44,8 @@ pub fn load_sklearn_csv(path: &Path) -> Result<Dataset> {
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         anyhow!("{shown}: not a text file ({e}); expected a scikit-learn layout CSV file")
     })?;
+    // (Excel and others start UTF-8 files with a byte-order mark.)
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
@@ -196,6 +212,25 @@ mod tests {
         let ds = load("2,1,a,b\r\n1,0\r\n\r\n2,1\r\n\r\n").0.unwrap();
         assert_eq!(ds.features, vec![1.0, 2.0]);
         assert_eq!(ds.labels, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted_and_the_layout_recognized() {
+        let ds = load(&format!("\u{feff}{SMALL}")).0.unwrap();
+        assert_eq!(ds.len(), 4);
+        let dir = tempfile::tempdir().unwrap();
+        for (text, sklearn) in [
+            (format!("\u{feff}{SMALL}"), true),
+            (
+                "sepal_length,sepal_width,species\n1,2,a\n".to_string(),
+                false,
+            ),
+            ("1,2\n3,4\n".to_string(), false),
+        ] {
+            let path = dir.path().join("t.csv");
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(is_sklearn_layout(&path).unwrap(), sklearn, "{text}");
+        }
     }
 
     #[test]

@@ -11,14 +11,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kiln_core::config::{DataFormat, DataSection, TokenDtype};
-use kiln_core::layout::TOKENIZER_FILE;
+use kiln_core::layout::{TABLE_FILE, TOKENIZER_FILE};
 use kiln_core::Config;
 use kiln_data::{
-    check_span, eval_batches, eval_windows, load_idx, load_sklearn_csv, read_meta, read_text,
-    split, CharTokenizer, Dataset, Standardizer, TokenFile, TokenSource, TokenSpan,
+    check_span, eval_batches, eval_windows, is_sklearn_layout, load_idx, load_sklearn_csv,
+    read_meta, read_text, split, stratified_split_indices, CharTokenizer, Dataset, Standardizer,
+    TableSchema, TokenFile, TokenSource, TokenSpan,
 };
 use kiln_models::DataShape;
 pub use kiln_models::{HostBatch, HostInput};
+
+mod table;
 
 /// The three splits of a sample-data run, standardized with statistics of the training split.
 pub struct Splits {
@@ -30,6 +33,8 @@ pub struct Splits {
     pub test: Dataset,
     /// The standardization applied to all three (`data.standardize`).
     pub standardizer: Option<Standardizer>,
+    /// A table with a header of column names: what its columns mean (saved with the run).
+    pub table: Option<TableSchema>,
 }
 
 /// A token-data run: the training and validation spans (validation = the end of the data).
@@ -168,8 +173,17 @@ impl RunData {
     }
 
     /// Saves what a run needs besides the weights into its directory: the character tokenizer
-    /// of text data.
+    /// of text data, the column schema of a table.
     pub fn save_artifacts(&self, run_dir: &Path) -> Result<()> {
+        if let RunData::Samples(Splits {
+            table: Some(schema),
+            ..
+        }) = self
+        {
+            let path = run_dir.join(TABLE_FILE);
+            let json = serde_json::to_string_pretty(schema)?;
+            std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+        }
         if let RunData::Text(TextData {
             tokenizer: Some(tok),
             ..
@@ -187,7 +201,7 @@ impl Splits {
         let d = &config.data;
         let seed = config.run.seed;
         let format = d.kiln_format()?;
-        let (train_full, test) = match format {
+        let (mut train, mut valid, mut test, table) = match format {
             DataFormat::Idx => {
                 let train = load_idx(
                     required(d, &d.train_images, "train_images")?,
@@ -201,25 +215,27 @@ impl Splits {
                     d.num_classes,
                 )
                 .context("reading data.test_images / data.test_labels")?;
-                (train, test)
+                let (train, valid) = split(&train, d.valid_fraction, seed);
+                (train, valid, test, None)
             }
             DataFormat::Csv => {
-                let all =
-                    load_sklearn_csv(required(d, &d.path, "path")?).context("reading data.path")?;
-                // The test split is drawn with its own stream so that changing
-                // valid_fraction never moves a sample in or out of the test split.
-                split(&all, d.test_fraction, seed ^ 0x7E57)
+                let path = required(d, &d.path, "path")?;
+                if is_sklearn_layout(path).context("reading data.path")? {
+                    let (train, valid, test) = sklearn_splits(d, path, seed)?;
+                    (train, valid, test, None)
+                } else {
+                    let t = table::load(d, path, seed)?;
+                    (t.train, t.valid, t.test, Some(t.schema))
+                }
             }
             DataFormat::Text | DataFormat::Tokens => {
                 bail!("data.format: text and token data have no sample splits")
             }
         };
-        let (mut train, mut valid) = split(&train_full, d.valid_fraction, seed);
-        let mut test = test;
         if train.is_empty() {
             bail!(
                 "data: the training split is empty ({} samples, valid_fraction = {}); use more data or a smaller data.valid_fraction",
-                train_full.len(),
+                train.len() + valid.len(),
                 d.valid_fraction
             );
         }
@@ -237,8 +253,33 @@ impl Splits {
             valid,
             test,
             standardizer,
+            table,
         })
     }
+}
+
+/// The splits of a scikit-learn layout CSV file: the test split `data.test_fraction` of it (or
+/// `data.test_path`), validation `data.valid_fraction` of the rest; class by class only when
+/// `data.stratify = true`, so that runs from before the key split as they did.
+fn sklearn_splits(d: &DataSection, path: &Path, seed: u64) -> Result<(Dataset, Dataset, Dataset)> {
+    let all = load_sklearn_csv(path).context("reading data.path")?;
+    let stratify = d.stratify == Some(true);
+    let split = |ds: &Dataset, fraction: f64, seed: u64| {
+        if stratify {
+            let (rest, held) = stratified_split_indices(&ds.labels, fraction, seed);
+            (ds.subset(&rest), ds.subset(&held))
+        } else {
+            split(ds, fraction, seed)
+        }
+    };
+    let (train_full, test) = match &d.test_path {
+        Some(p) => (all, load_sklearn_csv(p).context("reading data.test_path")?),
+        // The test split is drawn with its own stream so that changing valid_fraction never
+        // moves a sample in or out of the test split.
+        None => split(&all, d.test_fraction, seed ^ 0x7E57),
+    };
+    let (train, valid) = split(&train_full, d.valid_fraction, seed);
+    Ok((train, valid, test))
 }
 
 /// The keys of the `[model]` section that shape Kiln's text data: the window of

@@ -239,3 +239,36 @@ fn tracking_keys_are_out_of_the_hash_and_may_change_on_resume() {
         "{e}"
     );
 }
+
+#[test]
+fn table_keys_are_checked_and_unset_ones_leave_the_hash_alone() {
+    let base = load(&[]).unwrap();
+    let set = load(&[
+        "data.label=\"species\"",
+        "data.missing=\"median\"",
+        "data.delimiter=\";\"",
+        "data.categorical=[\"island\"]",
+    ])
+    .unwrap();
+    assert_eq!(set.data.missing, Some(MissingValues::Median));
+    assert_ne!(set.maths_hash(), base.maths_hash());
+    let text = toml::to_string(&base).unwrap();
+    for key in ["label", "missing", "delimiter", "stratify", "test_path"] {
+        assert!(
+            !text.contains(&format!("{key} =")),
+            "unset data.{key} is written: {text}"
+        );
+    }
+    let e = format!("{:#}", load(&["data.delimiter=\";;\""]).unwrap_err());
+    assert!(
+        e.contains("data.delimiter: must be one ASCII character"),
+        "{e}"
+    );
+    let e = format!("{:#}", load(&["data.missing=\"zero\""]).unwrap_err());
+    assert!(e.contains("missing") && e.contains("zero"), "{e}");
+    let e = format!(
+        "{:#}",
+        load(&["data.format=\"tokens\"", "data.label=\"y\""]).unwrap_err()
+    );
+    assert!(e.contains("data.label: applies to tables only"), "{e}");
+}

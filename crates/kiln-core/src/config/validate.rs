@@ -82,6 +82,26 @@ impl Config {
                     "data.test_fraction",
                     "must be in (0, 1)",
                 )?;
+                if let Some(delimiter) = &d.delimiter {
+                    check(
+                        delimiter.chars().count() == 1 && delimiter.is_ascii(),
+                        "data.delimiter",
+                        "must be one ASCII character, such as \",\", \";\" or \"\\t\"",
+                    )?;
+                }
+            }
+        }
+        if d.format != Some(DataFormat::Csv) {
+            for (key, set) in [
+                ("data.test_path", d.test_path.is_some()),
+                ("data.delimiter", d.delimiter.is_some()),
+                ("data.label", d.label.is_some()),
+                ("data.features", d.features.is_some()),
+                ("data.categorical", d.categorical.is_some()),
+                ("data.missing", d.missing.is_some()),
+                ("data.stratify", d.stratify.is_some()),
+            ] {
+                check(!set, key, "applies to tables only (data.format = \"csv\")")?;
             }
         }
 
