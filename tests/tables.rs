@@ -153,3 +153,69 @@ fn bad_tables_are_one_line_errors_naming_file_line_and_column() {
         "only bad.csv"
     );
 }
+
+#[test]
+fn an_export_predicts_rows_of_the_table_by_column_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = train(PENGUINS, tmp.path(), &[]);
+    let run = summary["run_dir"].as_str().unwrap();
+    let export = tmp.path().join("export");
+    let o = kiln(&[
+        "export",
+        run,
+        "--format",
+        "kiln",
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(export.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format_version"], 3);
+    assert_eq!(manifest["input"]["names"][0], "island=Biscoe");
+
+    // Rows as a user has them: other column order, no label, a missing value (filled as in
+    // training), a column the model does not use.
+    let rows = tmp.path().join("new.csv");
+    std::fs::write(
+        &rows,
+        "note,sex,year,island,body_mass_g,flipper_length_mm,bill_depth_mm,bill_length_mm\n\
+         a,male,2007,Torgersen,3750,181,18.7,39.1\n\
+         b,female,2008,Biscoe,4500,210,NA,46.5\n\
+         c,female,2009,Dream,3500,195,17.9,49.5\n",
+    )
+    .unwrap();
+    let o = kiln(&["predict", export.to_str().unwrap(), rows.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["label"]
+                .as_str()
+                .unwrap()
+                .into()
+        })
+        .collect();
+    assert_eq!(labels, ["Adelie", "Gentoo", "Chinstrap"]);
+
+    // An island the model never saw; a column it needs missing.
+    std::fs::write(
+        &rows,
+        "sex,year,island,body_mass_g,flipper_length_mm,bill_depth_mm,bill_length_mm\n\
+         male,2007,Anvers,3750,181,18.7,39.1\n",
+    )
+    .unwrap();
+    let args = ["predict", export.to_str().unwrap(), rows.to_str().unwrap()];
+    fails_with(
+        &args,
+        &["new.csv line 2 column `island`: unknown category `Anvers`; the model knows Biscoe, Dream, Torgersen"],
+    );
+    std::fs::write(&rows, "sex,year,island\nmale,2007,Dream\n").unwrap();
+    fails_with(
+        &args,
+        &[
+            "new.csv: no column named `bill_length_mm`",
+            "the model was trained with column",
+        ],
+    );
+}

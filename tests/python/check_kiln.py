@@ -142,9 +142,10 @@ def main():
 
     manifest = json.loads((args.export / "manifest.json").read_text())
     # Version 2 records only the model kind's keys in architecture.model; version 1 had every
-    # kind's keys. The keys read below are the kind's own, in both.
-    if manifest.get("format") != "kiln-export" or manifest.get("format_version") not in (1, 2):
-        fail(f"{args.export}: not a kiln-export version 1 or 2 manifest")
+    # kind's keys. The keys read below are the kind's own, in both. Version 3 adds input.table
+    # (a table's column schema), which the checks below do not need: they feed the features.
+    if manifest.get("format") != "kiln-export" or manifest.get("format_version") not in (1, 2, 3):
+        fail(f"{args.export}: not a kiln-export version 1 to 3 manifest")
     weights_file = args.export / "model.safetensors"
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     if digest != manifest["files"]["model.safetensors"]["sha256"]:

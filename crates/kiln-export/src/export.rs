@@ -277,11 +277,12 @@ pub fn quantize(
 fn input_spec(data: &RunData, format: DataFormat, section: &ModelConfig) -> Result<Value> {
     Ok(match data {
         RunData::Samples(s) => {
-            let (scaling, source) = match format {
-                DataFormat::Idx => ("pixel / 255", "idx"),
+            let (scaling, source) = match (format, &s.table) {
+                (DataFormat::Idx, _) => ("pixel / 255", "idx"),
+                (_, Some(_)) => ("one-hot categories, missing values filled", "table"),
                 _ => ("none", "csv"),
             };
-            json!({
+            let mut spec = json!({
                 "kind": "features",
                 "dtype": "float32",
                 "shape": s.test.sample_shape,
@@ -289,7 +290,14 @@ fn input_spec(data: &RunData, format: DataFormat, section: &ModelConfig) -> Resu
                 "scaling": scaling,
                 "source_format": source,
                 "standardize": s.standardizer,
-            })
+            });
+            if let Some(table) = &s.table {
+                // A table's rows become the features through its schema: the input names, then
+                // the schema itself (kiln predict reads rows of the table's columns with it).
+                spec["names"] = json!(table.input_names());
+                spec["table"] = serde_json::to_value(table)?;
+            }
+            spec
         }
         RunData::Text(t) => {
             let gpt = section.gpt("an export of text data")?;

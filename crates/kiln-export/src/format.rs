@@ -27,9 +27,11 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The manifest's `format`.
 pub const FORMAT: &str = "kiln-export";
-/// The manifest version written. Version 2 records the model's own section
-/// (`architecture.model` holds only its kind's keys); version 1 (every kind's keys) still reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The manifest version written. Version 3 adds `input.table` (what the columns of a table with
+/// column names mean) for a model trained on one; version 2 records the model's own section
+/// (`architecture.model` holds only its kind's keys); versions 1 (every kind's keys) and 2 still
+/// read.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest manifest version read.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 

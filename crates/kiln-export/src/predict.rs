@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_data::{CharTokenizer, Standardizer};
+use kiln_data::{read_table, CharTokenizer, Standardizer, TableSchema};
 use kiln_infer::generate::{generate_with, Sampling};
 use kiln_models::{DataShape, Input, Model, ModelConfig};
 use serde_json::{json, Value};
@@ -30,6 +30,8 @@ pub enum Task {
         sample_shape: Vec<usize>,
         /// The training data's standardization, applied to every input first.
         standardize: Option<Standardizer>,
+        /// A model trained on a table with column names: how a row of it becomes the features.
+        table: Option<TableSchema>,
     },
     /// A language model.
     Language {
@@ -91,6 +93,13 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
                     Some(st)
                 }
             };
+            let table = match &manifest.input["table"] {
+                Value::Null => None,
+                t => Some(
+                    serde_json::from_value::<TableSchema>(t.clone())
+                        .with_context(|| damaged("input.table"))?,
+                ),
+            };
             let shape = DataShape::Samples {
                 sample_shape: sample_shape.clone(),
                 num_classes: labels.len(),
@@ -99,6 +108,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
                 labels,
                 sample_shape,
                 standardize,
+                table,
             };
             (task, shape)
         }
@@ -134,8 +144,17 @@ pub struct Record {
 }
 
 /// Reads classifier inputs: PNG images, IDX image files (`.idx`, `-ubyte`, `.gz`) or CSV rows,
-/// each checked against `sample_shape` (`[features]` or `[c, h, w]`).
-pub fn read_inputs(paths: &[PathBuf], sample_shape: &[usize]) -> Result<Vec<Record>> {
+/// each checked against `sample_shape` (`[features]` or `[c, h, w]`). For a model trained on a
+/// table with column names (`table`), every input is such a table: its rows are read by column
+/// name through the schema (other columns, the label among them, are ignored).
+pub fn read_inputs(
+    paths: &[PathBuf],
+    sample_shape: &[usize],
+    table: Option<&TableSchema>,
+) -> Result<Vec<Record>> {
+    if let Some(schema) = table {
+        return read_table_rows(paths, schema);
+    }
     let mut records = Vec::new();
     for path in paths {
         let name = path.display().to_string();
@@ -231,6 +250,25 @@ fn read_idx(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
             values: v.to_vec(),
         })
         .collect())
+}
+
+/// The rows of tables with column names as a model trained on `schema` takes them.
+fn read_table_rows(paths: &[PathBuf], schema: &TableSchema) -> Result<Vec<Record>> {
+    let width = schema.width();
+    let mut records = Vec::new();
+    for path in paths {
+        let table = read_table(path, None)?;
+        let rows: Vec<usize> = (0..table.rows.len()).collect();
+        let encoded = schema.encode(&table, &rows, false)?;
+        for (i, &row) in encoded.rows.iter().enumerate() {
+            records.push(Record {
+                origin: format!("{}:{}", path.display(), table.lines[row]),
+                values: encoded.features[i * width..(i + 1) * width].to_vec(),
+            });
+        }
+        ensure!(!encoded.rows.is_empty(), "{}: no rows", path.display());
+    }
+    Ok(records)
 }
 
 fn read_csv(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
