@@ -73,7 +73,11 @@ fn a_bom_crlf_tsv_and_gzip_table_train_to_the_same_weights() {
         ("penguins.csv.gz", gz.finish().unwrap()),
     ];
     let short = "train.max_steps=40".to_string();
-    let reference = train(PENGUINS, &tmp.path().join("ref"), &[short.clone()]);
+    let reference = train(
+        PENGUINS,
+        &tmp.path().join("ref"),
+        std::slice::from_ref(&short),
+    );
     let weights = |summary: &Value| {
         std::fs::read(Path::new(summary["checkpoint"].as_str().unwrap()).join("model.safetensors"))
             .unwrap()
