@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
-use kiln_core::config::DataFormat;
-use kiln_core::layout::TOKENIZER_FILE;
-use kiln_data::{CharTokenizer, Standardizer};
+use kiln_data::Standardizer;
 use kiln_infer::{evaluate, EvalResult, RunData, Split};
 use kiln_models::{DataShape, ModelConfig, Step, TrainModel};
 use serde_json::{json, Value};
@@ -21,6 +19,10 @@ use crate::hf::{write_gpt2, Gpt2Shape};
 use crate::model::{build_model, HostWeights};
 use crate::onnx::{classifier_to_onnx, ClassifierNet, Layer};
 use crate::source::Source;
+
+mod manifest;
+pub(crate) use manifest::quantization_spec;
+use manifest::{input_spec, output_spec, tokenizer_of};
 
 /// What an export is written as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,103 +274,6 @@ pub fn quantize(
             Ok((name.clone(), t))
         })
         .collect()
-}
-
-fn input_spec(data: &RunData, format: DataFormat, section: &ModelConfig) -> Result<Value> {
-    Ok(match data {
-        RunData::Samples(s) => {
-            let (scaling, source) = match (format, &s.table) {
-                (DataFormat::Idx, _) => ("pixel / 255", "idx"),
-                (_, Some(_)) => ("one-hot categories, missing values filled", "table"),
-                _ => ("none", "csv"),
-            };
-            let mut spec = json!({
-                "kind": "features",
-                "dtype": "float32",
-                "shape": s.test.sample_shape,
-                "features": s.test.sample_len(),
-                "scaling": scaling,
-                "source_format": source,
-                "standardize": s.standardizer,
-            });
-            if let Some(table) = &s.table {
-                // A table's rows become the features through its schema: the input names, then
-                // the schema itself (kiln predict reads rows of the table's columns with it).
-                spec["names"] = json!(table.input_names());
-                spec["table"] = serde_json::to_value(table)?;
-            }
-            spec
-        }
-        RunData::Text(t) => {
-            let gpt = section.gpt("an export of text data")?;
-            json!({
-                "kind": "tokens",
-                "dtype": "int64",
-                "block_size": gpt.block_size,
-                "vocab_size": gpt.vocab_size.unwrap_or(t.vocab_size),
-            })
-        }
-    })
-}
-
-fn output_spec(data: &RunData, source: &Source) -> Result<Value> {
-    Ok(match data {
-        RunData::Samples(s) => json!({
-            "kind": "classes",
-            "labels": s.test.class_names,
-        }),
-        RunData::Text(_) => {
-            let tokenizer = tokenizer_of(data, &source.run_dir)?;
-            json!({"kind": "next-token logits", "tokenizer": tokenizer.to_json()})
-        }
-    })
-}
-
-/// The run's character tokenizer (saved in the run directory by training).
-fn tokenizer_of(data: &RunData, run_dir: &Path) -> Result<CharTokenizer> {
-    let path = run_dir.join(TOKENIZER_FILE);
-    if path.is_file() {
-        return CharTokenizer::load(&path);
-    }
-    match data {
-        RunData::Text(t) => t.tokenizer.clone().with_context(|| {
-            format!(
-                "{} has no {TOKENIZER_FILE} and the run's token data names no tokenizer; an export of a GPT needs the character vocabulary",
-                run_dir.display()
-            )
-        }),
-        RunData::Samples(_) => bail!("a classifier has no tokenizer"),
-    }
-}
-
-pub(crate) fn quantization_spec(
-    scheme: Scheme,
-    tensors: &[(String, ExportTensor)],
-    calibration: Option<&Calibration>,
-) -> Value {
-    let quantized = tensors
-        .iter()
-        .filter(|(_, t)| matches!(t, ExportTensor::Quant { .. }))
-        .count();
-    let granularity = match scheme {
-        Scheme::None => "none".to_string(),
-        Scheme::Int8 => "one float32 scale per output channel".to_string(),
-        Scheme::Int4 { block } => {
-            format!(
-                "one float32 scale per block of {block} consecutive values of each output channel"
-            )
-        }
-    };
-    json!({
-        "scheme": scheme.name(),
-        "symmetric": true,
-        "block": match scheme { Scheme::Int4 { block } => Some(block), _ => None },
-        "granularity": granularity,
-        "dequantize": "value * scale",
-        "quantized_tensors": quantized,
-        "float_tensors": tensors.len() - quantized,
-        "calibration": calibration.map(Calibration::describe),
-    })
 }
 
 /// Writes the export in its format into `dir`.
