@@ -2,7 +2,8 @@
 //! penguins table as R writes it (text columns, missing values written NA) trains to the
 //! accuracy such a table allows; the same table with a byte-order mark and CRLF, tab-separated,
 //! or semicolon-separated and gzip-compressed trains to the same weights; bad tables are
-//! one-line errors naming the file, line, column and what to do.
+//! one-line errors naming the file, line, column and what to do; exports predict rows by column
+//! name (`kiln predict`) and, as ONNX, give onnxruntime's logits on the schema's features.
 
 mod common;
 
@@ -222,4 +223,67 @@ fn an_export_predicts_rows_of_the_table_by_column_name() {
             "the model was trained with column",
         ],
     );
+}
+
+#[test]
+fn onnxruntime_runs_a_table_models_onnx_export_on_the_schemas_features() {
+    let Some(python) = common::python_with("onnxruntime") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = train(PENGUINS, tmp.path(), &[]);
+    let run = summary["run_dir"].as_str().unwrap();
+    let (kiln_out, onnx_out) = (tmp.path().join("kiln"), tmp.path().join("onnx"));
+    for (out, format) in [(&kiln_out, "kiln"), (&onnx_out, "onnx")] {
+        let o = kiln(&[
+            "export",
+            run,
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // Kiln's logits for every penguin, read by column name (NA filled with the medians)...
+    let csv = repo_root().join("datasets/tabular/penguins.csv");
+    let o = kiln(&[
+        "predict",
+        kiln_out.to_str().unwrap(),
+        csv.to_str().unwrap(),
+        "--logits",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logits: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["logits"].clone())
+        .collect();
+    // ... and the ONNX model's on the same rows as the manifest's schema encodes them.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(kiln_out.join("manifest.json")).unwrap()).unwrap();
+    let schema: kiln_data::TableSchema =
+        serde_json::from_value(manifest["input"]["table"].clone()).unwrap();
+    let table = kiln_data::read_table(&csv, None).unwrap();
+    let rows: Vec<usize> = (0..table.rows.len()).collect();
+    let encoded = schema.encode(&table, &rows, false).unwrap();
+    let inputs: Vec<&[f32]> = encoded.features.chunks_exact(schema.width()).collect();
+    assert_eq!((inputs.len(), logits.len()), (344, 344));
+    let cases = tmp.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        serde_json::json!({"inputs": inputs, "logits": logits}).to_string(),
+    )
+    .unwrap();
+    let o = std::process::Command::new(python)
+        .args(["tests/python/check_onnx.py"])
+        .arg(onnx_out.join("model.onnx"))
+        .arg(&cases)
+        .args(["--atol", "1e-4"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let result: Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
+    assert_eq!(result["rows"], 344, "{result}");
 }
