@@ -287,3 +287,59 @@ fn onnxruntime_runs_a_table_models_onnx_export_on_the_schemas_features() {
     assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
     assert_eq!(result["rows"], 344, "{result}");
 }
+
+#[test]
+fn parquet_written_by_pyarrow_trains_as_the_csv_of_the_same_data() {
+    let Some(python) = common::python_with("pyarrow") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let parquet = tmp.path().join("penguins.parquet");
+    // pyarrow reads the CSV (NA becomes null, in the string column sex too) and writes it with
+    // its defaults (snappy).
+    let script = "import sys, pyarrow.csv as c, pyarrow.parquet as p\n\
+                  o = c.ConvertOptions(strings_can_be_null=True)\n\
+                  t = c.read_csv(sys.argv[1], convert_options=o)\n\
+                  assert t.column('sex').null_count == 11 and str(t.schema.field('sex').type) == 'string'\n\
+                  p.write_table(t, sys.argv[2])";
+    let o = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(repo_root().join("datasets/tabular/penguins.csv"))
+        .arg(&parquet)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let short = "train.max_steps=40".to_string();
+    let csv = train(
+        PENGUINS,
+        &tmp.path().join("csv"),
+        std::slice::from_ref(&short),
+    );
+    let pq = train(
+        PENGUINS,
+        &tmp.path().join("parquet"),
+        &[short, format!("data.path=\"{}\"", parquet.display())],
+    );
+    let weights = |summary: &Value| {
+        std::fs::read(Path::new(summary["checkpoint"].as_str().unwrap()).join("model.safetensors"))
+            .unwrap()
+    };
+    assert!(weights(&pq) == weights(&csv), "Parquet trained differently");
+    assert_eq!(pq["test"], csv["test"]);
+    // A missing value in Parquet is its null: under data.missing = "error", the row is named.
+    let o = kiln(&[
+        "train",
+        PENGUINS,
+        "--set",
+        &format!("data.path=\"{}\"", parquet.display()),
+        "--set",
+        "data.missing=\"error\"",
+        "--set",
+        &format!("run.output_dir=\"{}\"", tmp.path().join("x").display()),
+    ]);
+    assert!(
+        stderr(&o).contains("penguins.parquet row ") && stderr(&o).contains("missing value"),
+        "{}",
+        stderr(&o)
+    );
+}

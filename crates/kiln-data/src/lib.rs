@@ -32,7 +32,7 @@ pub use sklearn_csv::{is_sklearn_layout, load_sklearn_csv};
 pub use source::{Collated, Gather, RandomAccess, Stream};
 pub use standardize::Standardizer;
 pub use table::schema::{Missing, TableOptions, TableSchema, Task};
-pub use table::{read_table, Table};
+pub use table::{is_parquet, read_any_table, read_parquet, read_table, Table};
 pub use text::{
     check_span, eval_window_count, eval_windows, meta_path, random_windows, random_windows_from,
     read_meta, read_text, tokenize_file, write_token_file, CharTokenizer, TokenBatch, TokenDtype,

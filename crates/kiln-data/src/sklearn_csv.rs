@@ -19,6 +19,9 @@ const EXPECTED_HEADER: &str = "expected the scikit-learn header \
 /// # Errors
 /// When the file cannot be read.
 pub fn is_sklearn_layout(path: &Path) -> Result<bool> {
+    if crate::table::is_parquet(path) {
+        return Ok(false);
+    }
     let bytes = read_bytes(path)?;
     let text = String::from_utf8_lossy(&bytes);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);

@@ -7,7 +7,10 @@
 //! what the columns mean (numbers, categories, the label) from the training rows and turns rows
 //! into model inputs.
 
+mod parquet;
 pub mod schema;
+
+pub use self::parquet::read_parquet;
 
 use std::path::Path;
 
@@ -30,8 +33,11 @@ pub struct Table {
     pub columns: Vec<String>,
     /// One entry per data row: its cells, as many as there are columns (trimmed, unquoted).
     pub rows: Vec<Vec<String>>,
-    /// The line of the file each row starts on (1-based), for error messages.
+    /// The line of the file each row starts on (1-based; Parquet: the row number), for error
+    /// messages.
     pub lines: Vec<u64>,
+    /// What `lines` count: `"line"` (a text file) or `"row"` (Parquet).
+    pub line_word: &'static str,
 }
 
 impl Table {
@@ -51,8 +57,28 @@ impl Table {
 
     /// Where row `row` is, for messages: `FILE line N`.
     pub fn at(&self, row: usize) -> String {
-        format!("{} line {}", self.source, self.lines[row])
+        format!("{} {} {}", self.source, self.line_word, self.lines[row])
     }
+}
+
+/// Reads a table from `path`: Parquet when its name ends in `.parquet`, else delimited text
+/// ([`read_table`]).
+///
+/// # Errors
+/// As [`read_parquet`] and [`read_table`].
+pub fn read_any_table(path: &Path, delimiter: Option<u8>) -> Result<Table> {
+    if is_parquet(path) {
+        read_parquet(path)
+    } else {
+        read_table(path, delimiter)
+    }
+}
+
+/// Whether `path` names a Parquet file (`.parquet`, `.parq`, `.pq`).
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "parquet" | "parq" | "pq"))
 }
 
 /// Reads a delimited text table with a header row from `path` (gzip-compressed or not).
@@ -122,6 +148,7 @@ pub fn parse_table(source: String, text: &str, delimiter: Option<u8>) -> Result<
         columns,
         rows,
         lines,
+        line_word: "line",
     })
 }
 
@@ -226,6 +253,19 @@ mod tests {
             assert_eq!(t.columns, ["species", "x"], "{}", p.display());
             assert_eq!(t.column("species").unwrap(), 0);
         }
+    }
+
+    #[test]
+    fn parquet_is_told_by_its_name_and_a_file_that_is_not_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        assert!(is_parquet(&path) && !is_parquet(Path::new("t.csv")));
+        let e = read_any_table(&path, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not a Parquet file", path.display())),
+            "{e}"
+        );
     }
 
     #[test]

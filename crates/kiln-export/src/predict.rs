@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_data::{read_table, CharTokenizer, Standardizer, TableSchema};
+use kiln_data::{read_any_table, CharTokenizer, Standardizer, TableSchema};
 use kiln_infer::generate::{generate_with, Sampling};
 use kiln_models::{DataShape, Input, Model, ModelConfig};
 use serde_json::{json, Value};
@@ -257,7 +257,7 @@ fn read_table_rows(paths: &[PathBuf], schema: &TableSchema) -> Result<Vec<Record
     let width = schema.width();
     let mut records = Vec::new();
     for path in paths {
-        let table = read_table(path, None)?;
+        let table = read_any_table(path, None)?;
         let rows: Vec<usize> = (0..table.rows.len()).collect();
         let encoded = schema.encode(&table, &rows, false)?;
         for (i, &row) in encoded.rows.iter().enumerate() {

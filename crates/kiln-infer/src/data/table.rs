@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use kiln_core::config::{DataSection, MissingValues};
 use kiln_data::{
-    read_table, split_indices, stratified_split_indices, Dataset, Missing, Table, TableOptions,
+    read_any_table, split_indices, stratified_split_indices, Dataset, Missing, Table, TableOptions,
     TableSchema,
 };
 
@@ -25,7 +25,7 @@ pub(super) struct TableSplits {
 pub(super) fn load(d: &DataSection, path: &Path, seed: u64) -> Result<TableSplits> {
     let delimiter = d.delimiter.as_ref().map(|s| s.as_bytes()[0]);
     let read =
-        |key: &str, p: &Path| read_table(p, delimiter).map_err(|e| anyhow!("data.{key}: {e}"));
+        |key: &str, p: &Path| read_any_table(p, delimiter).map_err(|e| anyhow!("data.{key}: {e}"));
     let table = read("path", path)?;
     let test_table = match &d.test_path {
         Some(p) => Some(read("test_path", p)?),
