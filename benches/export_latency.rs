@@ -115,7 +115,7 @@ fn measure<B: Backend>(
     let n = bench.batch;
     let host = match (&loaded.task, &loaded.model) {
         (
-            Task::Classifier {
+            Task::Samples {
                 sample_shape,
                 standardize,
                 ..

@@ -21,8 +21,8 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use kiln_core::config::{OptimizerSection, Precision};
 use kiln_core::{dispatch, BackendKind, BackendTask};
 use kiln_models::{
-    Activation, CnnConfig, DataShape, GptConfig, Input, MlpConfig, Model, ModelConfig, Pooling,
-    TrainModel,
+    Activation, CnnConfig, DataShape, GptConfig, Input, Labels, MlpConfig, Model, ModelConfig,
+    Pooling, TrainModel,
 };
 use kiln_train::optim::Optim;
 use kiln_train::scaler::LossScale;
@@ -234,7 +234,7 @@ impl BackendTask for Bench {
                 Input::Features(x) => Input::Features(x.clone()),
                 Input::Tokens(x) => Input::Tokens(x.clone()),
             };
-            (input, y.clone())
+            (input, Labels::Classes(y.clone()))
         };
 
         // Like the reference, the loss is read (a device sync) only after the last step.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks a Kiln ONNX classifier against the logits Kiln computed.
+"""Checks a Kiln ONNX classifier (or regression) against the logits Kiln computed.
 
 Usage: python check_onnx.py MODEL.onnx CASES.json [--atol 1e-4]
 
@@ -14,6 +14,9 @@ session options); the check passes when
 - the argmax agrees on every row whose top two Kiln logits are further apart than that
   tolerance (a nearer tie may legitimately flip);
 - every row of `probabilities` sums to 1 (within 1e-5) and holds the softmax of `logits`.
+
+A regression's model has one output, `prediction` (`[batch, 1]`, in the target's units): it is
+checked as the logits are (CASES.json then holds Kiln's predictions as one-value rows).
 
 Prints one JSON line, {"max_abs_diff", "tolerance", "logit_scale", "argmax_agree", "rows",
 "opset", "ir_version", "onnxruntime", "ok"}, and exits 1 with a message on stderr on a mismatch
@@ -79,12 +82,18 @@ def main():
 
     try:
         session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-        logits, probabilities = session.run(["logits", "probabilities"], {"input": inputs})
+        regression = [o.name for o in session.get_outputs()] == ["prediction"]
+        if regression:
+            (logits,) = session.run(["prediction"], {"input": inputs})
+            probabilities = None
+        else:
+            logits, probabilities = session.run(["logits", "probabilities"], {"input": inputs})
     except Exception as e:  # onnxruntime raises its own exception types
         fail(f"onnxruntime cannot run the model: {e}", summary)
 
     rows = len(inputs)
     summary["rows"] = rows
+    summary["outputs"] = "prediction" if regression else "logits, probabilities"
     if logits.shape != expected.shape:
         fail(f"logits have shape {logits.shape}, Kiln's {expected.shape}", summary)
     scale = float(np.abs(expected).max())
@@ -93,16 +102,17 @@ def main():
     agree = logits.argmax(axis=1) == expected.argmax(axis=1)
     top2 = np.sort(expected, axis=1)[:, -2:] if expected.shape[1] > 1 else None
     decisive = (top2[:, 1] - top2[:, 0] > tolerance) if top2 is not None else np.ones(rows, bool)
-    sums = probabilities.astype(np.float64).sum(axis=1)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    softmax = shifted / shifted.sum(axis=1, keepdims=True)
     summary.update(
         max_abs_diff=diff,
         tolerance=tolerance,
         logit_scale=scale,
         argmax_agree=int(agree.sum()),
-        probability_sum_max_err=float(np.abs(sums - 1.0).max()),
     )
+    if not regression:
+        sums = probabilities.astype(np.float64).sum(axis=1)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        softmax = shifted / shifted.sum(axis=1, keepdims=True)
+        summary["probability_sum_max_err"] = float(np.abs(sums - 1.0).max())
 
     if not np.isfinite(logits).all():
         fail("onnxruntime's logits are not all finite", summary)
@@ -117,9 +127,9 @@ def main():
     if not agree[decisive].all():
         bad = np.flatnonzero(~agree & decisive).tolist()
         fail(f"argmax differs on rows {bad[:10]} of {rows}", summary)
-    if np.abs(sums - 1.0).max() > 1e-5:
+    if not regression and np.abs(sums - 1.0).max() > 1e-5:
         fail(f"probability rows sum to {sums.min()}..{sums.max()}, not 1", summary)
-    if np.abs(probabilities - softmax).max() > 1e-5:
+    if not regression and np.abs(probabilities - softmax).max() > 1e-5:
         fail("probabilities are not the softmax of the logits", summary)
     summary["ok"] = True
     print(json.dumps(summary))

@@ -23,7 +23,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use data::{DataFormat, DataSection, MissingValues, TokenDtype};
+pub use data::{DataFormat, DataSection, DataTask, MissingValues, TokenDtype};
 pub use hash::{is_resumable_key, RESUMABLE_KEYS};
 pub use load::apply_override;
 pub use tracking::{Switch, TrackingSection};
@@ -261,6 +261,23 @@ pub struct TrainSection {
     /// GPU backends (cuda; wgpu f16 only); an error on the CPU backends.
     #[serde(default)]
     pub precision: Precision,
+    /// `train.loss` (regression only; default `"mse"`): the loss of a regression, measured in
+    /// standard deviations of the training targets: `"mse"`, `"mae"` or `"huber"` (squared
+    /// below one standard deviation, linear above).
+    pub loss: Option<RegressionLoss>,
+}
+
+/// `train.loss`: the loss a regression minimizes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RegressionLoss {
+    /// `"mse"` (the default): the mean squared error.
+    #[default]
+    Mse,
+    /// `"mae"`: the mean absolute error.
+    Mae,
+    /// `"huber"`: half the squared error within one standard deviation, linear beyond it.
+    Huber,
 }
 
 /// `[checkpoint]`: when checkpoints are written, how many are kept and which one is the best.

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+use crate::dataset::pick;
 use crate::source::Gather;
 use crate::Dataset;
 
@@ -12,19 +13,21 @@ pub struct Batch {
     pub x: Vec<f32>,
     /// `[batch_len, ...sample_shape]`.
     pub x_shape: Vec<usize>,
-    /// One class index per sample.
+    /// One class index per sample (empty for a regression).
     pub y: Vec<i64>,
+    /// A regression's target value per sample (empty for classes).
+    pub targets: Vec<f32>,
 }
 
 impl Batch {
     /// Number of samples in the batch.
     pub fn len(&self) -> usize {
-        self.y.len()
+        self.y.len().max(self.targets.len())
     }
 
     /// Whether the batch holds no samples.
     pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
+        self.len() == 0
     }
 
     /// Copies the samples `indices` of `ds` into a batch.
@@ -38,7 +41,11 @@ impl Batch {
         Batch {
             x,
             x_shape,
-            y: indices.iter().map(|&i| i64::from(ds.labels[i])).collect(),
+            y: pick(&ds.labels, indices)
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            targets: pick(&ds.targets, indices),
         }
     }
 }

@@ -4,31 +4,34 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// An in-memory classification dataset, stored row-major: sample `i` is
-/// `features[i * sample_len .. (i + 1) * sample_len]`.
+/// An in-memory dataset, stored row-major: sample `i` is
+/// `features[i * sample_len .. (i + 1) * sample_len]`. Each sample has a class (`labels`) or,
+/// for a regression, a target value (`targets`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// All samples' values, one sample after the other.
     pub features: Vec<f32>,
     /// Shape of one sample: `[1, rows, cols]` for IDX images, `[n_features]` for CSV.
     pub sample_shape: Vec<usize>,
-    /// One class index per sample, each `< num_classes`.
+    /// One class index per sample, each `< num_classes` (empty for a regression).
     pub labels: Vec<u32>,
     /// Number of classes the labels are drawn from.
     pub num_classes: usize,
     /// One name per class: from the CSV header, or `"0"`, `"1"`, ... for IDX files.
     pub class_names: Vec<String>,
+    /// A regression's target value per sample, in the label's units (empty for classes).
+    pub targets: Vec<f32>,
 }
 
 impl Dataset {
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.labels.len().max(self.targets.len())
     }
 
     /// Whether the dataset has no samples.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
     /// Number of values in one sample (the product of `sample_shape`).
@@ -57,11 +60,20 @@ impl Dataset {
         Dataset {
             features,
             sample_shape: self.sample_shape.clone(),
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            labels: pick(&self.labels, indices),
             num_classes: self.num_classes,
             class_names: self.class_names.clone(),
+            targets: pick(&self.targets, indices),
         }
     }
+}
+
+/// `values[i]` for each of `indices`; nothing from an empty `values`.
+pub(crate) fn pick<T: Copy>(values: &[T], indices: &[usize]) -> Vec<T> {
+    if values.is_empty() {
+        return Vec::new();
+    }
+    indices.iter().map(|&i| values[i]).collect()
 }
 
 /// Splits `ds` deterministically into `(rest, held_out)`.
@@ -141,6 +153,7 @@ pub(crate) mod tests {
             labels: (0..n).map(|i| (i % 3) as u32).collect(),
             num_classes: 3,
             class_names: vec!["a".into(), "b".into(), "c".into()],
+            targets: Vec::new(),
         }
     }
 
@@ -158,6 +171,19 @@ pub(crate) mod tests {
         assert_eq!(sub.labels, vec![1, 2, 2]);
         assert_eq!(sub.sample_shape, vec![2]);
         assert_eq!(sub.class_names, ds.class_names);
+    }
+
+    #[test]
+    fn a_regression_subset_carries_its_targets_and_batches_them() {
+        let mut ds = toy(6);
+        ds.labels.clear();
+        ds.targets = (0..6).map(|i| i as f32 * 1.5).collect();
+        let sub = ds.subset(&[4, 1]);
+        assert_eq!((sub.len(), sub.targets.clone()), (2, vec![6.0, 1.5]));
+        assert!(sub.labels.is_empty());
+        let batch = crate::Batch::gather(&ds, &[5, 0]);
+        assert_eq!((batch.len(), batch.targets), (2, vec![7.5, 0.0]));
+        assert!(batch.y.is_empty());
     }
 
     #[test]

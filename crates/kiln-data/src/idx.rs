@@ -68,6 +68,7 @@ pub fn load_idx(images: &Path, labels: &Path, num_classes: usize) -> Result<Data
         labels: label_values.iter().map(|&label| u32::from(label)).collect(),
         num_classes,
         class_names: (0..num_classes).map(|c| c.to_string()).collect(),
+        targets: Vec::new(),
     })
 }
 

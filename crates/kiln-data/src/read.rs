@@ -29,6 +29,32 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(decoded)
 }
 
+/// The first `limit` bytes of `path` (fewer if it is shorter), decompressed as [`read_bytes`]
+/// does: enough to recognize a file's layout without reading all of it.
+pub(crate) fn read_head(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let open_err = |e: std::io::Error| anyhow!("cannot open dataset file {}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(open_err)?;
+    let mut magic = Vec::new();
+    (&mut file)
+        .take(2)
+        .read_to_end(&mut magic)
+        .map_err(open_err)?;
+    let mut head = Vec::new();
+    let rest = magic.as_slice().chain(file);
+    let read = if magic == GZIP_MAGIC {
+        MultiGzDecoder::new(rest).take(limit).read_to_end(&mut head)
+    } else {
+        rest.take(limit).read_to_end(&mut head)
+    };
+    read.map_err(|e| {
+        anyhow!(
+            "{}: cannot read ({e}); if it is gzip-compressed, the file is damaged",
+            path.display()
+        )
+    })?;
+    Ok(head)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -53,6 +79,9 @@ pub(crate) mod tests {
         std::fs::write(&packed, gzip(&content)).unwrap();
         assert_eq!(read_bytes(&raw).unwrap(), content);
         assert_eq!(read_bytes(&packed).unwrap(), content);
+        assert_eq!(read_head(&raw, 300).unwrap(), &content[..300]);
+        assert_eq!(read_head(&packed, 300).unwrap(), &content[..300]);
+        assert_eq!(read_head(&raw, 9000).unwrap(), content);
     }
 
     #[test]

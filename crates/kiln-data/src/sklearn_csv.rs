@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::read::read_bytes;
+use crate::read::{read_bytes, read_head};
 use crate::Dataset;
 
 /// What the header line should look like, for error messages.
@@ -22,7 +22,8 @@ pub fn is_sklearn_layout(path: &Path) -> Result<bool> {
     if crate::table::is_parquet(path) {
         return Ok(false);
     }
-    let bytes = read_bytes(path)?;
+    // The header is the first non-blank line: within the first 64 KiB of any such file.
+    let bytes = read_head(path, 64 << 10)?;
     let text = String::from_utf8_lossy(&bytes);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -111,6 +112,7 @@ pub fn load_sklearn_csv(path: &Path) -> Result<Dataset> {
         labels,
         num_classes: header.class_names.len(),
         class_names: header.class_names,
+        targets: Vec::new(),
     })
 }
 

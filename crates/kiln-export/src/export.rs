@@ -407,13 +407,25 @@ fn classifier_net(
         Value::Null => None,
         s => Some(serde_json::from_value::<Standardizer>(s.clone())?),
     };
-    let classes = manifest.output["labels"].as_array().map_or(0, |l| l.len());
+    let (classes, regression) = match manifest.output["kind"].as_str() {
+        Some("value") => (
+            1,
+            Some(serde_json::from_value(
+                manifest.output["regression"].clone(),
+            )?),
+        ),
+        _ => (
+            manifest.output["labels"].as_array().map_or(0, |l| l.len()),
+            None,
+        ),
+    };
     Ok(ClassifierNet {
         features,
         image,
         standardize,
         layers,
         classes,
+        regression,
     })
 }
 

@@ -5,7 +5,10 @@
 //!
 //! - `input`: float32 `[batch, features]`, `batch` symbolic;
 //! - `logits`: float32 `[batch, classes]`;
-//! - `probabilities`: `Softmax(logits)` over the classes.
+//! - `probabilities`: `Softmax(logits)` over the classes;
+//!
+//! or, for a regression, one output `prediction` (float32 `[batch, 1]`): the network's
+//! standardized output times the target's standard deviation plus its mean (`Mul`, `Add`).
 //!
 //! The graph computes what Kiln computes: the standardization `(x - mean) * inv_std` (`Sub`,
 //! `Mul`), for a CNN a `Reshape` to `[batch, c, h, w]`, then one group of nodes per layer:
@@ -40,7 +43,7 @@ use anyhow::{anyhow, ensure, Result};
 use crate::format::ExportTensor;
 use graph::{dim, Graph, Shape};
 use kiln_data::Standardizer;
-use kiln_models::Activation;
+use kiln_models::{Activation, Regression};
 use proto::{AttrValue, DataType, Dim, Model, ValueInfo};
 
 /// One layer of a classifier in inference form.
@@ -101,8 +104,11 @@ pub struct ClassifierNet {
     pub standardize: Option<Standardizer>,
     /// The layers, in order.
     pub layers: Vec<Layer>,
-    /// Outputs of the graph: one logit per class.
+    /// Outputs of the graph: one logit per class (1 for a regression).
     pub classes: usize,
+    /// A regression: the one output, times the target's standard deviation plus its mean, is
+    /// the graph's only output `prediction`, in the target's units.
+    pub regression: Option<Regression>,
 }
 
 /// Name of the graph's input, float32 `[batch, features]`.
@@ -111,6 +117,8 @@ pub const INPUT_NAME: &str = "input";
 pub const LOGITS_NAME: &str = "logits";
 /// Name of the graph's output with the softmax of the logits, float32 `[batch, classes]`.
 pub const PROBABILITIES_NAME: &str = "probabilities";
+/// Name of a regression graph's output, float32 `[batch, 1]` in the target's units.
+pub const PREDICTION_NAME: &str = "prediction";
 
 /// Opset and IR version of a model without int4 tensors.
 const OPSET: i64 = 17;
@@ -170,14 +178,32 @@ pub fn classifier_to_onnx(net: &ClassifierNet) -> Result<Vec<u8>> {
          classes",
         net.classes
     );
-    g.rename_output(&x, LOGITS_NAME);
-    g.node_to(
-        "Softmax",
-        "softmax",
-        &[LOGITS_NAME],
-        vec![("axis", AttrValue::Int(-1))],
-        PROBABILITIES_NAME,
-    );
+    let outputs = match &net.regression {
+        Some(r) => {
+            let std = g.floats("target.std", &[1], &[r.std]);
+            let mean = g.floats("target.mean", &[1], &[r.mean]);
+            x = g.node("Mul", "target.scaled", &[&x, &std], vec![]);
+            g.node_to(
+                "Add",
+                "target.shifted",
+                &[&x, &mean],
+                vec![],
+                PREDICTION_NAME,
+            );
+            vec![PREDICTION_NAME]
+        }
+        None => {
+            g.rename_output(&x, LOGITS_NAME);
+            g.node_to(
+                "Softmax",
+                "softmax",
+                &[LOGITS_NAME],
+                vec![("axis", AttrValue::Int(-1))],
+                PROBABILITIES_NAME,
+            );
+            vec![LOGITS_NAME, PROBABILITIES_NAME]
+        }
+    };
     let (ir_version, opset) = if g.int4 {
         (IR_VERSION_INT4, OPSET_INT4)
     } else {
@@ -196,10 +222,7 @@ pub fn classifier_to_onnx(net: &ClassifierNet) -> Result<Vec<u8>> {
         producer_version: env!("CARGO_PKG_VERSION"),
         graph_name: "kiln_classifier",
         inputs: vec![io(INPUT_NAME, net.features)],
-        outputs: vec![
-            io(LOGITS_NAME, net.classes),
-            io(PROBABILITIES_NAME, net.classes),
-        ],
+        outputs: outputs.iter().map(|name| io(name, net.classes)).collect(),
         nodes: g.nodes,
         initializers: g.initializers,
     };

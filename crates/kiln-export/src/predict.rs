@@ -1,6 +1,6 @@
-//! `kiln predict`: runs a Kiln export on any backend. Classifiers read PNG images, IDX image
-//! files or CSV rows and print one JSON line per input (label and class probabilities); a GPT
-//! continues a prompt (or prints its logits).
+//! `kiln predict`: runs a Kiln export on any backend. Classifiers and regressions read PNG
+//! images, IDX image files or CSV rows and print one JSON line per input (label and class
+//! probabilities, or the predicted value); a GPT continues a prompt (or prints its logits).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_data::{read_any_table, CharTokenizer, Standardizer, TableSchema};
 use kiln_infer::generate::{generate_with, Sampling};
-use kiln_models::{DataShape, Input, Model, ModelConfig};
+use kiln_models::{DataShape, Input, Model, ModelConfig, Regression};
 use serde_json::{json, Value};
 
 use crate::format::{read_export, Manifest, MANIFEST_FILE};
@@ -22,10 +22,10 @@ const BATCH: usize = 256;
 
 /// What an export's model takes.
 pub enum Task {
-    /// A classifier of samples.
-    Classifier {
-        /// The class names, by class index.
-        labels: Vec<String>,
+    /// A classifier or a regression of samples.
+    Samples {
+        /// What the model gives: classes or a value.
+        output: SampleOutput,
         /// `[features]` or `[c, h, w]`.
         sample_shape: Vec<usize>,
         /// The training data's standardization, applied to every input first.
@@ -37,6 +37,17 @@ pub enum Task {
     Language {
         /// The run's character tokenizer.
         tokenizer: CharTokenizer,
+    },
+}
+
+/// What a model of samples gives.
+pub enum SampleOutput {
+    /// Class probabilities; the class names, by class index.
+    Classes(Vec<String>),
+    /// A number in the target's units.
+    Value {
+        /// The name of the target (a table's label column).
+        target: String,
     },
 }
 
@@ -79,8 +90,6 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
             .with_context(|| damaged("architecture"))?;
     let (task, shape) = match manifest.input["kind"].as_str() {
         Some("features") => {
-            let labels: Vec<String> = serde_json::from_value(manifest.output["labels"].clone())
-                .with_context(|| damaged("output labels"))?;
             let sample_shape: Vec<usize> = serde_json::from_value(manifest.input["shape"].clone())
                 .with_context(|| damaged("input shape"))?;
             let standardize = match &manifest.input["standardize"] {
@@ -100,12 +109,28 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
                         .with_context(|| damaged("input.table"))?,
                 ),
             };
-            let shape = DataShape::Samples {
-                sample_shape: sample_shape.clone(),
-                num_classes: labels.len(),
+            let (output, shape) = if manifest.output["kind"] == "value" {
+                let regression: Regression =
+                    serde_json::from_value(manifest.output["regression"].clone())
+                        .with_context(|| damaged("output regression"))?;
+                let target = manifest.output["target"].as_str().unwrap_or("value");
+                let shape = DataShape::Values {
+                    sample_shape: sample_shape.clone(),
+                    regression,
+                };
+                let target = target.to_string();
+                (SampleOutput::Value { target }, shape)
+            } else {
+                let labels: Vec<String> = serde_json::from_value(manifest.output["labels"].clone())
+                    .with_context(|| damaged("output labels"))?;
+                let shape = DataShape::Samples {
+                    sample_shape: sample_shape.clone(),
+                    num_classes: labels.len(),
+                };
+                (SampleOutput::Classes(labels), shape)
             };
-            let task = Task::Classifier {
-                labels,
+            let task = Task::Samples {
+                output,
                 sample_shape,
                 standardize,
                 table,
@@ -324,17 +349,18 @@ fn read_csv(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
     Ok(records)
 }
 
-/// Classifies `records` with `loaded` and writes one JSON line each: origin, class index,
-/// label, probabilities (and logits when asked).
-pub fn classify<B: Backend>(
+/// Runs `loaded` on `records` and writes one JSON line each: the origin, and the class index,
+/// label and probabilities (and logits when asked) of a classifier, or the predicted value of a
+/// regression (`{"input": .., "<target>": value}`).
+pub fn predict_samples<B: Backend>(
     loaded: &Loaded<B>,
     records: &[Record],
     with_logits: bool,
     device: &B::Device,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let Task::Classifier {
-        labels,
+    let Task::Samples {
+        output,
         standardize,
         ..
     } = &loaded.task
@@ -352,6 +378,20 @@ pub fn classify<B: Backend>(
         }
         let input = Tensor::<B, 2>::from_data(TensorData::new(x, [chunk.len(), features]), device);
         let logits = loaded.model.forward(Input::Features(input));
+        let labels = match output {
+            SampleOutput::Classes(labels) => labels,
+            SampleOutput::Value { target } => {
+                let values: Vec<f32> = (logits.into_data().convert::<f32>())
+                    .to_vec()
+                    .map_err(data_err)?;
+                for (r, v) in chunk.iter().zip(values) {
+                    let mut line = json!({ "input": r.origin });
+                    line[target.as_str()] = json!(v);
+                    writeln!(out, "{line}")?;
+                }
+                continue;
+            }
+        };
         let probs = softmax(logits.clone(), 1);
         let logits: Vec<f32> = logits
             .into_data()

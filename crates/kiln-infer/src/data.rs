@@ -18,7 +18,7 @@ use kiln_data::{
     read_meta, read_text, split, stratified_split_indices, CharTokenizer, Dataset, Standardizer,
     TableSchema, TokenFile, TokenSource, TokenSpan,
 };
-use kiln_models::DataShape;
+use kiln_models::{DataShape, Regression};
 pub use kiln_models::{HostBatch, HostInput};
 
 mod table;
@@ -35,6 +35,8 @@ pub struct Splits {
     pub standardizer: Option<Standardizer>,
     /// A table with a header of column names: what its columns mean (saved with the run).
     pub table: Option<TableSchema>,
+    /// A regression (`data.task = "regression"`): the target's training statistics and loss.
+    pub regression: Option<Regression>,
 }
 
 /// A token-data run: the training and validation spans (validation = the end of the data).
@@ -54,6 +56,8 @@ pub struct TextData {
 }
 
 /// Everything a run trains and evaluates on.
+// One per run, never moved in a loop: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RunData {
     /// Table or image samples with class labels (IDX, CSV).
     Samples(Splits),
@@ -92,9 +96,15 @@ impl RunData {
     /// What the model sees.
     pub fn shape(&self) -> DataShape {
         match self {
-            RunData::Samples(s) => DataShape::Samples {
-                sample_shape: s.train.sample_shape.clone(),
-                num_classes: s.train.num_classes,
+            RunData::Samples(s) => match s.regression {
+                Some(regression) => DataShape::Values {
+                    sample_shape: s.train.sample_shape.clone(),
+                    regression,
+                },
+                None => DataShape::Samples {
+                    sample_shape: s.train.sample_shape.clone(),
+                    num_classes: s.train.num_classes,
+                },
             },
             RunData::Text(t) => DataShape::Tokens {
                 vocab_size: t.vocab_size,
@@ -201,7 +211,7 @@ impl Splits {
         let d = &config.data;
         let seed = config.run.seed;
         let format = d.kiln_format()?;
-        let (mut train, mut valid, mut test, table) = match format {
+        let (mut train, mut valid, mut test, table, regression) = match format {
             DataFormat::Idx => {
                 let train = load_idx(
                     required(d, &d.train_images, "train_images")?,
@@ -216,16 +226,22 @@ impl Splits {
                 )
                 .context("reading data.test_images / data.test_labels")?;
                 let (train, valid) = split(&train, d.valid_fraction, seed);
-                (train, valid, test, None)
+                (train, valid, test, None, None)
             }
             DataFormat::Csv => {
                 let path = required(d, &d.path, "path")?;
                 if is_sklearn_layout(path).context("reading data.path")? {
+                    if d.is_regression() {
+                        bail!(
+                            "data.task = \"regression\": {} is in the scikit-learn layout, whose last column is a class; a regression reads a table with a header of column names",
+                            path.display()
+                        );
+                    }
                     let (train, valid, test) = sklearn_splits(d, path, seed)?;
-                    (train, valid, test, None)
+                    (train, valid, test, None, None)
                 } else {
-                    let t = table::load(d, path, seed)?;
-                    (t.train, t.valid, t.test, Some(t.schema))
+                    let t = table::load(d, config.train.loss, path, seed)?;
+                    (t.train, t.valid, t.test, Some(t.schema), t.regression)
                 }
             }
             DataFormat::Text | DataFormat::Tokens => {
@@ -254,6 +270,7 @@ impl Splits {
             test,
             standardizer,
             table,
+            regression,
         })
     }
 }
@@ -264,7 +281,7 @@ impl Splits {
 fn sklearn_splits(d: &DataSection, path: &Path, seed: u64) -> Result<(Dataset, Dataset, Dataset)> {
     let all = load_sklearn_csv(path).context("reading data.path")?;
     let stratify = d.stratify == Some(true);
-    let split = |ds: &Dataset, fraction: f64, seed: u64| {
+    let split_set = |ds: &Dataset, fraction: f64, seed: u64| {
         if stratify {
             let (rest, held) = stratified_split_indices(&ds.labels, fraction, seed);
             (ds.subset(&rest), ds.subset(&held))
@@ -276,9 +293,9 @@ fn sklearn_splits(d: &DataSection, path: &Path, seed: u64) -> Result<(Dataset, D
         Some(p) => (all, load_sklearn_csv(p).context("reading data.test_path")?),
         // The test split is drawn with its own stream so that changing valid_fraction never
         // moves a sample in or out of the test split.
-        None => split(&all, d.test_fraction, seed ^ 0x7E57),
+        None => split_set(&all, d.test_fraction, seed ^ 0x7E57),
     };
-    let (train, valid) = split(&train_full, d.valid_fraction, seed);
+    let (train, valid) = split_set(&train_full, d.valid_fraction, seed);
     Ok((train, valid, test))
 }
 

@@ -139,25 +139,14 @@ impl ModelConfig {
     /// Parameters of the model of this config for data of `shape`: what [`crate::Model::new`]
     /// would allocate, so that a model too large for memory is refused first.
     pub fn param_count(&self, shape: &DataShape) -> Result<u128> {
-        Ok(match (self, shape) {
-            (
-                ModelConfig::Mlp(m),
-                DataShape::Samples {
-                    sample_shape,
-                    num_classes,
-                },
-            ) => crate::mlp::head_params(sample_shape.iter().product(), &m.hidden, *num_classes),
-            (
-                ModelConfig::Cnn(c),
-                DataShape::Samples {
-                    sample_shape,
-                    num_classes,
-                },
-            ) => match sample_shape.as_slice() {
-                &[ch, h, w] => c.param_count([ch, h, w], *num_classes),
-                _ => 0,
-            },
-            (ModelConfig::Gpt(g), DataShape::Tokens { vocab_size }) => {
+        Ok(match (self, shape.samples(), shape) {
+            (ModelConfig::Mlp(m), Some((sample_shape, outputs, _)), _) => {
+                crate::mlp::head_params(sample_shape.iter().product(), &m.hidden, outputs)
+            }
+            (ModelConfig::Cnn(c), Some((&[ch, h, w], outputs, _)), _) => {
+                c.param_count([ch, h, w], outputs)
+            }
+            (ModelConfig::Gpt(g), _, DataShape::Tokens { vocab_size }) => {
                 GptShape::new(g, *vocab_size)?.param_count()
             }
             // Model::new refuses the pair with its own error.

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod mlp;
 pub mod plan;
 pub mod precision;
+pub mod regression;
 pub mod train;
 
 use std::collections::HashSet;
@@ -25,17 +26,18 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use kiln_core::config::Precision;
 
-pub use batch::{HostBatch, HostInput};
+pub use batch::{HostBatch, HostInput, Labels};
 pub use cnn::{Cnn, CnnConfig, Pooling};
 pub use config::ModelConfig;
 pub use gpt::{GeluForm, Gpt, GptConfig, GptShape};
 pub use init::HostInit;
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use plan::Step;
+pub use regression::{Regression, RegressionLoss};
 pub use train::{materialize, quant_axis, rank_one_params, LossOutput, Targets, TrainModel};
 
 /// What the data looks like to a model.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum DataShape {
     /// Fixed-size samples (features or images) with one class label each.
     Samples {
@@ -43,6 +45,13 @@ pub enum DataShape {
         sample_shape: Vec<usize>,
         /// Labels are `0..num_classes`.
         num_classes: usize,
+    },
+    /// Fixed-size samples with one number each to predict (a regression).
+    Values {
+        /// The shape of one sample: `[features]` or `[channels, height, width]`.
+        sample_shape: Vec<usize>,
+        /// The target's statistics and the loss.
+        regression: Regression,
     },
     /// Token sequences; the targets are the next tokens.
     Tokens {
@@ -55,14 +64,25 @@ impl DataShape {
     /// The number of values in a sample and the number of classes: what a classifier of
     /// flattened samples is built for; an error naming the model for token data.
     pub fn features_and_classes(&self, model: &str) -> anyhow::Result<(usize, usize)> {
+        match self.samples() {
+            Some((sample_shape, outputs, _)) => Ok((sample_shape.iter().product(), outputs)),
+            None => anyhow::bail!("{model} classifies samples (table or image data), not tokens"),
+        }
+    }
+
+    /// For sample data: the shape of a sample, the model's number of outputs (the classes, or
+    /// one value) and the regression, if it is one; `None` for tokens.
+    pub fn samples(&self) -> Option<(&[usize], usize, Option<Regression>)> {
         match self {
             DataShape::Samples {
                 sample_shape,
                 num_classes,
-            } => Ok((sample_shape.iter().product(), *num_classes)),
-            DataShape::Tokens { .. } => {
-                anyhow::bail!("{model} classifies samples (table or image data), not tokens")
-            }
+            } => Some((sample_shape, *num_classes, None)),
+            DataShape::Values {
+                sample_shape,
+                regression,
+            } => Some((sample_shape, 1, Some(*regression))),
+            DataShape::Tokens { .. } => None,
         }
     }
 }
@@ -122,57 +142,60 @@ impl<B: Backend> Model<B> {
         // Before the weights are allocated: see kiln_core::alloc.
         kiln_core::alloc::tune();
         let mut init = HostInit::new(seed);
-        Ok(match (spec, shape) {
-            (
-                ModelConfig::Mlp(spec),
-                DataShape::Samples {
-                    sample_shape,
-                    num_classes,
-                },
-            ) => Model::Mlp(
-                Mlp::new(
-                    sample_shape.iter().product(),
-                    &spec.hidden,
-                    *num_classes,
-                    spec.activation,
-                    spec.dropout,
-                    &mut init,
-                    device,
-                )
-                .with_precision(precision),
-            ),
-            (
-                ModelConfig::Cnn(spec),
-                DataShape::Samples {
-                    sample_shape,
-                    num_classes,
-                },
-            ) => {
-                let &[c, h, w] = sample_shape.as_slice() else {
-                    bail!("model.kind = \"cnn\" needs images of shape [channels, height, width], the data has samples of shape {sample_shape:?}");
-                };
-                Model::Cnn(
-                    Cnn::new(spec, [c, h, w], *num_classes, &mut init, device)?
-                        .with_precision(precision),
-                )
-            }
-            (ModelConfig::Gpt(spec), DataShape::Tokens { vocab_size }) => Model::Gpt(Gpt::new(
+        if let (ModelConfig::Gpt(spec), DataShape::Tokens { vocab_size }) = (spec, shape) {
+            return Ok(Model::Gpt(Gpt::new(
                 GptShape::new(spec, *vocab_size)?,
                 spec.dropout,
                 precision,
                 &mut init,
                 device,
-            )),
-            (spec, shape) => {
-                bail!(
-                    "model.kind = \"{}\" cannot train on this data ({shape:?})",
-                    spec.kind()
+            )));
+        }
+        let mismatch = || {
+            anyhow::anyhow!(
+                "model.kind = \"{}\" cannot train on this data ({shape:?})",
+                spec.kind()
+            )
+        };
+        let (sample_shape, outputs, regression) = shape.samples().ok_or_else(mismatch)?;
+        Ok(match spec {
+            ModelConfig::Mlp(spec) => Model::Mlp(
+                Mlp::new(
+                    sample_shape.iter().product(),
+                    &spec.hidden,
+                    outputs,
+                    spec.activation,
+                    spec.dropout,
+                    &mut init,
+                    device,
                 )
+                .with_precision(precision)
+                .with_regression(regression),
+            ),
+            ModelConfig::Cnn(spec) => {
+                let &[c, h, w] = sample_shape else {
+                    bail!("model.kind = \"cnn\" needs images of shape [channels, height, width], the data has samples of shape {sample_shape:?}");
+                };
+                let mut cnn = Cnn::new(spec, [c, h, w], outputs, &mut init, device)?
+                    .with_precision(precision);
+                cnn.head.regression = regression;
+                Model::Cnn(cnn)
             }
+            ModelConfig::Gpt(_) => return Err(mismatch()),
         })
     }
 
-    /// `[targets, classes]` logits.
+    /// A regression's statistics and loss; `None` for a classifier or a language model.
+    pub fn regression(&self) -> Option<&Regression> {
+        match self {
+            Model::Mlp(m) => m.regression.as_ref(),
+            Model::Cnn(c) => c.head.regression.as_ref(),
+            Model::Gpt(_) => None,
+        }
+    }
+
+    /// `[targets, classes]` logits; for a regression, `[samples, 1]` predictions in the target's
+    /// units.
     ///
     /// # Panics
     /// If the input kind does not match the model (features for a GPT, tokens for a classifier).
@@ -189,6 +212,15 @@ impl<B: Backend> Model<B> {
         input: Input<B>,
         observer: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
+        let outputs = self.outputs(input, observer);
+        match self.regression() {
+            Some(r) => r.to_units(outputs),
+            None => outputs,
+        }
+    }
+
+    /// The network's own outputs: logits, or a regression's standardized prediction.
+    fn outputs(&self, input: Input<B>, observer: &mut dyn Observer<B>) -> Tensor<B, 2> {
         match (self, input) {
             (Model::Mlp(m), Input::Features(x)) => m.forward_observed(x, "", observer),
             (Model::Cnn(m), Input::Features(x)) => m.forward_observed(x, observer),
@@ -258,25 +290,43 @@ fn human_bytes(bytes: u128) -> String {
 }
 
 /// Kiln's models as the loop sees them: cross-entropy over `[targets, classes]` logits, and the
-/// accuracy (the count of correct predictions, a mean per target once logged).
+/// accuracy (the count of correct predictions, a mean per target once logged); for a
+/// regression, its loss and RMSE, MAE and R^2 ([`regression`]).
 impl<B: Backend> TrainModel<B> for Model<B> {
     type HostBatch = HostBatch;
-    type Batch = (Input<B>, Tensor<B, 1, Int>);
+    type Batch = (Input<B>, Labels<B>);
 
     fn device_batch(batch: HostBatch, device: &B::Device) -> Self::Batch {
-        batch.to_device(device)
+        batch.to_device_labels(device)
     }
 
-    fn loss(&self, (input, targets): Self::Batch) -> LossOutput<B> {
-        let (loss_sum, correct) = loss::batch_sums(self.forward(input), targets);
-        LossOutput {
-            loss_sum,
-            sums: vec![correct.float()],
+    /// # Panics
+    /// If the batch's labels do not fit the model (values for a classifier, or classes for a
+    /// regression): Kiln's data builds the model for its labels.
+    fn loss(&self, (input, labels): Self::Batch) -> LossOutput<B> {
+        let outputs = self.outputs(input, &mut ());
+        match (labels, self.regression()) {
+            (Labels::Classes(targets), None) => {
+                let (loss_sum, correct) = loss::batch_sums(outputs, targets);
+                LossOutput::new(loss_sum, vec![correct.float()])
+            }
+            (Labels::Values(values), Some(r)) => r.sums(outputs, values),
+            _ => panic!("the batch's labels do not fit the model (classes or values)"),
         }
     }
 
     fn sum_names(&self) -> Vec<String> {
-        vec!["accuracy".to_string()]
+        match self.regression() {
+            Some(_) => regression::SUM_NAMES.map(String::from).to_vec(),
+            None => vec!["accuracy".to_string()],
+        }
+    }
+
+    fn metrics(&self, sums: &[f64], targets: f64) -> Vec<(String, f64)> {
+        match self.regression() {
+            Some(r) => r.metrics(sums, targets),
+            None => vec![("accuracy".to_string(), sums[0] / targets.max(1.0))],
+        }
     }
 
     /// Biases and normalization parameters (every parameter of rank 1), and what each model

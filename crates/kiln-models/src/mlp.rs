@@ -13,6 +13,7 @@ use crate::dropout::dropout;
 use crate::init::HostInit;
 use crate::plan::{mlp_steps, Step};
 use crate::precision::linear;
+use crate::regression::Regression;
 use crate::Observer;
 
 /// The activation function of hidden layers (`model.activation`).
@@ -101,6 +102,10 @@ pub struct Mlp<B: Backend> {
     /// The precision the layers compute in.
     #[module(skip)]
     pub precision: Precision,
+    /// A regression head: what its one output is standardized by, and its loss (`None`: the
+    /// outputs are class logits).
+    #[module(skip)]
+    pub regression: Option<Regression>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -128,7 +133,14 @@ impl<B: Backend> Mlp<B> {
             activation,
             dropout,
             precision: Precision::F32,
+            regression: None,
         }
+    }
+
+    /// Makes the network a regression head (its one output predicts `regression`'s target).
+    pub fn with_regression(mut self, regression: Option<Regression>) -> Self {
+        self.regression = regression;
+        self
     }
 
     /// Runs the linear layers in `precision` (see [`crate::precision`]).

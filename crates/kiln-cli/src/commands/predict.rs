@@ -58,14 +58,14 @@ impl OnDevice for Predict {
         let loaded = predict::load::<B>(&self.export, &device)?;
         let mut out = std::io::stdout().lock();
         match &loaded.task {
-            Task::Classifier {
+            Task::Samples {
                 sample_shape,
                 table,
                 ..
             } => {
                 let paths: Vec<PathBuf> = self.inputs.iter().map(PathBuf::from).collect();
                 let records = predict::read_inputs(&paths, sample_shape, table.as_ref())?;
-                predict::classify(&loaded, &records, self.logits, &device, &mut out)
+                predict::predict_samples(&loaded, &records, self.logits, &device, &mut out)
             }
             Task::Language { .. } => {
                 let [prompt] = self.inputs.as_slice() else {

@@ -53,6 +53,16 @@ pub enum MissingValues {
     Mode,
 }
 
+/// `data.task`: what a table's label column is.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataTask {
+    /// `"classification"` (the default): a class per row, the label's distinct values.
+    Classification,
+    /// `"regression"`: a number per row; the model predicts it in the label's units.
+    Regression,
+}
+
 /// `data.token_dtype`: the element type of a token file.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -102,9 +112,14 @@ pub struct DataSection {
     /// `data.missing` (csv with a header of column names; default `"error"`): what a missing
     /// value (empty, `NA`, `NaN`, `null`) does.
     pub missing: Option<MissingValues>,
+    /// `data.task` (csv with a header of column names; default `"classification"`): whether the
+    /// label is a class or a number to predict (`"regression"`: trained on the label
+    /// standardized with training statistics, `train.loss` choosing the loss).
+    pub task: Option<DataTask>,
     /// `data.stratify` (csv): hold out test and validation rows class by class, so each split
-    /// has the classes in the data's proportions. Default: true for a table with a header of
-    /// column names, false for the scikit-learn layout (whose splits stay as they were).
+    /// has the classes in the data's proportions. Default: true for a classification table with
+    /// a header of column names, false for the scikit-learn layout (whose splits stay as they
+    /// were) and for regression (which has no classes).
     pub stratify: Option<bool>,
     /// `data.token_dtype`: tokens: the element type of the token file, `"u16"` or `"u32"`
     /// (defaults to its `.json` sidecar, else u16).
@@ -143,6 +158,11 @@ pub struct DataSection {
 }
 
 impl DataSection {
+    /// Whether the label is a number to predict (`data.task = "regression"`).
+    pub fn is_regression(&self) -> bool {
+        self.task == Some(DataTask::Regression)
+    }
+
     /// `data.format`, which Kiln's own data needs (a program's own data leaves it out).
     pub fn kiln_format(&self) -> Result<DataFormat> {
         self.format.with_context(|| {

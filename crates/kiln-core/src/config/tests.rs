@@ -253,7 +253,15 @@ fn table_keys_are_checked_and_unset_ones_leave_the_hash_alone() {
     assert_eq!(set.data.missing, Some(MissingValues::Median));
     assert_ne!(set.maths_hash(), base.maths_hash());
     let text = toml::to_string(&base).unwrap();
-    for key in ["label", "missing", "delimiter", "stratify", "test_path"] {
+    for key in [
+        "label",
+        "missing",
+        "delimiter",
+        "stratify",
+        "test_path",
+        "task",
+        "loss",
+    ] {
         assert!(
             !text.contains(&format!("{key} =")),
             "unset data.{key} is written: {text}"
@@ -271,4 +279,23 @@ fn table_keys_are_checked_and_unset_ones_leave_the_hash_alone() {
         load(&["data.format=\"tokens\"", "data.label=\"y\""]).unwrap_err()
     );
     assert!(e.contains("data.label: applies to tables only"), "{e}");
+}
+
+#[test]
+fn a_loss_is_chosen_for_regressions_only_which_do_not_stratify() {
+    let r = load(&["data.task=\"regression\"", "train.loss=\"huber\""]).unwrap();
+    assert!(r.data.is_regression());
+    assert_eq!(r.train.loss, Some(super::RegressionLoss::Huber));
+    let e = format!("{:#}", load(&["train.loss=\"mae\""]).unwrap_err());
+    assert!(
+        e.contains("train.loss: chooses a regression's loss") && e.contains("data.task"),
+        "{e}"
+    );
+    let e = format!(
+        "{:#}",
+        load(&["data.task=\"regression\"", "data.stratify=true"]).unwrap_err()
+    );
+    assert!(e.contains("data.stratify: stratifies by class"), "{e}");
+    let e = format!("{:#}", load(&["data.task=\"ordinal\""]).unwrap_err());
+    assert!(e.contains("task") && e.contains("ordinal"), "{e}");
 }

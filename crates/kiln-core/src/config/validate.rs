@@ -100,9 +100,23 @@ impl Config {
                 ("data.categorical", d.categorical.is_some()),
                 ("data.missing", d.missing.is_some()),
                 ("data.stratify", d.stratify.is_some()),
+                ("data.task", d.task.is_some()),
             ] {
                 check(!set, key, "applies to tables only (data.format = \"csv\")")?;
             }
+        }
+        if d.is_regression() {
+            check(
+                d.stratify != Some(true),
+                "data.stratify",
+                "stratifies by class; a regression (data.task = \"regression\") has no classes: remove the key",
+            )?;
+        } else {
+            check(
+                self.train.loss.is_none(),
+                "train.loss",
+                "chooses a regression's loss (classifiers train on cross-entropy); set data.task = \"regression\" or remove the key",
+            )?;
         }
 
         if let Some(b) = d.eval_max_batches {

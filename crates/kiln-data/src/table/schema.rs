@@ -64,6 +64,19 @@ pub struct TableOptions {
     pub task: Task,
 }
 
+impl TableOptions {
+    /// The position of the label column in `table`: the column `label` names, else the last.
+    ///
+    /// # Errors
+    /// The named column does not exist (the error names the table's columns).
+    pub fn label_index(&self, table: &Table) -> Result<usize> {
+        match &self.label {
+            Some(name) => table.column(name).map_err(|e| anyhow!("data.label: {e}")),
+            None => Ok(table.columns.len() - 1),
+        }
+    }
+}
+
 /// The cells that count as missing values.
 pub const MISSING: &[&str] = &["", "NA", "N/A", "NaN", "nan", "null", "NULL"];
 
@@ -161,10 +174,7 @@ impl TableSchema {
     /// a column with no values, fewer than two classes, or no training value to fill with.
     pub fn fit(all: &[&Table], train: &[usize], options: &TableOptions) -> Result<TableSchema> {
         let table = all[0];
-        let label = match &options.label {
-            Some(name) => table.column(name).map_err(|e| anyhow!("data.label: {e}"))?,
-            None => table.columns.len() - 1,
-        };
+        let label = options.label_index(table)?;
         let label_name = table.columns[label].clone();
         let names: Vec<String> = match &options.features {
             Some(list) => list.clone(),

@@ -60,10 +60,18 @@ pub(super) fn input_spec(
 
 pub(super) fn output_spec(data: &RunData, source: &Source) -> Result<Value> {
     Ok(match data {
-        RunData::Samples(s) => json!({
-            "kind": "classes",
-            "labels": s.test.class_names,
-        }),
+        RunData::Samples(s) => match (&s.regression, &s.table) {
+            (Some(regression), table) => json!({
+                "kind": "value",
+                "target": table.as_ref().map(|t| t.target.column()),
+                "units": "the target's own (the network's standardized output times std plus mean)",
+                "regression": regression,
+            }),
+            (None, _) => json!({
+                "kind": "classes",
+                "labels": s.test.class_names,
+            }),
+        },
         RunData::Text(_) => {
             let tokenizer = tokenizer_of(data, &source.run_dir)?;
             json!({"kind": "next-token logits", "tokenizer": tokenizer.to_json()})

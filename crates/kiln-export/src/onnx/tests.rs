@@ -136,9 +136,28 @@ fn a_net_without_layers_passes_its_input_through() {
         standardize: None,
         layers: vec![],
         classes: 3,
+        regression: None,
     };
     let (_, _, ops) = summary(&classifier_to_onnx(&net).unwrap());
     assert_eq!(ops, ["Identity", "Softmax"]);
+}
+
+#[test]
+fn a_regression_ends_in_its_targets_units_without_a_softmax() {
+    let net = ClassifierNet {
+        features: 1,
+        image: None,
+        standardize: None,
+        layers: vec![],
+        classes: 1,
+        regression: Some(kiln_models::Regression {
+            loss: kiln_models::RegressionLoss::Mse,
+            mean: 150.0,
+            std: 75.0,
+        }),
+    };
+    let (_, _, ops) = summary(&classifier_to_onnx(&net).unwrap());
+    assert_eq!(ops, ["Mul", "Add"]);
 }
 
 // ---- Refusals. ----

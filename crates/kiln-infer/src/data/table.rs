@@ -7,11 +7,12 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use kiln_core::config::{DataSection, MissingValues};
+use kiln_core::config::{DataSection, MissingValues, RegressionLoss};
 use kiln_data::{
     read_any_table, split_indices, stratified_split_indices, Dataset, Missing, Table, TableOptions,
-    TableSchema,
+    TableSchema, Task,
 };
+use kiln_models::Regression;
 
 /// The training, validation and test splits of a table and the schema that encoded them.
 pub(super) struct TableSplits {
@@ -19,10 +20,17 @@ pub(super) struct TableSplits {
     pub valid: Dataset,
     pub test: Dataset,
     pub schema: TableSchema,
+    /// A regression's target statistics (training split) and loss.
+    pub regression: Option<Regression>,
 }
 
 /// Reads `path` (and `data.test_path`) and splits and encodes them (see the module docs).
-pub(super) fn load(d: &DataSection, path: &Path, seed: u64) -> Result<TableSplits> {
+pub(super) fn load(
+    d: &DataSection,
+    loss: Option<RegressionLoss>,
+    path: &Path,
+    seed: u64,
+) -> Result<TableSplits> {
     let delimiter = d.delimiter.as_ref().map(|s| s.as_bytes()[0]);
     let read =
         |key: &str, p: &Path| read_any_table(p, delimiter).map_err(|e| anyhow!("data.{key}: {e}"));
@@ -42,16 +50,17 @@ pub(super) fn load(d: &DataSection, path: &Path, seed: u64) -> Result<TableSplit
             Some(MissingValues::Median) => Missing::Median,
             Some(MissingValues::Mode) => Missing::Mode,
         },
-        ..TableOptions::default()
+        task: if d.is_regression() {
+            Task::Regression
+        } else {
+            Task::Classification
+        },
     };
-    let label = match &options.label {
-        Some(name) => table.column(name).map_err(|e| anyhow!("data.label: {e}"))?,
-        None => table.columns.len() - 1,
-    };
+    let label = options.label_index(&table)?;
     let keys: Vec<&str> = table.rows.iter().map(|r| r[label].as_str()).collect();
-    let stratify = d.stratify.unwrap_or(true);
+    let stratify = d.stratify.unwrap_or(!d.is_regression());
     // Splits a list of rows; `held` are rows of the table, as `rest`.
-    let split = |rows: &[usize], fraction: f64, seed: u64| -> (Vec<usize>, Vec<usize>) {
+    let split_rows = |rows: &[usize], fraction: f64, seed: u64| -> (Vec<usize>, Vec<usize>) {
         let (rest, held) = if stratify {
             let row_keys: Vec<&str> = rows.iter().map(|&r| keys[r]).collect();
             stratified_split_indices(&row_keys, fraction, seed)
@@ -66,9 +75,9 @@ pub(super) fn load(d: &DataSection, path: &Path, seed: u64) -> Result<TableSplit
     // moves a row in or out of the test split (as for the scikit-learn layout).
     let (train_full, test_rows) = match test_table {
         Some(_) => (all, Vec::new()),
-        None => split(&all, d.test_fraction, seed ^ 0x7E57),
+        None => split_rows(&all, d.test_fraction, seed ^ 0x7E57),
     };
-    let (train_rows, valid_rows) = split(&train_full, d.valid_fraction, seed);
+    let (train_rows, valid_rows) = split_rows(&train_full, d.valid_fraction, seed);
 
     let tables: Vec<&Table> = std::iter::once(&table).chain(test_table.as_ref()).collect();
     let schema = TableSchema::fit(&tables, &train_rows, &options)?;
@@ -81,6 +90,7 @@ pub(super) fn load(d: &DataSection, path: &Path, seed: u64) -> Result<TableSplit
             labels: encoded.classes,
             num_classes: classes.len(),
             class_names: classes,
+            targets: encoded.targets,
         })
     };
     let train = encode(&table, &train_rows)?;
@@ -89,10 +99,18 @@ pub(super) fn load(d: &DataSection, path: &Path, seed: u64) -> Result<TableSplit
         Some(t) => encode(t, &(0..t.rows.len()).collect::<Vec<_>>())?,
         None => encode(&table, &test_rows)?,
     };
+    let regression = match options.task {
+        Task::Regression => Some(
+            Regression::fit(&train.targets, loss.unwrap_or_default())
+                .map_err(|e| anyhow!("data.label `{}`: {e}", schema.target.column()))?,
+        ),
+        Task::Classification => None,
+    };
     Ok(TableSplits {
         train,
         valid,
         test,
         schema,
+        regression,
     })
 }

@@ -89,6 +89,7 @@ pub(super) fn mlp(scheme: Scheme) -> ClassifierNet {
             linear(&mut r, 4, 3, scheme, true),
         ],
         classes: 3,
+        regression: None,
     }
 }
 
@@ -115,6 +116,7 @@ pub(super) fn cnn(scheme: Scheme) -> ClassifierNet {
             linear(&mut r, 12, 5, scheme, true),
         ],
         classes: 5,
+        regression: None,
     }
 }
 
