@@ -1,7 +1,8 @@
 //! Kiln's data layer: the two kinds of data source a user's data can be ([`RandomAccess`] and
 //! [`Stream`]), the background batch [`Loader`] that shuffles, shards and resumes both exactly,
-//! in-memory classification datasets read from IDX and scikit-learn CSV files, deterministic
-//! train/validation splits and feature standardization.
+//! in-memory datasets read from IDX files and tables (CSV, Parquet), folders of image files
+//! decoded on the loader's threads, deterministic train/validation splits and feature
+//! standardization.
 //!
 //! The [`text`] module adds language-model data: UTF-8 text files and a
 //! character-level tokenizer, memory-mapped pre-tokenized token files, and
@@ -16,8 +17,10 @@
 mod batch;
 mod dataset;
 mod idx;
+pub mod images;
 mod loader;
 mod read;
+mod samples;
 mod sklearn_csv;
 mod source;
 mod standardize;
@@ -27,7 +30,9 @@ pub mod text;
 pub use batch::{eval_batches, Batch};
 pub use dataset::{split, split_indices, stratified_split_indices, Dataset};
 pub use idx::{load_idx, load_idx_images};
+pub use images::{Augment, ImageFile, ImageFolder, ImageSet, ImageSpec};
 pub use loader::{Loaded, Loader, LoaderConfig, Shard, StreamPosition};
+pub use samples::SampleSplit;
 pub use sklearn_csv::{is_sklearn_layout, load_sklearn_csv};
 pub use source::{Collated, Gather, RandomAccess, Stream};
 pub use standardize::Standardizer;

@@ -286,7 +286,7 @@ impl<G: Gather> Schedule<G> {
             let whole = &order[start..end];
             let batch = self
                 .source
-                .gather(&whole[self.shard.range(whole.len())])
+                .gather_in_epoch(&whole[self.shard.range(whole.len())], epoch)
                 .with_context(|| format!("reading batch {index} of epoch {epoch}"));
             let failed = batch.is_err();
             let loaded = batch.map(|batch| Loaded {

@@ -103,6 +103,15 @@ pub trait Gather: Send + Sync {
 
     /// The batch of the items `indices`, in that order (empty for an empty shard).
     fn gather(&self, indices: &[usize]) -> Result<Self::Batch>;
+
+    /// The training batch of the items `indices` in epoch `epoch`: what the loader calls. A
+    /// source that augments its samples draws the augmentation from the epoch and each item's
+    /// index (so that a resumed run sees what an uninterrupted one does); the default is
+    /// [`Gather::gather`].
+    fn gather_in_epoch(&self, indices: &[usize], epoch: usize) -> Result<Self::Batch> {
+        let _ = epoch;
+        self.gather(indices)
+    }
 }
 
 /// A [`RandomAccess`] source whose items become a batch through a collate function.
