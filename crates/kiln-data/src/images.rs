@@ -138,7 +138,12 @@ fn scan_classes(dir: &Path, known: Option<&[String]>) -> Result<(Vec<String>, Ve
         );
     }
     let names: Vec<String> = (folders.iter())
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let mut files = Vec::new();
     let mut others = 0;
@@ -282,7 +287,9 @@ pub fn open(path: &Path) -> Result<DynamicImage> {
         .map_err(|e| bad(&e))?;
     // The JPEG decoder fills in what a truncated file lacks with gray; refuse it instead.
     if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
-        return Err(bad(&"the file ends before the image data does: it is truncated"));
+        return Err(bad(
+            &"the file ends before the image data does: it is truncated",
+        ));
     }
     let mut decoder = reader.into_decoder().map_err(|e| bad(&e))?;
     let orientation = decoder.orientation().map_err(|e| bad(&e))?;
@@ -336,7 +343,10 @@ impl Augment {
         let plane = (h * w) as usize;
         let mut out = vec![0.0; sample.len()];
         for c in 0..spec.channels {
-            let (src, dst) = (&sample[c * plane..][..plane], &mut out[c * plane..][..plane]);
+            let (src, dst) = (
+                &sample[c * plane..][..plane],
+                &mut out[c * plane..][..plane],
+            );
             for y in 0..h {
                 let sy = y + dy;
                 if !(0..h).contains(&sy) {
@@ -465,7 +475,10 @@ fn decode_parallel(
             })
             .collect();
         (handles.into_iter())
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("an image decoder thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("an image decoder thread panicked")))
+            })
             .collect()
     });
     let mut total = vec![0.0; width];

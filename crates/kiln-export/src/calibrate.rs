@@ -10,7 +10,7 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kiln_core::Config;
-use kiln_data::{eval_batches, eval_windows};
+use kiln_data::eval_windows;
 use kiln_infer::data::HostBatch;
 use kiln_infer::RunData;
 use kiln_models::{Model, Observer};
@@ -81,8 +81,9 @@ pub fn calibrate<B: Backend>(
             let n = s.train.len();
             let take = samples.min(n);
             let picked: Vec<usize> = (0..take).map(|i| i * n / take.max(1)).collect();
-            let subset = s.train.subset(&picked);
-            eval_batches(&subset, batch).map(HostBatch::from).collect()
+            (s.train.batches(picked, batch))
+                .map(|b| b.map(HostBatch::from))
+                .collect::<Result<_>>()?
         }
         RunData::Text(t) => {
             let windows_per_batch = batch.min(samples).max(1);

@@ -9,7 +9,8 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_data::{read_any_table, CharTokenizer, Standardizer, TableSchema};
+use kiln_data::images::is_image_file;
+use kiln_data::{read_any_table, CharTokenizer, ImageSpec, Standardizer, TableSchema};
 use kiln_infer::generate::{generate_with, Sampling};
 use kiln_models::{DataShape, Input, Model, ModelConfig, Regression};
 use serde_json::{json, Value};
@@ -32,6 +33,8 @@ pub enum Task {
         standardize: Option<Standardizer>,
         /// A model trained on a table with column names: how a row of it becomes the features.
         table: Option<TableSchema>,
+        /// A model trained on an image folder: how an image file becomes the features.
+        image: Option<ImageSpec>,
     },
     /// A language model.
     Language {
@@ -129,11 +132,19 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
                 };
                 (SampleOutput::Classes(labels), shape)
             };
+            let image = match &manifest.input["image"] {
+                Value::Null => None,
+                i => Some(
+                    serde_json::from_value::<ImageSpec>(i.clone())
+                        .with_context(|| damaged("input.image"))?,
+                ),
+            };
             let task = Task::Samples {
                 output,
                 sample_shape,
                 standardize,
                 table,
+                image,
             };
             (task, shape)
         }
@@ -168,7 +179,8 @@ pub struct Record {
     pub values: Vec<f32>,
 }
 
-/// Reads classifier inputs: PNG images, IDX image files (`.idx`, `-ubyte`, `.gz`) or CSV rows,
+/// Reads classifier inputs: PNG or JPEG images (read as `image` says, for an export of an
+/// image folder), IDX image files (`.idx`, `-ubyte`, `.gz`) or CSV rows,
 /// each checked against `sample_shape` (`[features]` or `[c, h, w]`). For a model trained on a
 /// table with column names (`table`), every input is such a table: its rows are read by column
 /// name through the schema (other columns, the label among them, are ignored).
@@ -176,6 +188,7 @@ pub fn read_inputs(
     paths: &[PathBuf],
     sample_shape: &[usize],
     table: Option<&TableSchema>,
+    image: Option<&ImageSpec>,
 ) -> Result<Vec<Record>> {
     if let Some(schema) = table {
         return read_table_rows(paths, schema);
@@ -184,74 +197,48 @@ pub fn read_inputs(
     for path in paths {
         let name = path.display().to_string();
         let lower = name.to_lowercase();
-        if lower.ends_with(".png") {
+        if is_image_file(path) {
             records.push(Record {
                 origin: name,
-                values: read_png(path, sample_shape)?,
+                values: read_image(path, sample_shape, image)?,
             });
         } else if lower.ends_with(".csv") {
             records.extend(read_csv(path, sample_shape)?);
         } else if lower.ends_with(".gz") || lower.ends_with(".idx") || lower.contains("ubyte") {
             records.extend(read_idx(path, sample_shape)?);
         } else {
-            bail!("{name}: unknown input type; give PNG images (.png), IDX image files (.idx, *-ubyte, .gz) or CSV rows (.csv)");
+            bail!("{name}: unknown input type; give images (.png, .jpg, .jpeg), IDX image files (.idx, *-ubyte, .gz) or CSV rows (.csv)");
         }
     }
     Ok(records)
 }
 
-fn read_png(path: &Path, sample_shape: &[usize]) -> Result<Vec<f32>> {
-    let &[c, h, w] = sample_shape else {
+fn read_image(path: &Path, sample_shape: &[usize], spec: Option<&ImageSpec>) -> Result<Vec<f32>> {
+    let &[channels, height, width] = sample_shape else {
         bail!(
             "{}: the model takes {} features per sample, not images; give CSV rows",
             path.display(),
             sample_shape.iter().product::<usize>()
         );
     };
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
-    let (iw, ih) = reader.info().size();
     ensure!(
-        (ih as usize, iw as usize) == (h, w),
-        "{}: the image is {iw}x{ih} pixels, the model takes {w}x{h}; resize it",
+        channels == 1 || channels == 3,
+        "{}: the model takes images of {channels} channels; image inputs work for 1 (gray) or 3 (RGB)",
         path.display()
     );
-    let size = reader.output_buffer_size();
-    let mut buf = vec![0; size.with_context(|| format!("{}: image too large", path.display()))?];
-    let info = reader
-        .next_frame(&mut buf)
-        .with_context(|| format!("{}: not a readable PNG image", path.display()))?;
-    let channels = info.color_type.samples();
-    let pixels = &buf[..h * w * channels];
-    let color = |p: &[u8]| -> [f32; 3] {
-        match p.len() {
-            1 | 2 => [f32::from(p[0]); 3],
-            _ => [f32::from(p[0]), f32::from(p[1]), f32::from(p[2])],
-        }
-    };
-    let mut values = vec![0f32; c * h * w];
-    for (i, p) in pixels.chunks_exact(channels).enumerate() {
-        let [r, g, b] = color(p);
-        match c {
-            // Luma (ITU-R BT.601) of colour images for a grayscale model.
-            1 => values[i] = (0.299 * r + 0.587 * g + 0.114 * b) / 255.0,
-            3 => {
-                for (k, v) in [r, g, b].into_iter().enumerate() {
-                    values[k * h * w + i] = v / 255.0;
-                }
-            }
-            _ => bail!(
-                "{}: the model takes images of {c} channels; PNG inputs work for 1 (gray) or 3 (RGB)",
-                path.display()
-            ),
-        }
-    }
-    Ok(values)
+    // An export of an image folder says how its run read images; an IDX run's images were
+    // taken as they are.
+    let spec = spec.copied().unwrap_or(ImageSpec {
+        channels,
+        height,
+        width,
+        resize: false,
+    });
+    spec.read(
+        path,
+        "this export takes images of that size and does not resize them (its run did not set \
+         data.image_size); resize the image first",
+    )
 }
 
 fn read_idx(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {

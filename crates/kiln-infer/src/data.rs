@@ -14,24 +14,28 @@ use kiln_core::config::{DataFormat, DataSection, TokenDtype};
 use kiln_core::layout::{TABLE_FILE, TOKENIZER_FILE};
 use kiln_core::Config;
 use kiln_data::{
-    check_span, eval_batches, eval_windows, is_sklearn_layout, load_idx, load_sklearn_csv,
-    read_meta, read_text, split, stratified_split_indices, CharTokenizer, Dataset, Standardizer,
+    check_span, eval_windows, is_sklearn_layout, load_idx, load_sklearn_csv, read_meta, read_text,
+    split, stratified_split_indices, CharTokenizer, Dataset, SampleSplit, Standardizer,
     TableSchema, TokenFile, TokenSource, TokenSpan,
 };
 use kiln_models::{DataShape, Regression};
 pub use kiln_models::{HostBatch, HostInput};
 
+mod images;
 mod table;
 
 /// The three splits of a sample-data run, standardized with statistics of the training split.
 pub struct Splits {
     /// The training split (shared with the loader threads).
-    pub train: Arc<Dataset>,
-    /// The validation split (`data.valid_fraction` of the training file).
-    pub valid: Dataset,
-    /// The test split (IDX: the test files; CSV: `data.test_fraction` of the file).
-    pub test: Dataset,
-    /// The standardization applied to all three (`data.standardize`).
+    pub train: Arc<SampleSplit>,
+    /// The validation split (`data.valid_fraction` of the training data, or an image folder's
+    /// `valid/`).
+    pub valid: SampleSplit,
+    /// The test split (IDX: the test files; tables and image folders: `data.test_fraction` of
+    /// the data, `data.test_path` or `test/`).
+    pub test: SampleSplit,
+    /// The standardization applied to all three (`data.standardize`), one value per feature or
+    /// one for all (an image folder's per-channel statistics are written out per value).
     pub standardizer: Option<Standardizer>,
     /// A table with a header of column names: what its columns mean (saved with the run).
     pub table: Option<TableSchema>,
@@ -59,7 +63,7 @@ pub struct TextData {
 // One per run, never moved in a loop: the size of the larger variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum RunData {
-    /// Table or image samples with class labels (IDX, CSV).
+    /// Table or image samples with class labels or target values (IDX, CSV, image folders).
     Samples(Splits),
     /// Token sequences (text, token files).
     Text(TextData),
@@ -88,7 +92,9 @@ impl RunData {
     /// Reads the `[data]` section's files and prepares the splits (see the module docs).
     pub fn load(config: &Config) -> Result<RunData> {
         Ok(match config.data.kiln_format()? {
-            DataFormat::Idx | DataFormat::Csv => RunData::Samples(Splits::load(config)?),
+            DataFormat::Idx | DataFormat::Csv | DataFormat::ImageFolder => {
+                RunData::Samples(Splits::load(config)?)
+            }
             DataFormat::Text | DataFormat::Tokens => RunData::Text(TextData::load(config)?),
         })
     }
@@ -98,12 +104,12 @@ impl RunData {
         match self {
             RunData::Samples(s) => match s.regression {
                 Some(regression) => DataShape::Values {
-                    sample_shape: s.train.sample_shape.clone(),
+                    sample_shape: s.train.sample_shape(),
                     regression,
                 },
                 None => DataShape::Samples {
-                    sample_shape: s.train.sample_shape.clone(),
-                    num_classes: s.train.num_classes,
+                    sample_shape: s.train.sample_shape(),
+                    num_classes: s.train.class_names().len(),
                 },
             },
             RunData::Text(t) => DataShape::Tokens {
@@ -169,10 +175,10 @@ impl RunData {
         let batch = d.eval_batch_size.unwrap_or(d.batch_size);
         match (self, split) {
             (RunData::Samples(s), Split::Valid) => {
-                Box::new(eval_batches(&s.valid, batch).map(|b| Ok(HostBatch::from(b))))
+                Box::new(s.valid.eval_batches(batch).map(|b| b.map(HostBatch::from)))
             }
             (RunData::Samples(s), Split::Test) => {
-                Box::new(eval_batches(&s.test, batch).map(|b| Ok(HostBatch::from(b))))
+                Box::new(s.test.eval_batches(batch).map(|b| b.map(HostBatch::from)))
             }
             (RunData::Text(t), Split::Valid) => Box::new(
                 eval_windows(&t.valid, t.block_size, batch, d.eval_max_batches)
@@ -244,6 +250,17 @@ impl Splits {
                     (t.train, t.valid, t.test, Some(t.schema), t.regression)
                 }
             }
+            DataFormat::ImageFolder => {
+                let i = images::load(d, required(d, &d.path, "path")?, seed)?;
+                return Ok(Splits {
+                    train: Arc::new(SampleSplit::Images(i.train)),
+                    valid: SampleSplit::Images(i.valid),
+                    test: SampleSplit::Images(i.test),
+                    standardizer: i.standardizer,
+                    table: None,
+                    regression: None,
+                });
+            }
             DataFormat::Text | DataFormat::Tokens => {
                 bail!("data.format: text and token data have no sample splits")
             }
@@ -265,9 +282,9 @@ impl Splits {
             }
         }
         Ok(Splits {
-            train: Arc::new(train),
-            valid,
-            test,
+            train: Arc::new(SampleSplit::Memory(train)),
+            valid: SampleSplit::Memory(valid),
+            test: SampleSplit::Memory(test),
             standardizer,
             table,
             regression,

@@ -119,15 +119,17 @@ impl ModelConfig {
     /// Whether the data of `data` is what this kind trains on.
     pub fn check_data(&self, data: &DataSection) -> Result<()> {
         let Some(format) = data.format else {
-            bail!("data.format: missing; Kiln's models train on data Kiln reads (\"idx\", \"csv\", \"text\" or \"tokens\"); a program's own data goes through the library (see the README)");
+            bail!("data.format: missing; Kiln's models train on data Kiln reads (\"idx\", \"csv\", \"image_folder\", \"text\" or \"tokens\"); a program's own data goes through the library (see the README)");
         };
         let language = matches!(format, DataFormat::Text | DataFormat::Tokens);
         match self {
             ModelConfig::Mlp(_) if language => bail!(
                 "model.kind: text and token data train a language model: use model.kind = \"gpt\""
             ),
-            ModelConfig::Cnn(_) if format != DataFormat::Idx => {
-                bail!("model.kind: \"cnn\" needs image data (data.format = \"idx\")")
+            ModelConfig::Cnn(_) if !matches!(format, DataFormat::Idx | DataFormat::ImageFolder) => {
+                bail!(
+                    "model.kind: \"cnn\" needs image data (data.format = \"idx\" or \"image_folder\")"
+                )
             }
             ModelConfig::Gpt(_) if !language => bail!(
                 "model.kind: \"gpt\" needs text or token data (data.format = \"text\" or \"tokens\")"

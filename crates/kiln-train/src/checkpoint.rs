@@ -1,11 +1,11 @@
 //! What a training checkpoint holds besides the tensors (`state.json`), and the conversion of
 //! the model and optimizer between burn tensors and host memory, by parameter name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
@@ -138,20 +138,47 @@ pub struct Best {
     pub step: usize,
 }
 
-/// The names, ids and shapes of a model's tensors, as burn-store names them (`layers.0.weight`).
+/// The names, ids and shapes of a model's tensors, as burn-store names them (`layers.0.weight`),
+/// and which of them the optimizer updates.
 pub struct ParamTable {
     entries: Vec<(String, ParamId, Vec<usize>)>,
+    /// The parameters that require a gradient: those with optimizer state. Buffers such as
+    /// batch norm's running statistics are saved with the weights but have none.
+    trainable: HashSet<ParamId>,
 }
 
 impl ParamTable {
     /// The table of `model`'s parameters and buffers.
     pub fn of<B: Backend, M: Module<B>>(model: &M) -> Self {
+        struct Trainable(HashSet<ParamId>);
+        impl<B: Backend> ModuleVisitor<B> for Trainable {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if param.val().is_require_grad() {
+                    self.0.insert(param.id);
+                }
+            }
+        }
+        let mut trainable = Trainable(HashSet::new());
+        model.visit(&mut trainable);
         let entries = model
             .collect(None, None, true)
             .into_iter()
             .filter_map(|s| Some((s.full_path(), s.tensor_id?, s.shape.to_vec())))
             .collect();
-        Self { entries }
+        Self {
+            entries,
+            trainable: trainable.0,
+        }
+    }
+
+    /// Whether the model holds tensors the optimizer does not update (running statistics).
+    pub fn has_buffers(&self) -> bool {
+        self.trainable.len() < self.entries.len()
+    }
+
+    /// The entries the optimizer updates.
+    fn trainable(&self) -> impl Iterator<Item = &(String, ParamId, Vec<usize>)> {
+        (self.entries.iter()).filter(|(_, id, _)| self.trainable.contains(id))
     }
 }
 
@@ -228,7 +255,7 @@ fn expected<B: AutodiffBackend>(
         .map(|(n, _, s)| (n.clone(), s.clone()))
         .collect();
     let mut opt = BTreeMap::new();
-    for (name, _, shape) in &table.entries {
+    for (name, _, shape) in table.trainable() {
         opt.insert(format!("{name}.step"), vec![]);
         for b in optim.buffer_names() {
             opt.insert(format!("{name}.{b}"), shape.clone());
@@ -310,6 +337,8 @@ pub fn restore<B: AutodiffBackend, M: Module<B>>(
     let mut state = HashMap::new();
     for (name, id, shape) in &table.entries {
         values.insert(*id, device_data(params[name.as_str()], shape.clone()));
+    }
+    for (name, id, shape) in table.trainable() {
         let step = opt[format!("{name}.step").as_str()].as_i64().unwrap_or(0) as u64;
         let buffers = optim
             .buffer_names()

@@ -10,14 +10,15 @@ use kiln_infer::Sampling;
 use super::{on_device, OnDevice};
 use crate::args::{BackendArgs, SamplingArgs};
 
-/// Run a Kiln export: classifiers take PNG images, IDX image files or CSV rows and print
-/// one JSON line per input; a GPT takes a prompt and prints its continuation as JSON.
+/// Run a Kiln export: classifiers and regressions take images (PNG, JPEG), IDX image files or
+/// table rows and print one JSON line per input; a GPT takes a prompt and prints its
+/// continuation as JSON.
 #[derive(clap::Args)]
 pub struct Args {
     /// The export's directory (from `kiln export --format kiln`).
     export: PathBuf,
-    /// Input files (.png, .idx / *-ubyte / .gz, .csv) for a classifier, or the prompt for
-    /// a GPT.
+    /// Input files (.png / .jpg / .jpeg, .idx / *-ubyte / .gz, .csv / .parquet) for a
+    /// classifier or regression, or the prompt for a GPT.
     #[arg(required = true)]
     inputs: Vec<String>,
     /// Also print the logits (a GPT prints the logits of every prompt position instead of
@@ -61,10 +62,12 @@ impl OnDevice for Predict {
             Task::Samples {
                 sample_shape,
                 table,
+                image,
                 ..
             } => {
                 let paths: Vec<PathBuf> = self.inputs.iter().map(PathBuf::from).collect();
-                let records = predict::read_inputs(&paths, sample_shape, table.as_ref())?;
+                let records =
+                    predict::read_inputs(&paths, sample_shape, table.as_ref(), image.as_ref())?;
                 predict::predict_samples(&loaded, &records, self.logits, &device, &mut out)
             }
             Task::Language { .. } => {

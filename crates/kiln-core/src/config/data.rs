@@ -23,6 +23,10 @@ pub enum DataFormat {
     Text,
     /// A pre-tokenized token file (`kiln tokenize`): little-endian u16 or u32 ids, memory-mapped.
     Tokens,
+    /// A folder of class folders of PNG and JPEG images (`ROOT/<class>/*.png`), or of
+    /// `train/`, `valid/` and `test/` folders of them.
+    #[serde(rename = "image_folder")]
+    ImageFolder,
 }
 
 impl DataFormat {
@@ -33,6 +37,7 @@ impl DataFormat {
             DataFormat::Csv => "csv",
             DataFormat::Text => "text",
             DataFormat::Tokens => "tokens",
+            DataFormat::ImageFolder => "image_folder",
         }
     }
 }
@@ -77,8 +82,9 @@ pub enum TokenDtype {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// `data.format`: which of Kiln's readers loads the data (`"idx"`, `"csv"`, `"text"` or
-    /// `"tokens"`); a program that brings its own data leaves it out.
+    /// `data.format`: which of Kiln's readers loads the data (`"idx"`, `"csv"`,
+    /// `"image_folder"`, `"text"` or `"tokens"`); a program that brings its own data leaves it
+    /// out.
     pub format: Option<DataFormat>,
     /// `data.train_images` (required for idx): the IDX file of the training images.
     pub train_images: Option<PathBuf>,
@@ -121,6 +127,22 @@ pub struct DataSection {
     /// a header of column names, false for the scikit-learn layout (whose splits stay as they
     /// were) and for regression (which has no classes).
     pub stratify: Option<bool>,
+    /// `data.image_size` (image_folder): `[height, width]` every image is resized to (bilinear);
+    /// unset, every image must have the size of the first.
+    pub image_size: Option<[usize; 2]>,
+    /// `data.channels` (image_folder): 1 (luma) or 3 (RGB); default: 1 if the first training
+    /// image is grayscale, else 3.
+    pub channels: Option<usize>,
+    /// `data.crop_padding` (image_folder; default 0 = off): augment training images with a
+    /// random crop of the image padded by this many zero pixels on every side.
+    pub crop_padding: Option<usize>,
+    /// `data.flip` (image_folder; default false): augment training images with a random
+    /// horizontal flip.
+    pub flip: Option<bool>,
+    /// `data.skip_bad_images` (image_folder; default false): leave out (and count) the images
+    /// that cannot be decoded, found by decoding every image once at the start; unset, the
+    /// first unreadable image stops the run with an error naming it.
+    pub skip_bad_images: Option<bool>,
     /// `data.token_dtype`: tokens: the element type of the token file, `"u16"` or `"u32"`
     /// (defaults to its `.json` sidecar, else u16).
     pub token_dtype: Option<TokenDtype>,
@@ -166,7 +188,7 @@ impl DataSection {
     /// `data.format`, which Kiln's own data needs (a program's own data leaves it out).
     pub fn kiln_format(&self) -> Result<DataFormat> {
         self.format.with_context(|| {
-            "data.format: missing; Kiln reads \"idx\", \"csv\", \"text\" or \"tokens\" data (a program brings its own data through the library: see the README)"
+            "data.format: missing; Kiln reads \"idx\", \"csv\", \"image_folder\", \"text\" or \"tokens\" data (a program brings its own data through the library: see the README)"
         })
     }
 }

@@ -52,7 +52,8 @@ impl Config {
             "must be in [0, 1)",
         )?;
         match d.format {
-            None => {}
+            // Checked below, with the keys of image folders.
+            None | Some(DataFormat::ImageFolder) => {}
             Some(DataFormat::Idx) => {
                 for (key, v) in [
                     ("data.train_images", &d.train_images),
@@ -91,15 +92,65 @@ impl Config {
                 }
             }
         }
+        if d.format == Some(DataFormat::ImageFolder) {
+            check(
+                d.path.is_some(),
+                "data.path",
+                "is required when data.format = \"image_folder\" (the folder of class folders)",
+            )?;
+            if let Some([h, w]) = d.image_size {
+                check(
+                    h > 0 && w > 0,
+                    "data.image_size",
+                    "must be [height, width], both at least 1",
+                )?;
+            }
+            if let Some(c) = d.channels {
+                check(
+                    c == 1 || c == 3,
+                    "data.channels",
+                    "must be 1 (grayscale) or 3 (RGB)",
+                )?;
+            }
+            check(
+                d.test_fraction > 0.0 && d.test_fraction < 1.0,
+                "data.test_fraction",
+                "must be in (0, 1)",
+            )?;
+        } else {
+            for (key, set) in [
+                ("data.image_size", d.image_size.is_some()),
+                ("data.channels", d.channels.is_some()),
+                ("data.crop_padding", d.crop_padding.is_some()),
+                ("data.flip", d.flip.is_some()),
+                ("data.skip_bad_images", d.skip_bad_images.is_some()),
+            ] {
+                check(
+                    !set,
+                    key,
+                    "applies to image folders only (data.format = \"image_folder\")",
+                )?;
+            }
+        }
+        if !matches!(d.format, Some(DataFormat::Csv | DataFormat::ImageFolder)) {
+            check(
+                d.stratify.is_none(),
+                "data.stratify",
+                "applies to tables and image folders only",
+            )?;
+            check(
+                d.test_path.is_none(),
+                "data.test_path",
+                "applies to tables only (data.format = \"csv\")",
+            )?;
+        }
         if d.format != Some(DataFormat::Csv) {
             for (key, set) in [
-                ("data.test_path", d.test_path.is_some()),
                 ("data.delimiter", d.delimiter.is_some()),
                 ("data.label", d.label.is_some()),
                 ("data.features", d.features.is_some()),
                 ("data.categorical", d.categorical.is_some()),
                 ("data.missing", d.missing.is_some()),
-                ("data.stratify", d.stratify.is_some()),
                 ("data.task", d.task.is_some()),
             ] {
                 check(!set, key, "applies to tables only (data.format = \"csv\")")?;

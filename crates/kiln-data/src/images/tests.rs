@@ -29,11 +29,20 @@ fn a_folder_of_class_folders_is_listed_in_order_without_hidden_or_other_files() 
     let f = ImageFolder::scan(dir.path()).unwrap();
     assert_eq!(f.classes, ["a", "b"]);
     let names: Vec<(String, u32)> = (f.train.iter())
-        .map(|i| (i.path.file_name().unwrap().to_string_lossy().into(), i.class))
+        .map(|i| {
+            (
+                i.path.file_name().unwrap().to_string_lossy().into(),
+                i.class,
+            )
+        })
         .collect();
     assert_eq!(
         names,
-        [("1.png".into(), 0), ("2.JPG".into(), 0), ("3.png".into(), 1)]
+        [
+            ("1.png".into(), 0),
+            ("2.JPG".into(), 0),
+            ("3.png".into(), 1)
+        ]
     );
     assert_eq!((f.valid, f.test), (None, None));
 }
@@ -66,7 +75,10 @@ fn an_empty_class_folder_or_a_folder_without_classes_is_an_error_naming_it() {
     let empty = tempfile::tempdir().unwrap();
     let e = format!("{:#}", ImageFolder::scan(empty.path()).unwrap_err());
     assert!(e.contains("no class folders"), "{e}");
-    let e = format!("{:#}", ImageFolder::scan(&dir.path().join("nope")).unwrap_err());
+    let e = format!(
+        "{:#}",
+        ImageFolder::scan(&dir.path().join("nope")).unwrap_err()
+    );
     assert!(e.contains("not a folder"), "{e}");
 }
 
@@ -92,7 +104,10 @@ fn images_become_planar_values_in_0_1_resized_or_refused_by_size() {
     let other = dir.path().join("y.png");
     save(&gray(5, 5, |_, _| 0), &other);
     let e = format!("{:#}", spec.read(&other, "set it").unwrap_err());
-    assert!(e.contains("y.png: the image is 5x5 (width x height), not 3x2; set it"), "{e}");
+    assert!(
+        e.contains("y.png: the image is 5x5 (width x height), not 3x2; set it"),
+        "{e}"
+    );
     let resize = ImageSpec::decide(&path, Some([4, 4]), Some(1)).unwrap();
     assert_eq!(resize.read(&other, "").unwrap().len(), 16);
 }
@@ -184,12 +199,20 @@ fn augmentation_is_a_function_of_seed_epoch_and_index() {
     let variants: std::collections::HashSet<Vec<u32>> = (0..20)
         .map(|e| run(e, 11).iter().map(|v| v.to_bits()).collect())
         .collect();
-    assert!(variants.len() > 5, "only {} distinct augmentations", variants.len());
+    assert!(
+        variants.len() > 5,
+        "only {} distinct augmentations",
+        variants.len()
+    );
     // Every value is a pixel of the same channel or padding.
     for e in 0..20 {
         let s = run(e, 4);
-        assert!(s[..30].iter().all(|&v| v == 0.0 || (1.0..=30.0).contains(&v)));
-        assert!(s[30..].iter().all(|&v| v == 0.0 || (31.0..=60.0).contains(&v)));
+        assert!(s[..30]
+            .iter()
+            .all(|&v| v == 0.0 || (1.0..=30.0).contains(&v)));
+        assert!(s[30..]
+            .iter()
+            .all(|&v| v == 0.0 || (31.0..=60.0).contains(&v)));
     }
     // A flip alone mirrors each row.
     let flip = Augment {

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use kiln_core::config::DataFormat;
 use kiln_core::layout::TOKENIZER_FILE;
-use kiln_data::CharTokenizer;
+use kiln_data::{CharTokenizer, SampleSplit};
 use kiln_infer::RunData;
 use kiln_models::ModelConfig;
 use serde_json::{json, Value};
@@ -26,13 +26,14 @@ pub(super) fn input_spec(
         RunData::Samples(s) => {
             let (scaling, source) = match (format, &s.table) {
                 (DataFormat::Idx, _) => ("pixel / 255", "idx"),
+                (DataFormat::ImageFolder, _) => ("pixel / 255", "image_folder"),
                 (_, Some(_)) => ("one-hot categories, missing values filled", "table"),
                 _ => ("none", "csv"),
             };
             let mut spec = json!({
                 "kind": "features",
                 "dtype": "float32",
-                "shape": s.test.sample_shape,
+                "shape": s.test.sample_shape(),
                 "features": s.test.sample_len(),
                 "scaling": scaling,
                 "source_format": source,
@@ -43,6 +44,11 @@ pub(super) fn input_spec(
                 // the schema itself (kiln predict reads rows of the table's columns with it).
                 spec["names"] = json!(table.input_names());
                 spec["table"] = serde_json::to_value(table)?;
+            }
+            if let SampleSplit::Images(images) = &s.test {
+                // How kiln predict turns an image file into the features: channels, size and
+                // whether other sizes are resized.
+                spec["image"] = serde_json::to_value(images.spec)?;
             }
             spec
         }
@@ -69,7 +75,7 @@ pub(super) fn output_spec(data: &RunData, source: &Source) -> Result<Value> {
             }),
             (None, _) => json!({
                 "kind": "classes",
-                "labels": s.test.class_names,
+                "labels": s.test.class_names(),
             }),
         },
         RunData::Text(_) => {

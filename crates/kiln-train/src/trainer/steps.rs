@@ -157,6 +157,13 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
                 None
             },
         )?;
+        if self.table.has_buffers() {
+            // burn's running statistics (batch norm's) keep each update aside until the next
+            // one or a sync, so a checkpoint would save them one update behind; merging them
+            // after every step makes the saved values those of the step, and a resumed run
+            // continues exactly as an uninterrupted one.
+            let _ = model.valid();
+        }
         self.window.step_secs += started.elapsed().as_secs_f64();
         self.window.add(stats, n);
         Ok(model)

@@ -1,0 +1,245 @@
+//! Folders of images (`data.format = "image_folder"`): Fashion-MNIST written as class folders of
+//! PNG and JPEG files (examples/image_folder.rs) trains the CNN with augmentation, resumes
+//! mid-epoch to the bit, exports and predicts JPEG files; bad folders and images are one-line
+//! errors naming the file or folder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{assert_same_run, fails_with, kiln, repo_root, stderr};
+use serde_json::Value;
+
+#[allow(dead_code)] // its main is not called here
+#[path = "../examples/image_folder.rs"]
+mod image_folder;
+
+const CONFIG: &str = "configs/fashion-mnist-folder-cnn.toml";
+
+/// A shared folder of the first 1200 training and 300 test images (written once).
+fn folder() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kiln-images-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::env::set_current_dir(repo_root()).unwrap();
+        image_folder::write_fashion_mnist(&dir, Some(1200), Some(300)).unwrap();
+        dir
+    })
+}
+
+/// `kiln train` of the folder config on `data` into `out/name`, with overrides.
+fn train_args(data: &Path, out: &Path, name: &str, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", CONFIG, "--backend", "flex"]
+        .map(String::from)
+        .to_vec();
+    let fixed = [
+        format!("data.path=\"{}\"", data.display()),
+        format!("run.output_dir=\"{}\"", out.display()),
+        format!("run.name=\"{name}\""),
+        "model.channels=[8, 16]".to_string(),
+        "model.hidden=[32]".to_string(),
+        "data.batch_size=64".to_string(),
+        "checkpoint.every_steps=0".to_string(),
+    ];
+    for s in fixed.iter().map(String::as_str).chain(sets.iter().copied()) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args
+}
+
+fn ok(args: &[String]) -> Value {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = kiln(&args);
+    assert!(o.status.success(), "kiln {args:?}:\n{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn a_folder_of_png_and_jpeg_trains_the_cnn_and_its_export_predicts_a_jpeg() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 1080 training images of 64: 17 batches per epoch, 4 epochs.
+    let summary = ok(&train_args(
+        folder(),
+        tmp.path(),
+        "cnn",
+        &["train.epochs=4", "train.eval_every=20"],
+    ));
+    let test = &summary["test"];
+    assert_eq!(test["samples"], 300, "{summary}");
+    let accuracy = test["accuracy"].as_f64().unwrap();
+    eprintln!("test accuracy after 4 epochs on 1080 images: {accuracy}");
+    assert!(accuracy >= 0.6, "{summary}");
+
+    let run = summary["run_dir"].as_str().unwrap();
+    let export = tmp.path().join("export");
+    let o = kiln(&["export", run, "--out", export.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(export.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["input"]["source_format"], "image_folder");
+    assert_eq!(manifest["input"]["image"]["channels"], 1);
+    // The classes are the folder names, sorted.
+    assert_eq!(manifest["output"]["labels"][0], "ankle-boot");
+    assert_eq!(manifest["output"]["labels"][9], "trouser");
+
+    // The test folder's first trouser, a JPEG (odd-numbered) or a PNG, predicted as trousers
+    // by most of them.
+    let trousers: Vec<PathBuf> = std::fs::read_dir(folder().join("test/trouser"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let jpegs: Vec<&PathBuf> = trousers
+        .iter()
+        .filter(|p| p.extension().unwrap() == "jpg")
+        .collect();
+    assert!(jpegs.len() >= 5, "{trousers:?}");
+    let mut args = vec!["predict", export.to_str().unwrap()];
+    args.extend(jpegs.iter().map(|p| p.to_str().unwrap()));
+    let o = kiln(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["label"]
+                .as_str()
+                .unwrap()
+                .into()
+        })
+        .collect();
+    let right = labels.iter().filter(|l| *l == "trouser").count();
+    assert!(2 * right > labels.len(), "{labels:?}");
+
+    // An image of another size: this export does not resize (the run set no data.image_size).
+    let big = tmp.path().join("big.png");
+    image::GrayImage::new(32, 30).save(&big).unwrap();
+    fails_with(
+        &["predict", export.to_str().unwrap(), big.to_str().unwrap()],
+        &[
+            "big.png",
+            "32x30",
+            "not 28x28",
+            "does not resize",
+            "resize the image first",
+        ],
+    );
+}
+
+#[test]
+fn resume_mid_epoch_with_augmentation_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 17 batches per epoch: step 25 is mid-epoch 1; two loader threads.
+    let sets = [
+        "train.max_steps=40",
+        "train.log_every=3",
+        "train.eval_every=10",
+        "data.loader_threads=2",
+        "model.dropout=0.2",
+    ];
+    let straight = ok(&train_args(folder(), tmp.path(), "straight", &sets));
+    assert_eq!(straight["steps"], 40);
+    let mut first = train_args(folder(), tmp.path(), "split", &sets);
+    first.extend(["--until-step".into(), "25".into()]);
+    assert_eq!(ok(&first)["status"], "paused");
+    let run = tmp.path().join("split");
+    let resumed = ok(&[
+        "train".into(),
+        "--resume".into(),
+        run.display().to_string(),
+        "--backend".into(),
+        "flex".into(),
+    ]);
+    assert_eq!(resumed["resumed_from"], 25);
+    assert_same_run(&tmp.path().join("straight"), &run, 40);
+    // Augmentation is on and changes what is learned: without it the weights differ.
+    let plain = ok(&train_args(
+        folder(),
+        tmp.path(),
+        "plain",
+        &[&sets[..], &["data.crop_padding=0", "data.flip=false"]].concat(),
+    ));
+    assert_eq!(plain["steps"], 40);
+    let weights = |name: &str| {
+        std::fs::read(tmp.path().join(name).join("step-40/model.safetensors")).unwrap()
+    };
+    assert!(weights("plain") != weights("straight"));
+}
+
+/// A copy of a few classes of the shared folder's training images, to damage.
+fn small_copy(to: &Path) {
+    for class in ["bag", "sandal", "trouser"] {
+        let from = folder().join("train").join(class);
+        let dest = to.join(class);
+        std::fs::create_dir_all(&dest).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap().take(30) {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, dest.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_folders_and_images_are_one_line_errors_or_skipped_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_copy(&data);
+    let jpeg = std::fs::read_dir(data.join("bag"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().unwrap() == "jpg")
+        .unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    std::fs::write(&jpeg, &bytes[..bytes.len() / 2]).unwrap();
+    let name = jpeg.file_name().unwrap().to_str().unwrap().to_string();
+    let run = |sets: &[&str]| {
+        let fixed = ["train.max_steps=2", "run.overwrite=true"];
+        train_args(&data, tmp.path(), "bad", &[&fixed[..], sets].concat())
+    };
+    let check = |sets: &[&str], needles: &[&str]| {
+        let args = run(sets);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, needles);
+    };
+    // A truncated JPEG: named, with what to do.
+    check(
+        &["data.standardize=false"],
+        &[
+            &name,
+            "cannot decode the image",
+            "truncated",
+            "data.skip_bad_images",
+        ],
+    );
+    // Skipped and counted when asked.
+    let o = ok(&run(&["data.skip_bad_images=true"]));
+    assert_eq!(o["status"], "completed");
+    std::fs::remove_file(&jpeg).unwrap();
+    // An empty class folder; a test class the training images do not have.
+    std::fs::create_dir(data.join("coat")).unwrap();
+    check(
+        &[],
+        &["coat", "holds no image", "add images or remove the folder"],
+    );
+    std::fs::remove_dir(data.join("coat")).unwrap();
+    let split = tmp.path().join("split");
+    small_copy(&split.join("train"));
+    small_copy(&split.join("test"));
+    std::fs::rename(split.join("test/bag"), split.join("test/backpack")).unwrap();
+    let path = format!("data.path=\"{}\"", split.display());
+    check(
+        &[&path],
+        &[
+            "backpack",
+            "not one of the training classes (bag, sandal, trouser)",
+        ],
+    );
+    // Images of two sizes without data.image_size; with it they train.
+    std::fs::remove_dir_all(split.join("test/backpack")).unwrap();
+    image::GrayImage::new(20, 20)
+        .save(split.join("train/bag/odd.png"))
+        .unwrap();
+    check(&[&path], &["odd.png", "20x20", "data.image_size"]);
+    let o = ok(&run(&[&path, "data.image_size=[28, 28]"]));
+    assert_eq!(o["status"], "completed");
+}
