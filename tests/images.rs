@@ -121,7 +121,7 @@ fn a_folder_of_png_and_jpeg_trains_the_cnn_and_its_export_predicts_a_jpeg() {
             "32x30",
             "not 28x28",
             "does not resize",
-            "resize the image first",
+            "resize it to 28x28 first",
         ],
     );
 }
@@ -242,4 +242,77 @@ fn bad_folders_and_images_are_one_line_errors_or_skipped_when_asked() {
     check(&[&path], &["odd.png", "20x20", "data.image_size"]);
     let o = ok(&run(&[&path, "data.image_size=[28, 28]"]));
     assert_eq!(o["status"], "completed");
+}
+
+/// The peak anonymous memory (RssAnon, bytes) of `kiln args` while it runs, sampled every 10 ms.
+fn peak_rss_anon(args: &[String]) -> u64 {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            let kib = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            peak = peak.max(kib.unwrap_or(0) * 1024);
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            assert!(exit.success(), "kiln {args:?} failed");
+            return peak;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_folder_larger_than_memory_holds_only_the_batches_in_flight() {
+    // 3000 RGB images of 128x128 (hard links to one noisy PNG per class): 590 MB once decoded
+    // to float32, which an eager reader would hold; the loader holds a few batches of 16.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut seed = 1u32;
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        let img = image::RgbImage::from_fn(128, 128, |_, _| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let b = (seed >> 24) as u8;
+            image::Rgb([b, b.wrapping_mul(3), b.wrapping_mul(7)])
+        });
+        let first = data.join(class).join("0.png");
+        img.save(&first).unwrap();
+        for i in 1..1500 {
+            std::fs::hard_link(&first, data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let decoded = 3000 * 3 * 128 * 128 * 4;
+    let mut args: Vec<String> = ["train", "configs/smoke.toml", "--backend", "flex"]
+        .map(String::from)
+        .to_vec();
+    for s in [
+        "data.format=\"image_folder\"".to_string(),
+        format!("data.path=\"{}\"", data.display()),
+        format!("run.output_dir=\"{}\"", tmp.path().display()),
+        "data.batch_size=16".into(),
+        "data.prefetch=2".into(),
+        "data.eval_batch_size=16".into(),
+        "data.test_fraction=0.1".into(),
+        "model.hidden=[8]".into(),
+        "train.max_steps=30".into(),
+    ] {
+        args.extend(["--set".to_string(), s]);
+    }
+    let peak = peak_rss_anon(&args);
+    eprintln!(
+        "peak RssAnon {} MiB; the folder decoded: {} MiB",
+        peak >> 20,
+        decoded >> 20
+    );
+    assert!(peak > 0 && peak < decoded / 2, "peak RssAnon {peak} bytes");
 }

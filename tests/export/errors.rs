@@ -114,7 +114,11 @@ fn bad_checkpoints_pairs_exports_and_inputs_are_clear_errors() {
     first_image_png(&small, false, 10);
     fails_with(
         &["predict", s(&good), s(&small)],
-        &["the image is 10x10 pixels, the model takes 28x28"],
+        &[
+            "small.png: the image is 10x10",
+            "not 28x28",
+            "resize it to 28x28 first",
+        ],
     );
     let csv = dir.path().join("short.csv");
     std::fs::write(&csv, "0.1,0.2,0.3\n").unwrap();

@@ -236,8 +236,10 @@ fn read_image(path: &Path, sample_shape: &[usize], spec: Option<&ImageSpec>) -> 
     });
     spec.read(
         path,
-        "this export takes images of that size and does not resize them (its run did not set \
-         data.image_size); resize the image first",
+        &format!(
+            "this export does not resize images (its run did not set data.image_size): resize \
+             it to {width}x{height} first"
+        ),
     )
 }
 
