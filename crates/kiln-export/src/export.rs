@@ -47,7 +47,7 @@ impl Format {
 }
 
 /// The model/format/quantization combinations Kiln exports.
-pub const SUPPORTED: &str = "kiln: mlp, cnn, gpt with none, int8, int4; onnx: mlp, cnn with none, int8, int4; hf: gpt with none";
+pub const SUPPORTED: &str = "kiln: mlp, cnn, resnet, gpt with none, int8, int4; onnx: mlp, cnn, resnet with none, int8, int4; hf: gpt with none";
 
 /// Refuses a model/format/quantization combination Kiln cannot export, listing those it can.
 pub fn check_supported(model: &ModelConfig, format: Format, scheme: Scheme) -> Result<()> {
@@ -343,58 +343,16 @@ fn classifier_net(
 ) -> Result<ClassifierNet> {
     let by_name: BTreeMap<&str, &ExportTensor> =
         tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let get = |name: &str| -> Result<ExportTensor> {
-        by_name
-            .get(name)
-            .map(|t| (*t).clone())
-            .with_context(|| format!("the checkpoint has no tensor {name}"))
-    };
-    let vector =
-        |name: &str| -> Result<Option<Vec<f32>>> { Ok(by_name.get(name).map(|t| t.dequantize())) };
     let Some(plan) = section.plan() else {
         bail!("ONNX export covers classifiers; {SUPPORTED}");
     };
-    let layers = plan
-        .into_iter()
-        .map(|step| {
-            Ok(match step {
-                Step::Linear { weight, bias } => Layer::Linear {
-                    weight: get(&weight)?,
-                    bias: vector(&bias)?,
-                },
-                Step::Conv2d {
-                    weight,
-                    bias,
-                    padding,
-                } => Layer::Conv2d {
-                    weight: get(&weight)?,
-                    bias: vector(&bias)?,
-                    padding,
-                },
-                Step::BatchNorm { prefix, epsilon } => {
-                    let v = |p: &str| -> Result<Vec<f32>> {
-                        vector(&format!("{prefix}.{p}"))?
-                            .with_context(|| format!("the checkpoint has no {prefix}.{p}"))
-                    };
-                    Layer::BatchNorm {
-                        gamma: v("gamma")?,
-                        beta: v("beta")?,
-                        mean: v("running_mean")?,
-                        var: v("running_var")?,
-                        epsilon,
-                    }
-                }
-                Step::Activation(a) => Layer::Activation(a),
-                Step::MaxPool2 => Layer::MaxPool2,
-                Step::AvgPool2 => Layer::AvgPool2,
-                Step::Flatten => Layer::Flatten,
-            })
-        })
+    let layers = (plan.into_iter())
+        .map(|step| layer_of(step, &by_name))
         .collect::<Result<Vec<_>>>()?;
     let input = &manifest.input;
     let features = input["features"].as_u64().context("input features")? as usize;
     let image = match section {
-        ModelConfig::Cnn(_) => {
+        ModelConfig::Cnn(_) | ModelConfig::ResNet(_) => {
             let dims: Vec<usize> = serde_json::from_value(input["shape"].clone())?;
             let &[c, h, w] = dims.as_slice() else {
                 bail!("a CNN's input has shape {dims:?}, not [c, h, w]");
@@ -426,6 +384,59 @@ fn classifier_net(
         layers,
         classes,
         regression,
+    })
+}
+
+/// The ONNX layer of the plan's `step`, with its tensors from `by_name`.
+fn layer_of(step: Step, by_name: &BTreeMap<&str, &ExportTensor>) -> Result<Layer> {
+    let get = |name: &str| -> Result<ExportTensor> {
+        by_name
+            .get(name)
+            .map(|t| (*t).clone())
+            .with_context(|| format!("the checkpoint has no tensor {name}"))
+    };
+    let vector = |name: &str| by_name.get(name).map(|t| t.dequantize());
+    let layers = |steps: Vec<Step>| -> Result<Vec<Layer>> {
+        steps.into_iter().map(|s| layer_of(s, by_name)).collect()
+    };
+    Ok(match step {
+        Step::Linear { weight, bias } => Layer::Linear {
+            weight: get(&weight)?,
+            bias: vector(&bias),
+        },
+        Step::Conv2d {
+            weight,
+            bias,
+            padding,
+            stride,
+        } => Layer::Conv2d {
+            weight: get(&weight)?,
+            bias: vector(&bias),
+            padding,
+            stride,
+        },
+        Step::BatchNorm { prefix, epsilon } => {
+            let v = |p: &str| -> Result<Vec<f32>> {
+                vector(&format!("{prefix}.{p}"))
+                    .with_context(|| format!("the checkpoint has no {prefix}.{p}"))
+            };
+            Layer::BatchNorm {
+                gamma: v("gamma")?,
+                beta: v("beta")?,
+                mean: v("running_mean")?,
+                var: v("running_var")?,
+                epsilon,
+            }
+        }
+        Step::Residual { body, shortcut } => Layer::Residual {
+            body: layers(body)?,
+            shortcut: layers(shortcut)?,
+        },
+        Step::Activation(a) => Layer::Activation(a),
+        Step::MaxPool2 => Layer::MaxPool2,
+        Step::AvgPool2 => Layer::AvgPool2,
+        Step::GlobalAvgPool => Layer::GlobalAvgPool,
+        Step::Flatten => Layer::Flatten,
     })
 }
 

@@ -16,7 +16,9 @@
 //! | layer | ONNX |
 //! |---|---|
 //! | `Linear` | `Gemm` (`transB = 1` when the weight is stored channel-major) |
-//! | `Conv2d` | `Conv` (stride 1, `pads` all `padding`) |
+//! | `Conv2d` | `Conv` (`strides` both `stride`, `pads` all `padding`) |
+//! | `Residual` | the body's and the shortcut's nodes from the same input, `Add` |
+//! | `GlobalAvgPool` | `GlobalAveragePool`, `Flatten` |
 //! | `BatchNorm` | `BatchNormalization` (inference) |
 //! | `Activation` | `Relu`, `Tanh`, `Sigmoid`; GELU as `Div`, `Erf`, `Add`, `Mul`, `Mul` |
 //! | `MaxPool2`, `AvgPool2` | `MaxPool`, `AveragePool` (2x2, stride 2) |
@@ -50,7 +52,7 @@ use proto::{AttrValue, DataType, Dim, Model, ValueInfo};
 #[derive(Clone, Debug)]
 pub enum Layer {
     /// `weight`: logical shape `[c_out, c_in, k, k]` (burn's layout), float or quantized along
-    /// axis 0. Stride 1, `padding` zeros on every side.
+    /// axis 0. `padding` zeros on every side.
     Conv2d {
         /// The kernel, `[c_out, c_in, k, k]`.
         weight: ExportTensor,
@@ -58,7 +60,18 @@ pub enum Layer {
         bias: Option<Vec<f32>>,
         /// Zeros added on each side of the height and width.
         padding: usize,
+        /// The step between kernel positions, in both directions.
+        stride: usize,
     },
+    /// `body(x) + shortcut(x)` (`Add`); an empty `shortcut` is `x` itself.
+    Residual {
+        /// The block's layers.
+        body: Vec<Layer>,
+        /// The shortcut's layers (a projection), or none.
+        shortcut: Vec<Layer>,
+    },
+    /// `[n, c, h, w] -> [n, c]`: each channel's mean (`GlobalAveragePool`, `Flatten`).
+    GlobalAvgPool,
     /// Inference-mode batch normalization over channels.
     BatchNorm {
         /// The scale, per channel.
@@ -238,6 +251,8 @@ pub fn classifier_to_onnx(net: &ClassifierNet) -> Result<Vec<u8>> {
 fn layer_kind(layer: &Layer) -> &'static str {
     match layer {
         Layer::Conv2d { .. } => "Conv2d",
+        Layer::Residual { .. } => "Residual",
+        Layer::GlobalAvgPool => "GlobalAvgPool",
         Layer::BatchNorm { .. } => "BatchNorm",
         Layer::Activation(_) => "Activation",
         Layer::MaxPool2 => "MaxPool2",

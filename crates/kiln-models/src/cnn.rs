@@ -144,6 +144,7 @@ impl CnnConfig {
                 weight: format!("blocks.{i}.conv.weight"),
                 bias: format!("blocks.{i}.conv.bias"),
                 padding: self.padding,
+                stride: 1,
             });
             if self.batch_norm {
                 steps.push(Step::BatchNorm {

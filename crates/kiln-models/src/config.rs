@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cnn::CnnConfig;
 use crate::gpt::{GptConfig, GptShape};
 use crate::mlp::MlpConfig;
+use crate::resnet::ResNetConfig;
 use crate::DataShape;
 
 /// The model of a run of Kiln's own models (`kiln train`).
@@ -22,6 +23,9 @@ pub enum ModelConfig {
     Cnn(CnnConfig),
     /// A decoder-only transformer language model (text or token data).
     Gpt(GptConfig),
+    /// A residual network of images.
+    #[serde(rename = "resnet")]
+    ResNet(ResNetConfig),
 }
 
 /// Each kind's name, a description for messages, and its keys.
@@ -29,6 +33,7 @@ const KINDS: &[(&str, &str, &[&str])] = &[
     ("mlp", "an MLP", MlpConfig::KEYS),
     ("cnn", "a CNN", CnnConfig::KEYS),
     ("gpt", "a GPT", GptConfig::KEYS),
+    ("resnet", "a ResNet", ResNetConfig::KEYS),
 ];
 
 impl ModelConfig {
@@ -52,10 +57,10 @@ impl ModelConfig {
     /// Reads a `[model]` section on its own.
     pub fn from_section(section: &ModelSection) -> Result<Self> {
         let Some(kind) = section.kind() else {
-            bail!("model.kind: missing; Kiln's models are \"mlp\", \"cnn\" and \"gpt\" (a program builds its own model through the library: see the README)");
+            bail!("model.kind: missing; Kiln's models are \"mlp\", \"cnn\", \"resnet\" and \"gpt\" (a program builds its own model through the library: see the README)");
         };
         let Some(&(_, what, keys)) = KINDS.iter().find(|(k, _, _)| *k == kind) else {
-            bail!("model.kind = \"{kind}\": not one of Kiln's models (\"mlp\", \"cnn\", \"gpt\"); a program builds its own model through the library (see the README)");
+            bail!("model.kind = \"{kind}\": not one of Kiln's models (\"mlp\", \"cnn\", \"resnet\", \"gpt\"); a program builds its own model through the library (see the README)");
         };
         let mut table = section.0.clone();
         let v1 = is_v1_layout(&table);
@@ -98,16 +103,18 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => c.validate(),
             ModelConfig::Cnn(c) => c.validate(),
             ModelConfig::Gpt(c) => c.validate(),
+            ModelConfig::ResNet(c) => c.validate(),
         }?;
         Ok(self)
     }
 
-    /// `"mlp"`, `"cnn"` or `"gpt"`.
+    /// `"mlp"`, `"cnn"`, `"resnet"` or `"gpt"`.
     pub fn kind(&self) -> &'static str {
         match self {
             ModelConfig::Mlp(_) => "mlp",
             ModelConfig::Cnn(_) => "cnn",
             ModelConfig::Gpt(_) => "gpt",
+            ModelConfig::ResNet(_) => "resnet",
         }
     }
 
@@ -126,9 +133,12 @@ impl ModelConfig {
             ModelConfig::Mlp(_) if language => bail!(
                 "model.kind: text and token data train a language model: use model.kind = \"gpt\""
             ),
-            ModelConfig::Cnn(_) if !matches!(format, DataFormat::Idx | DataFormat::ImageFolder) => {
+            ModelConfig::Cnn(_) | ModelConfig::ResNet(_)
+                if !matches!(format, DataFormat::Idx | DataFormat::ImageFolder) =>
+            {
                 bail!(
-                    "model.kind: \"cnn\" needs image data (data.format = \"idx\" or \"image_folder\")"
+                    "model.kind: \"{}\" needs image data (data.format = \"idx\" or \"image_folder\")",
+                    self.kind()
                 )
             }
             ModelConfig::Gpt(_) if !language => bail!(
@@ -148,6 +158,9 @@ impl ModelConfig {
             (ModelConfig::Cnn(c), Some((&[ch, h, w], outputs, _)), _) => {
                 c.param_count([ch, h, w], outputs)
             }
+            (ModelConfig::ResNet(r), Some((&[ch, _, _], outputs, _)), _) => {
+                r.param_count(ch, outputs)
+            }
             (ModelConfig::Gpt(g), _, DataShape::Tokens { vocab_size }) => {
                 GptShape::new(g, *vocab_size)?.param_count()
             }
@@ -162,6 +175,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp(m) => Some(m.plan()),
             ModelConfig::Cnn(c) => Some(c.plan()),
+            ModelConfig::ResNet(r) => Some(r.plan()),
             ModelConfig::Gpt(_) => None,
         }
     }
@@ -366,8 +380,10 @@ vocab_size = 16"#,
     #[test]
     fn kind_and_data_are_checked() {
         assert!(message(model("hidden = [3]")).contains("model.kind: missing"));
-        assert!(message(model("kind = \"resnet\"")).contains("not one of Kiln's models"));
+        assert!(message(model("kind = \"vit\"")).contains("not one of Kiln's models"));
         assert!(message(model("kind = \"cnn\"\nchannels = [4]")).contains("needs image data"));
+        assert!(message(model("kind = \"resnet\"")).contains("\"resnet\" needs image data"));
+        assert!(message(model("kind = \"resnet\"\nstages = [1]")).contains("one width per stage"));
         assert!(message(model("kind = \"gpt\"")).contains("needs text or token data"));
         let text = config("kind = \"mlp\"", "format = \"text\"\npath = \"x\"").unwrap();
         assert!(message(ModelConfig::of(&text)).contains("train a language model"));
@@ -472,6 +488,7 @@ vocab_size = 16"#,
             weight: format!("blocks.{i}.conv.weight"),
             bias: format!("blocks.{i}.conv.bias"),
             padding: 1,
+            stride: 1,
         };
         let norm = |i: usize| Step::BatchNorm {
             prefix: format!("blocks.{i}.norm"),

@@ -16,6 +16,7 @@ pub mod mlp;
 pub mod plan;
 pub mod precision;
 pub mod regression;
+pub mod resnet;
 pub mod train;
 
 use std::collections::HashSet;
@@ -34,6 +35,7 @@ pub use init::HostInit;
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use plan::Step;
 pub use regression::{Regression, RegressionLoss};
+pub use resnet::{ResNet, ResNetConfig};
 pub use train::{materialize, quant_axis, rank_one_params, LossOutput, Targets, TrainModel};
 
 /// What the data looks like to a model.
@@ -123,6 +125,8 @@ pub enum Model<B: Backend> {
     Cnn(Cnn<B>),
     /// `model.kind = "gpt"`.
     Gpt(Gpt<B>),
+    /// `model.kind = "resnet"`.
+    ResNet(ResNet<B>),
 }
 
 impl<B: Backend> Model<B> {
@@ -181,6 +185,15 @@ impl<B: Backend> Model<B> {
                 cnn.head.regression = regression;
                 Model::Cnn(cnn)
             }
+            ModelConfig::ResNet(spec) => {
+                let &[c, h, w] = sample_shape else {
+                    bail!("model.kind = \"resnet\" needs images of shape [channels, height, width], the data has samples of shape {sample_shape:?}");
+                };
+                let mut resnet = ResNet::new(spec, [c, h, w], outputs, &mut init, device)?
+                    .with_precision(precision);
+                resnet.head.regression = regression;
+                Model::ResNet(resnet)
+            }
             ModelConfig::Gpt(_) => return Err(mismatch()),
         })
     }
@@ -190,6 +203,7 @@ impl<B: Backend> Model<B> {
         match self {
             Model::Mlp(m) => m.regression.as_ref(),
             Model::Cnn(c) => c.head.regression.as_ref(),
+            Model::ResNet(r) => r.head.regression.as_ref(),
             Model::Gpt(_) => None,
         }
     }
@@ -224,6 +238,7 @@ impl<B: Backend> Model<B> {
         match (self, input) {
             (Model::Mlp(m), Input::Features(x)) => m.forward_observed(x, "", observer),
             (Model::Cnn(m), Input::Features(x)) => m.forward_observed(x, observer),
+            (Model::ResNet(m), Input::Features(x)) => m.forward_observed(x, observer),
             (Model::Gpt(m), Input::Tokens(x)) => {
                 let logits = m.forward_observed(x, observer);
                 let [batch, t, vocab] = logits.dims();
@@ -246,6 +261,7 @@ pub fn check_fits_in_memory(
     let keys = match spec {
         ModelConfig::Mlp(_) => "model.hidden",
         ModelConfig::Cnn(_) => "model.channels, model.hidden",
+        ModelConfig::ResNet(_) => "model.widths, model.stages",
         ModelConfig::Gpt(_) => "model.n_layer, model.n_embd, model.vocab_size, model.block_size",
     };
     match available {

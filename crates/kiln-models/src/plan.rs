@@ -16,8 +16,8 @@ pub enum Step {
         /// The bias tensor's name.
         bias: String,
     },
-    /// A 2-d convolution, `weight` `[c_out, c_in, k, k]`, stride 1, `padding` zeros on each side;
-    /// an optional bias as for [`Step::Linear`].
+    /// A 2-d convolution, `weight` `[c_out, c_in, k, k]`, `padding` zeros on each side; an
+    /// optional bias as for [`Step::Linear`].
     Conv2d {
         /// The kernel tensor's name.
         weight: String,
@@ -25,7 +25,19 @@ pub enum Step {
         bias: String,
         /// Zeros added on each side of the height and width.
         padding: usize,
+        /// The step between the kernel's positions (1, or 2 to halve the size).
+        stride: usize,
     },
+    /// A residual connection: `body` and `shortcut` run on the same input and their outputs
+    /// are added (an empty `shortcut` is the input itself).
+    Residual {
+        /// The steps of the block.
+        body: Vec<Step>,
+        /// The steps of the shortcut (a projection), or none.
+        shortcut: Vec<Step>,
+    },
+    /// The mean over each channel's feature map: `[n, c, h, w] -> [n, c]`.
+    GlobalAvgPool,
     /// Inference-mode batch normalization over channels: `prefix.gamma`, `prefix.beta`,
     /// `prefix.running_mean`, `prefix.running_var`.
     BatchNorm {

@@ -134,6 +134,7 @@ impl Graph {
                 weight,
                 bias,
                 padding,
+                stride,
             } => {
                 let Shape::Image { c, h, w } = shape else {
                     bail!(
@@ -155,6 +156,7 @@ impl Graph {
                     c_in == c,
                     "the weight takes {c_in} input channels but the input has {c}"
                 );
+                ensure!(*stride >= 1, "the stride must be at least 1");
                 let (ph, pw) = (h + 2 * padding, w + 2 * padding);
                 ensure!(
                     ph >= kh && pw >= kw,
@@ -183,15 +185,47 @@ impl Graph {
                     vec![
                         ("kernel_shape", AttrValue::Ints(vec![dim(kh), dim(kw)])),
                         ("pads", AttrValue::Ints(vec![pad; 4])),
-                        ("strides", AttrValue::Ints(vec![1, 1])),
+                        ("strides", AttrValue::Ints(vec![dim(*stride); 2])),
                     ],
                 );
                 let out = Shape::Image {
                     c: c_out,
-                    h: ph - kh + 1,
-                    w: pw - kw + 1,
+                    h: (ph - kh) / stride + 1,
+                    w: (pw - kw) / stride + 1,
                 };
                 Ok((y, out))
+            }
+            Layer::Residual { body, shortcut } => {
+                let run = |g: &mut Self, layers: &[Layer], what: &str| -> Result<(String, Shape)> {
+                    let mut out = (x.to_string(), shape);
+                    for (i, layer) in layers.iter().enumerate() {
+                        out = g.layer(&format!("{p}.{what}.{i}"), layer, &out.0, out.1)?;
+                    }
+                    Ok(out)
+                };
+                let (y, y_shape) = run(self, body, "body")?;
+                let (s, s_shape) = run(self, shortcut, "shortcut")?;
+                ensure!(
+                    y_shape == s_shape,
+                    "the block gives {y_shape} values per sample, its shortcut {s_shape}"
+                );
+                Ok((
+                    self.node("Add", &format!("{p}.add"), &[&y, &s], vec![]),
+                    y_shape,
+                ))
+            }
+            Layer::GlobalAvgPool => {
+                let Shape::Image { c, .. } = shape else {
+                    bail!("global pooling needs an image input, but it gets {shape} values");
+                };
+                let pooled = self.node("GlobalAveragePool", &format!("{p}.pool"), &[x], vec![]);
+                let y = self.node(
+                    "Flatten",
+                    &format!("{p}.flatten"),
+                    &[&pooled],
+                    vec![("axis", AttrValue::Int(1))],
+                );
+                Ok((y, Shape::Flat(c)))
             }
             Layer::BatchNorm {
                 gamma,

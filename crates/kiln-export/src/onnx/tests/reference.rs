@@ -43,6 +43,7 @@ pub(super) fn conv(
         weight: ExportTensor::quantize(&[c_out, c_in, k, k], &w, Some(0), scheme).unwrap(),
         bias: Some(r.vec(c_out, 0.2)),
         padding,
+        stride: 1,
     }
 }
 
@@ -161,6 +162,7 @@ pub(super) fn forward(net: &ClassifierNet, input: &[f32]) -> Vec<f32> {
                 weight,
                 bias,
                 padding,
+                stride,
             } => {
                 let (c, h, w) = chw.unwrap();
                 let wt = weight.dequantize();
@@ -168,7 +170,10 @@ pub(super) fn forward(net: &ClassifierNet, input: &[f32]) -> Vec<f32> {
                     panic!()
                 };
                 let p = *padding as isize;
-                let (oh, ow) = (h + 2 * padding + 1 - k, w + 2 * padding + 1 - k);
+                let (oh, ow) = (
+                    (h + 2 * padding - k) / stride + 1,
+                    (w + 2 * padding - k) / stride + 1,
+                );
                 let mut y = vec![0.0; co * oh * ow];
                 for o in 0..co {
                     for (yy, xx) in (0..oh).flat_map(|a| (0..ow).map(move |b| (a, b))) {
@@ -176,7 +181,10 @@ pub(super) fn forward(net: &ClassifierNet, input: &[f32]) -> Vec<f32> {
                         for i in 0..c {
                             for dy in 0..k {
                                 for dx in 0..k {
-                                    let (iy, ix) = ((yy + dy) as isize - p, (xx + dx) as isize - p);
+                                    let (iy, ix) = (
+                                        (yy * stride + dy) as isize - p,
+                                        (xx * stride + dx) as isize - p,
+                                    );
                                     if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                         continue;
                                     }
@@ -235,6 +243,9 @@ pub(super) fn forward(net: &ClassifierNet, input: &[f32]) -> Vec<f32> {
                 chw = Some((c, oh, ow));
             }
             Layer::Flatten => chw = None,
+            Layer::Residual { .. } | Layer::GlobalAvgPool => {
+                panic!("the reference evaluates sequential networks only")
+            }
             Layer::Linear { weight, bias } => {
                 let wt = weight.dequantize();
                 let &[d_in, d_out] = weight.shape() else {
