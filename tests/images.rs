@@ -341,22 +341,7 @@ fn a_resnet_trains_on_the_folder_and_its_onnx_export_matches_kiln() {
     // 51 steps of a tiny ResNet: it learns (chance is 0.1); the full run is in the notes.
     assert!(accuracy >= 0.3, "{summary}");
     let run = summary["run_dir"].as_str().unwrap();
-    let export = |format: &str, quantize: &str| {
-        let out = tmp.path().join(format!("{format}-{quantize}"));
-        let o = kiln(&[
-            "export",
-            run,
-            "--format",
-            format,
-            "--quantize",
-            quantize,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
-        (out, report)
-    };
+    let export = |format: &str, quantize: &str| common::export(run, format, quantize, tmp.path());
     let (kiln_out, _) = export("kiln", "none");
     let (_, int8) = export("kiln", "int8");
     let int8_accuracy = int8["metrics"]["accuracy"].as_f64().unwrap();
@@ -393,20 +378,7 @@ fn a_resnet_trains_on_the_folder_and_its_onnx_export_matches_kiln() {
         return;
     };
     let (onnx_out, _) = export("onnx", "none");
-    let cases = tmp.path().join("cases.json");
-    let json = serde_json::json!({"inputs": inputs, "logits": logits});
-    std::fs::write(&cases, json.to_string()).unwrap();
-    let o = std::process::Command::new(python)
-        .args(["tests/python/check_onnx.py"])
-        .arg(onnx_out.join("model.onnx"))
-        .arg(&cases)
-        .args(["--atol", "1e-4"])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let result: Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let result = common::check_onnx(&python, &onnx_out, &inputs, &logits, tmp.path());
     eprintln!("onnxruntime vs kiln predict: {result}");
-    assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
     assert_eq!(result["rows"], 40, "{result}");
 }

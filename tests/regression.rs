@@ -130,22 +130,7 @@ fn regression_exports_predict_in_the_targets_units_and_onnx_agrees() {
     let (train_csv, test_csv) = split_files(tmp.path());
     let summary = train(tmp.path(), &train_csv, &test_csv, &["train.epochs=20"]);
     let run = summary["run_dir"].as_str().unwrap();
-    let export = |format: &str, quantize: &str| {
-        let out = tmp.path().join(format!("{format}-{quantize}"));
-        let o = kiln(&[
-            "export",
-            run,
-            "--format",
-            format,
-            "--quantize",
-            quantize,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
-        (out, report)
-    };
+    let export = |format: &str, quantize: &str| common::export(run, format, quantize, tmp.path());
     let (kiln_out, report) = export("kiln", "none");
     // The export measures itself with the run's metrics: R^2 as the run's test evaluation.
     let test_r2 = summary["test"]["r2"].as_f64().unwrap();
@@ -213,20 +198,7 @@ fn regression_exports_predict_in_the_targets_units_and_onnx_agrees() {
     let encoded = schema.encode(&table, &rows, false).unwrap();
     let inputs: Vec<&[f32]> = encoded.features.chunks_exact(schema.width()).collect();
     let expected: Vec<[f64; 1]> = predicted.iter().map(|&p| [p]).collect();
-    let cases = tmp.path().join("cases.json");
-    let json = serde_json::json!({"inputs": inputs, "logits": expected});
-    std::fs::write(&cases, json.to_string()).unwrap();
-    let o = std::process::Command::new(python)
-        .args(["tests/python/check_onnx.py"])
-        .arg(onnx_out.join("model.onnx"))
-        .arg(&cases)
-        .args(["--atol", "1e-4"])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let result: Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
-    assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
+    let result = common::check_onnx(&python, &onnx_out, &inputs, &expected, tmp.path());
     assert_eq!(result["outputs"], "prediction", "{result}");
     eprintln!("onnxruntime vs kiln predict: {result}");
 }

@@ -233,18 +233,8 @@ fn onnxruntime_runs_a_table_models_onnx_export_on_the_schemas_features() {
     let tmp = tempfile::tempdir().unwrap();
     let summary = train(PENGUINS, tmp.path(), &[]);
     let run = summary["run_dir"].as_str().unwrap();
-    let (kiln_out, onnx_out) = (tmp.path().join("kiln"), tmp.path().join("onnx"));
-    for (out, format) in [(&kiln_out, "kiln"), (&onnx_out, "onnx")] {
-        let o = kiln(&[
-            "export",
-            run,
-            "--format",
-            format,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    let (kiln_out, _) = common::export(run, "kiln", "none", tmp.path());
+    let (onnx_out, _) = common::export(run, "onnx", "none", tmp.path());
     // Kiln's logits for every penguin, read by column name (NA filled with the medians)...
     let csv = repo_root().join("datasets/tabular/penguins.csv");
     let o = kiln(&[
@@ -268,23 +258,7 @@ fn onnxruntime_runs_a_table_models_onnx_export_on_the_schemas_features() {
     let encoded = schema.encode(&table, &rows, false).unwrap();
     let inputs: Vec<&[f32]> = encoded.features.chunks_exact(schema.width()).collect();
     assert_eq!((inputs.len(), logits.len()), (344, 344));
-    let cases = tmp.path().join("cases.json");
-    std::fs::write(
-        &cases,
-        serde_json::json!({"inputs": inputs, "logits": logits}).to_string(),
-    )
-    .unwrap();
-    let o = std::process::Command::new(python)
-        .args(["tests/python/check_onnx.py"])
-        .arg(onnx_out.join("model.onnx"))
-        .arg(&cases)
-        .args(["--atol", "1e-4"])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let result: Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
-    assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
+    let result = common::check_onnx(&python, &onnx_out, &inputs, &logits, tmp.path());
     assert_eq!(result["rows"], 344, "{result}");
 }
 

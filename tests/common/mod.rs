@@ -193,3 +193,49 @@ pub fn python_with(modules: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// `kiln export RUN --format FORMAT --quantize QUANTIZE --out DIR/FORMAT-QUANTIZE`, which must
+/// succeed: the export's directory and its JSON report.
+pub fn export(run: &str, format: &str, quantize: &str, dir: &Path) -> (PathBuf, Value) {
+    let out = dir.join(format!("{format}-{quantize}"));
+    let args = [
+        "export",
+        run,
+        "--format",
+        format,
+        "--quantize",
+        quantize,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = kiln(&args);
+    assert!(o.status.success(), "kiln {args:?}:\n{}", stderr(&o));
+    (out, serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// Runs tests/python/check_onnx.py (onnxruntime, atol 1e-4) on the ONNX export in `export` with
+/// `inputs` and Kiln's `logits` for them (written to `dir/cases.json`); asserts that it passes
+/// and returns its JSON verdict.
+pub fn check_onnx(
+    python: &Path,
+    export: &Path,
+    inputs: &impl serde::Serialize,
+    logits: &impl serde::Serialize,
+    dir: &Path,
+) -> Value {
+    let cases = dir.join("cases.json");
+    let json = serde_json::json!({"inputs": inputs, "logits": logits});
+    std::fs::write(&cases, json.to_string()).unwrap();
+    let o = Command::new(python)
+        .args(["tests/python/check_onnx.py"])
+        .arg(export.join("model.onnx"))
+        .arg(&cases)
+        .args(["--atol", "1e-4"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let result: Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
+    result
+}
