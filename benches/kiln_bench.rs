@@ -1,7 +1,7 @@
 //! Kiln's side of the training-step benchmark (the PyTorch side is `torch_ref.py`; `run.py`
 //! runs both and writes benches/results/).
 //!
-//! `kiln-bench --backend flex|ndarray|wgpu|cuda --model mlp|cnn|gpt [--batch 64] [--warmup 5]
+//! `kiln-bench --backend flex|ndarray|wgpu|cuda --model mlp|cnn|resnet|gpt [--batch 64] [--warmup 5]
 //! [--steps 30]`, and for the GPT `[--vocab 65] [--n-layer 4] [--n-head 4] [--n-embd 128]
 //! [--block 64] [--dropout 0] [--bias 1] [--tie 1] [--precision f32|f16|bf16]`, plus
 //! `[--framework kiln|burn] [--slowdown F] [--batches N] [--data CONFIG]`, prints one JSON line.
@@ -22,7 +22,7 @@ use kiln_core::config::{OptimizerSection, Precision};
 use kiln_core::{dispatch, BackendKind, BackendTask};
 use kiln_models::{
     Activation, CnnConfig, DataShape, GptConfig, Input, Labels, MlpConfig, Model, ModelConfig,
-    Pooling, TrainModel,
+    Pooling, ResNetConfig, TrainModel,
 };
 use kiln_train::optim::Optim;
 use kiln_train::scaler::LossScale;
@@ -114,12 +114,12 @@ fn main() -> Result<()> {
         || (bench.batches > 1 && (bench.model == "gpt" || bench.framework == "burn"))
     {
         bail!(
-            "--batches {}: expected at least 1, and more than 1 only for Kiln's mlp and cnn",
+            "--batches {}: expected at least 1, and more than 1 only for Kiln's mlp, cnn and resnet",
             bench.batches
         );
     }
     if bench.data.is_some() && (bench.model == "gpt" || bench.framework == "burn") {
-        bail!("--data: only for Kiln's mlp and cnn");
+        bail!("--data: only for Kiln's mlp, cnn and resnet");
     }
     if bench.slowdown.is_nan() || bench.slowdown < 1.0 {
         bail!("--slowdown {}: expected a factor >= 1", bench.slowdown);
@@ -131,7 +131,8 @@ fn main() -> Result<()> {
 }
 
 /// The benchmark architectures: MLP 784-256-256-10; CNN conv 1→32 3x3, conv 32→64 3x3,
-/// max-pool 2, linear 9216→128→10.
+/// max-pool 2, linear 9216→128→10; ResNet-14 (`model.kind = "resnet"`'s defaults: stages
+/// [2, 2, 2] of widths [16, 32, 64], batch norm, global average pooling).
 fn model_section(name: &str) -> Result<ModelConfig> {
     Ok(match name {
         "mlp" => ModelConfig::Mlp(MlpConfig {
@@ -150,7 +151,12 @@ fn model_section(name: &str) -> Result<ModelConfig> {
             pool_every: 2,
             batch_norm: false,
         }),
-        other => bail!("--model {other}: choose mlp, cnn or gpt"),
+        "resnet" => ModelConfig::ResNet(ResNetConfig {
+            stages: vec![2, 2, 2],
+            widths: vec![16, 32, 64],
+            dropout: 0.0,
+        }),
+        other => bail!("--model {other}: choose mlp, cnn, resnet or gpt"),
     })
 }
 

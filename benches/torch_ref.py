@@ -2,7 +2,7 @@
 """PyTorch reference for Kiln's training-step throughput benchmark.
 
 Usage:
-    python benches/torch_ref.py --model mlp|cnn --batch 64 --threads N \
+    python benches/torch_ref.py --model mlp|cnn|resnet --batch 64 --threads N \
         --warmup W --steps S [--device cpu|cuda]
     python benches/torch_ref.py --model gpt --batch 32 --threads N \
         --warmup W --steps S [--vocab 65 --n-layer 4 --n-head 4 --n-embd 128 \
@@ -19,7 +19,7 @@ weights counted once), "flops_per_token" and the model's shape; on cuda every
 model adds "gpu" and "peak_mem_bytes" (torch.cuda.max_memory_allocated()), and
 gpt adds "mfu" (tokens_per_sec * flops_per_token / peak_flops) and "peak_flops".
 
-mlp / cnn: one step = forward, cross-entropy loss, zero_grad(set_to_none=True),
+mlp / cnn / resnet: one step = forward, cross-entropy loss, zero_grad(set_to_none=True),
 backward, AdamW step (lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
 weight_decay=0.0) on a fixed random batch created once before timing.
 
@@ -73,7 +73,52 @@ def build_model(name: str) -> nn.Module:
             nn.ReLU(),
             nn.Linear(128, NUM_CLASSES),
         )
+    if name == "resnet":
+        return ResNet()
     raise ValueError(f"unknown model {name!r}")
+
+
+class BasicBlock(nn.Module):
+    """Kiln's ResNet block (crates/kiln-models/src/resnet.rs): conv3-BN-ReLU-conv3-BN plus the
+    input (through a 1x1 conv and BN where width or size changes), then ReLU."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1)
+        self.norm1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.norm2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        y = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Kiln's default `model.kind = "resnet"`: a 3x3 stem, stages [2, 2, 2] of widths
+    [16, 32, 64] (the last two halving the map), global average pooling, a linear classifier."""
+
+    def __init__(self, stages=(2, 2, 2), widths=(16, 32, 64)):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 3, 1, 1), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        blocks, c_in = [], widths[0]
+        for s, (n, c_out) in enumerate(zip(stages, widths)):
+            for b in range(n):
+                blocks.append(BasicBlock(c_in, c_out, 2 if s > 0 and b == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c_in, NUM_CLASSES)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
 
 
 def input_shape(name: str, batch: int):
@@ -201,7 +246,7 @@ DTYPES = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["mlp", "cnn", "gpt"], required=True)
+    p.add_argument("--model", choices=["mlp", "cnn", "resnet", "gpt"], required=True)
     p.add_argument("--batch", type=int, default=None,
                    help="samples (mlp/cnn, default 64) or sequences (gpt, default 32)")
     p.add_argument("--threads", type=int, default=1)

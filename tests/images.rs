@@ -346,6 +346,15 @@ fn a_resnet_trains_on_the_folder_and_its_onnx_export_matches_kiln() {
     let (_, int8) = export("kiln", "int8");
     let int8_accuracy = int8["metrics"]["accuracy"].as_f64().unwrap();
     assert!((int8_accuracy - accuracy).abs() < 0.03, "{int8}");
+    // int4 is calibrated on training images at every weight layer: the stem, the two blocks'
+    // convolutions and the second's shortcut, and the classifier.
+    let (int4_out, int4) = export("kiln", "int4");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(int4_out.join("manifest.json")).unwrap()).unwrap();
+    let calibration = &manifest["quantization"]["calibration"];
+    assert_eq!(calibration["layers"], 7, "{calibration}");
+    let int4_accuracy = int4["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(int4_accuracy > accuracy - 0.1, "{int4}");
 
     // Kiln's logits for 40 test images, and onnxruntime's on the same pixels.
     let images: Vec<PathBuf> = ["bag", "coat", "sneaker", "trouser"]

@@ -17,6 +17,7 @@
 pub mod adamw;
 pub mod add;
 pub mod attention;
+pub mod batch_norm;
 pub mod conv;
 pub mod gelu;
 pub mod host;

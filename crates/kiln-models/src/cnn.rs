@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::init::HostInit;
 use crate::mlp::{activate, check_head, relu, Activation, Mlp};
+use crate::norm::batch_norm;
 use crate::plan::{mlp_steps, Step};
 use crate::precision::conv2d;
 use crate::Observer;
@@ -297,16 +298,11 @@ impl<B: Backend> Cnn<B> {
         let mut x: Tensor<B, 4> = x.reshape([batch, c, h, w]);
         for (i, block) in self.blocks.iter().enumerate() {
             observer.observe(&|| format!("blocks.{i}.conv.weight"), &|| {
-                let [_, _, kh, kw] = block.conv.weight.dims();
-                let p = self.padding;
-                let options = UnfoldOptions::new([1, 1], [p, p], [1, 1]);
-                let patches = unfold4d(x.clone(), [kh, kw], options);
-                let [n, d, l] = patches.dims();
-                patches.swap_dims(1, 2).reshape([n * l, d])
+                conv_patches(&block.conv, x.clone(), self.padding, 1)
             });
             x = conv2d(&block.conv, x, self.padding, self.precision);
             if let Some(norm) = &block.norm {
-                x = norm.forward(x);
+                x = batch_norm(norm, x);
             }
             x = activate(x, self.activation);
             if let Some(pool) = &block.max_pool {
@@ -339,4 +335,20 @@ fn max_pool<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
     } else {
         pool.forward(x)
     }
+}
+
+/// What a convolution `layer` with this `padding` and `stride` multiplies its weight with:
+/// `[images * positions, c_in * kh * kw]`, each row one output position's patch in the weight's
+/// `(c_in, kh, kw)` order (for calibration observers).
+pub(crate) fn conv_patches<B: Backend>(
+    layer: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    padding: usize,
+    stride: usize,
+) -> Tensor<B, 2> {
+    let [_, _, kh, kw] = layer.weight.dims();
+    let options = UnfoldOptions::new([stride, stride], [padding, padding], [1, 1]);
+    let patches = unfold4d(x, [kh, kw], options);
+    let [n, d, l] = patches.dims();
+    patches.swap_dims(1, 2).reshape([n * l, d])
 }

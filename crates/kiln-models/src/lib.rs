@@ -13,6 +13,7 @@ pub mod gpt;
 pub mod init;
 pub mod loss;
 pub mod mlp;
+pub mod norm;
 pub mod plan;
 pub mod precision;
 pub mod regression;

@@ -20,9 +20,10 @@ use burn::tensor::Tensor;
 use kiln_core::config::Precision;
 use serde::{Deserialize, Serialize};
 
-use crate::cnn::BATCH_NORM_EPSILON;
+use crate::cnn::{conv_patches, BATCH_NORM_EPSILON};
 use crate::init::HostInit;
 use crate::mlp::{Activation, Mlp};
+use crate::norm::batch_norm;
 use crate::plan::{mlp_steps, Step};
 use crate::precision::conv2d;
 use crate::Observer;
@@ -261,8 +262,8 @@ impl<B: Backend> ResNet<B> {
         self
     }
 
-    /// `[batch, channels*height*width] -> [batch, outputs]`, showing the classifier's input to
-    /// `observer`.
+    /// `[batch, channels*height*width] -> [batch, outputs]`, showing every convolution's patches
+    /// and the classifier's input to `observer`.
     pub fn forward_observed(
         &self,
         x: Tensor<B, 2>,
@@ -272,9 +273,12 @@ impl<B: Backend> ResNet<B> {
         let batch = x.dims()[0];
         let p = self.precision;
         let x = x.reshape([batch, c, h, w]);
-        let mut x = relu(self.stem_norm.forward(conv2d(&self.stem, x, 1, p)));
-        for block in &self.blocks {
-            x = block.forward(x, p);
+        observer.observe(&|| "stem.weight".into(), &|| {
+            conv_patches(&self.stem, x.clone(), 1, 1)
+        });
+        let mut x = relu(batch_norm(&self.stem_norm, conv2d(&self.stem, x, 1, p)));
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, p, &format!("blocks.{i}."), observer);
         }
         let [n, c, _, _] = x.dims();
         let pooled = x.mean_dim(3).mean_dim(2).reshape([n, c]);
@@ -283,17 +287,34 @@ impl<B: Backend> ResNet<B> {
 }
 
 impl<B: Backend> BasicBlock<B> {
-    fn forward(&self, x: Tensor<B, 4>, p: Precision) -> Tensor<B, 4> {
+    /// The block's output, showing each convolution's input (`{prefix}conv1.weight`, ...) to
+    /// `observer`.
+    fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        p: Precision,
+        prefix: &str,
+        observer: &mut dyn Observer<B>,
+    ) -> Tensor<B, 4> {
+        observer.observe(&|| format!("{prefix}conv1.weight"), &|| {
+            conv_patches(&self.conv1, x.clone(), 1, self.stride)
+        });
         let mut y = conv2d(&self.conv1, x.clone(), 1, p);
         if self.stride == 2 {
             y = every_other(y);
         }
-        let y = relu(self.norm1.forward(y));
-        let y = self.norm2.forward(conv2d(&self.conv2, y, 1, p));
+        let y = relu(batch_norm(&self.norm1, y));
+        observer.observe(&|| format!("{prefix}conv2.weight"), &|| {
+            conv_patches(&self.conv2, y.clone(), 1, 1)
+        });
+        let y = batch_norm(&self.norm2, conv2d(&self.conv2, y, 1, p));
         let shortcut = match &self.shortcut {
             Some(s) => {
                 let x = if self.stride == 2 { every_other(x) } else { x };
-                s.norm.forward(conv2d(&s.conv, x, 0, p))
+                observer.observe(&|| format!("{prefix}shortcut.conv.weight"), &|| {
+                    conv_patches(&s.conv, x.clone(), 0, 1)
+                });
+                batch_norm(&s.norm, conv2d(&s.conv, x, 0, p))
             }
             None => x,
         };
