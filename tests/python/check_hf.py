@@ -5,7 +5,8 @@
 
 EXPECTED.json is what `kiln predict EXPORT PROMPT --logits` prints, one JSON object:
 `{"prompt": str, "tokens": [ids], "logits": [[V floats] per position]}`, optionally with
-`"completion": str`, Kiln's greedy (temperature 0) continuation of the prompt.
+`"completion": str`, Kiln's greedy (temperature 0) continuation of the prompt, and
+`"completion_tokens": [ids]`, the ids Kiln generated (else the completion's encoding).
 
 The check loads `AutoTokenizer` and `GPT2LMHeadModel` from HF_DIR (torch, float32, eval) and
 fails unless:
@@ -145,7 +146,10 @@ def check(args, summary):
     completion = expected.get("completion")
     summary["generation_match"] = None
     if completion is not None:
-        want = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        # Kiln's generated ids when given: a subword text need not re-encode to the ids drawn.
+        want = expected.get("completion_tokens")
+        if want is None:
+            want = tokenizer(completion, add_special_tokens=False)["input_ids"]
         got, how = greedy(model, tokens, len(want))
         summary["generation"] = how
         text = tokenizer.decode(got)

@@ -40,8 +40,9 @@ pub use table::schema::{Missing, TableOptions, TableSchema, Task};
 pub use table::{is_parquet, read_any_table, read_parquet, read_table, Table};
 pub use text::{
     check_span, eval_window_count, eval_windows, meta_path, random_windows, random_windows_from,
-    read_meta, read_text, tokenize_file, write_token_file, CharTokenizer, TokenBatch, TokenDtype,
-    TokenFile, TokenMeta, TokenSource, TokenSpan, TokenizeSummary,
+    read_meta, read_text, tokenize_file, train_bpe, write_token_file, CharTokenizer,
+    SubwordTokenizer, TokenBatch, TokenDtype, TokenFile, TokenMeta, TokenSource, TokenSpan,
+    TokenizeSummary, Tokenizer, END_OF_TEXT,
 };
 
 #[cfg(test)]

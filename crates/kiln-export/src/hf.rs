@@ -24,12 +24,16 @@
 //! outside the vocabulary is an error. Ids of padded vocabulary rows (`vocab_size` above the
 //! tokenizer's size) decode to nothing; `generation_config.json` suppresses them, as Kiln's
 //! sampler never draws them.
+//!
+//! A run trained with a subword tokenizer (`data.tokenizer`, e.g. from `kiln tokenize --bpe`)
+//! exports that `tokenizer.json` as it is: transformers' fast tokenizer is the same library.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use kiln_data::{SubwordTokenizer, Tokenizer};
 use kiln_models::GeluForm;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -39,7 +43,7 @@ use serde_json::{json, Value};
 pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
 /// The model's `GPT2Config`.
 pub const HF_CONFIG_FILE: &str = "config.json";
-/// The character tokenizer as a `tokenizers` WordLevel model.
+/// The tokenizer (the character one as a `tokenizers` WordLevel model).
 pub const HF_TOKENIZER_FILE: &str = "tokenizer.json";
 /// `AutoTokenizer`'s settings.
 pub const HF_TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
@@ -53,6 +57,42 @@ const UNK_TOKEN: &str = "<unk>";
 
 /// GPT's LayerNorm epsilon (Kiln's and GPT-2's).
 const LAYER_NORM_EPSILON: f64 = 1e-5;
+
+/// The tokenizer an export writes.
+#[derive(Clone, Copy, Debug)]
+pub enum HfTokenizer<'a> {
+    /// Kiln's characters, by id.
+    Chars(&'a [char]),
+    /// A Hugging Face tokenizer, written as it is.
+    Subword(&'a SubwordTokenizer),
+}
+
+impl<'a> From<&'a Tokenizer> for HfTokenizer<'a> {
+    fn from(t: &'a Tokenizer) -> Self {
+        match t {
+            Tokenizer::Char(c) => HfTokenizer::Chars(c.chars()),
+            Tokenizer::Subword(s) => HfTokenizer::Subword(s),
+        }
+    }
+}
+
+impl HfTokenizer<'_> {
+    /// Number of token ids.
+    fn len(&self) -> usize {
+        match self {
+            HfTokenizer::Chars(c) => c.len(),
+            HfTokenizer::Subword(s) => s.vocab_size(),
+        }
+    }
+
+    /// The `tokenizer.json` content.
+    fn json(&self) -> Value {
+        match self {
+            HfTokenizer::Chars(c) => tokenizer_json(c),
+            HfTokenizer::Subword(s) => s.to_json(),
+        }
+    }
+}
 
 /// The shape of a Kiln GPT, as the Hugging Face config needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,20 +120,20 @@ pub struct Gpt2Shape {
 /// `special_tokens_map.json` and `generation_config.json`.
 ///
 /// `weights`: Kiln's GPT tensors by checkpoint name, f32 (shape, values), exactly those of
-/// `shape`; `vocab`: the tokenizer's characters by id.
+/// `shape`; `tokenizer`: the run's.
 pub fn write_gpt2(
     dir: &Path,
     shape: &Gpt2Shape,
     weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    vocab: &[char],
+    tokenizer: HfTokenizer,
 ) -> Result<()> {
     check_shape(shape)?;
-    check_vocab(shape, vocab)?;
+    check_vocab(shape, tokenizer)?;
     let tensors = gpt2_tensors(shape, weights)?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_safetensors(&dir.join(HF_WEIGHTS_FILE), &tensors)?;
     write_json(&dir.join(HF_CONFIG_FILE), &config_json(shape))?;
-    write_json(&dir.join(HF_TOKENIZER_FILE), &tokenizer_json(vocab))?;
+    write_json(&dir.join(HF_TOKENIZER_FILE), &tokenizer.json())?;
     write_json(
         &dir.join(HF_TOKENIZER_CONFIG_FILE),
         &tokenizer_config_json(shape),
@@ -101,7 +141,7 @@ pub fn write_gpt2(
     write_json(&dir.join(HF_SPECIAL_TOKENS_FILE), &json!({}))?;
     write_json(
         &dir.join(HF_GENERATION_CONFIG_FILE),
-        &generation_config_json(shape, vocab.len()),
+        &generation_config_json(shape, tokenizer.len()),
     )?;
     Ok(())
 }
@@ -125,14 +165,17 @@ fn check_shape(s: &Gpt2Shape) -> Result<()> {
     Ok(())
 }
 
-fn check_vocab(shape: &Gpt2Shape, vocab: &[char]) -> Result<()> {
-    ensure!(!vocab.is_empty(), "the tokenizer's vocabulary is empty");
+fn check_vocab(shape: &Gpt2Shape, tokenizer: HfTokenizer) -> Result<()> {
+    ensure!(tokenizer.len() > 0, "the tokenizer's vocabulary is empty");
     ensure!(
-        vocab.len() <= shape.vocab_size,
-        "the tokenizer has {} characters but the model only {} vocabulary rows",
-        vocab.len(),
+        tokenizer.len() <= shape.vocab_size,
+        "the tokenizer has {} tokens but the model only {} vocabulary rows",
+        tokenizer.len(),
         shape.vocab_size
     );
+    let HfTokenizer::Chars(vocab) = tokenizer else {
+        return Ok(());
+    };
     let mut seen = HashMap::new();
     for (id, c) in vocab.iter().enumerate() {
         if let Some(first) = seen.insert(*c, id) {

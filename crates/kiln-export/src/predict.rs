@@ -10,7 +10,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_data::images::is_image_file;
-use kiln_data::{read_any_table, CharTokenizer, ImageSpec, Standardizer, TableSchema};
+use kiln_data::{read_any_table, ImageSpec, Standardizer, TableSchema, Tokenizer};
 use kiln_infer::generate::{generate_with, Sampling};
 use kiln_models::{DataShape, Input, Model, ModelConfig, Regression};
 use serde_json::{json, Value};
@@ -38,8 +38,8 @@ pub enum Task {
     },
     /// A language model.
     Language {
-        /// The run's character tokenizer.
-        tokenizer: CharTokenizer,
+        /// The run's tokenizer.
+        tokenizer: Tokenizer,
     },
 }
 
@@ -150,7 +150,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
         }
         Some("tokens") => {
             let tokenizer =
-                CharTokenizer::from_json(&manifest.output["tokenizer"], &dir.join(MANIFEST_FILE))?;
+                Tokenizer::from_json(&manifest.output["tokenizer"], &dir.join(MANIFEST_FILE))?;
             let shape = DataShape::Tokens {
                 vocab_size: tokenizer.vocab_size(),
             };
@@ -423,12 +423,11 @@ pub fn complete<B: Backend>(
     let (Model::Gpt(gpt), Task::Language { tokenizer }) = (&loaded.model, &loaded.task) else {
         bail!("this export is a classifier; give it input files (PNG, IDX or CSV)");
     };
-    let text = generate_with(gpt, tokenizer, sampling, device, &mut std::io::sink())?;
-    let ids: Vec<u32> = tokenizer.encode(&text)?;
+    let generation = generate_with(gpt, tokenizer, sampling, device, &mut std::io::sink())?;
     writeln!(
         out,
         "{}",
-        json!({"prompt": sampling.prompt, "completion": text, "tokens": ids})
+        json!({"prompt": sampling.prompt, "completion": generation.text, "tokens": generation.tokens})
     )?;
     Ok(())
 }

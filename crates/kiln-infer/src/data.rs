@@ -16,7 +16,7 @@ use kiln_core::Config;
 use kiln_data::{
     check_span, eval_windows, is_sklearn_layout, load_idx, load_sklearn_csv, read_meta, read_text,
     split, stratified_split_indices, CharTokenizer, Dataset, SampleSplit, Standardizer,
-    TableSchema, TokenFile, TokenSource, TokenSpan,
+    TableSchema, TokenFile, TokenSource, TokenSpan, Tokenizer,
 };
 use kiln_models::{DataShape, Regression};
 pub use kiln_models::{HostBatch, HostInput};
@@ -51,8 +51,8 @@ pub struct TextData {
     pub valid: TokenSpan,
     /// Tokens of context per window (`model.block_size`).
     pub block_size: usize,
-    /// The character tokenizer (for text, or a token file whose sidecar names one).
-    pub tokenizer: Option<CharTokenizer>,
+    /// The tokenizer (for text, or a token file whose sidecar names one).
+    pub tokenizer: Option<Tokenizer>,
     /// Number of token ids the model must embed.
     pub vocab_size: usize,
     /// Where the tokens came from, for messages.
@@ -338,9 +338,16 @@ impl TextData {
         let (source, tokenizer, vocab) = match d.kiln_format()? {
             DataFormat::Text => {
                 let text = read_text(path).context("data.path")?;
-                let tok = CharTokenizer::from_text(&text)
+                let tok = match &d.tokenizer {
+                    Some(file) => Tokenizer::load(file).context("data.tokenizer")?,
+                    None => Tokenizer::Char(
+                        CharTokenizer::from_text(&text)
+                            .with_context(|| format!("data.path {}", path.display()))?,
+                    ),
+                };
+                let ids = tok
+                    .encode(&text)
                     .with_context(|| format!("data.path {}", path.display()))?;
-                let ids = tok.encode(&text)?;
                 let vocab = tok.vocab_size();
                 (TokenSource::Memory(Arc::new(ids)), Some(tok), vocab)
             }
@@ -354,7 +361,7 @@ impl TextData {
                 };
                 let file = TokenFile::open(path, dtype)?;
                 let tokenizer = match meta.as_ref().and_then(|m| m.tokenizer.as_ref()) {
-                    Some(v) => Some(CharTokenizer::from_json(v, &kiln_data::meta_path(path))?),
+                    Some(v) => Some(Tokenizer::from_json(v, &kiln_data::meta_path(path))?),
                     None => None,
                 };
                 let vocab = match (&meta, vocab_size) {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::Config;
-use kiln_data::CharTokenizer;
+use kiln_data::{Tokenizer, END_OF_TEXT};
 use kiln_models::{DataShape, Gpt, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,8 +31,17 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+/// What a generation drew.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The text of the generated tokens (the prompt not included).
+    pub text: String,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+}
+
 /// Loads the GPT of a run (weights `weights_file`, the run's config and tokenizer) and streams
-/// `sampling.max_tokens` generated characters to `out`. Returns the generated text.
+/// the text of `sampling.max_tokens` generated tokens to `out`.
 pub fn generate<B: Backend>(
     config: &Config,
     run_dir: &Path,
@@ -40,7 +49,7 @@ pub fn generate<B: Backend>(
     sampling: &Sampling,
     device: &B::Device,
     out: &mut dyn Write,
-) -> Result<String> {
+) -> Result<Generation> {
     check_sampling(sampling)?;
     let tok_path = run_dir.join(TOKENIZER_FILE);
     if !tok_path.is_file() {
@@ -49,7 +58,7 @@ pub fn generate<B: Backend>(
             run_dir.display()
         );
     }
-    let tokenizer = CharTokenizer::load(&tok_path)?;
+    let tokenizer = Tokenizer::load(&tok_path)?;
     let shape = DataShape::Tokens {
         vocab_size: tokenizer.vocab_size(),
     };
@@ -67,19 +76,30 @@ pub fn generate<B: Backend>(
     generate_with(&gpt, &tokenizer, sampling, device, out)
 }
 
-/// Streams `sampling.max_tokens` characters that `gpt` generates after the prompt to `out` and
-/// returns them.
+/// Streams the text of `sampling.max_tokens` tokens that `gpt` generates after the prompt to
+/// `out` and returns them.
 pub fn generate_with<B: Backend>(
     gpt: &Gpt<B>,
-    tokenizer: &CharTokenizer,
+    tokenizer: &Tokenizer,
     sampling: &Sampling,
     device: &B::Device,
     out: &mut dyn Write,
-) -> Result<String> {
+) -> Result<Generation> {
     check_sampling(sampling)?;
     let mut context: Vec<i64> = if sampling.prompt.is_empty() {
-        // Start from a line break, as a text begins, when the vocabulary has one.
-        let start = tokenizer.encode("\n").map_or(0, |ids| ids[0]);
+        // Start from the end-of-text token of a subword vocabulary that has one, else from a
+        // line break, as a text begins, when the vocabulary has one.
+        let start = match tokenizer {
+            Tokenizer::Subword(t) => t.token_id(END_OF_TEXT),
+            Tokenizer::Char(_) => None,
+        };
+        let start = start.unwrap_or_else(|| {
+            tokenizer
+                .encode("\n")
+                .ok()
+                .and_then(|ids| ids.first().copied())
+                .unwrap_or(0)
+        });
         vec![i64::from(start)]
     } else {
         tokenizer
@@ -92,6 +112,7 @@ pub fn generate_with<B: Backend>(
     write!(out, "{}", sampling.prompt)?;
     let usable = tokenizer.vocab_size();
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let mut generated: Vec<u32> = Vec::new();
     let mut text = String::new();
     for _ in 0..sampling.max_tokens {
         let window = &context[context.len().saturating_sub(gpt.block_size)..];
@@ -108,15 +129,28 @@ pub fn generate_with<B: Backend>(
         // Padded vocabulary entries (model.vocab_size larger than the tokenizer's) never appear.
         let next = sample(&logits[..usable], sampling, &mut rng);
         context.push(next as i64);
-        let c = tokenizer
-            .token_str(next as u32)
-            .expect("sampled ids lie in the vocabulary");
-        text.push(c);
-        write!(out, "{c}")?;
-        out.flush()?;
+        generated.push(next as u32);
+        // A subword token may end inside a character (byte-level BPE): print what the tokens so
+        // far decode to beyond what is already out, once it is whole.
+        let decoded = tokenizer.decode(&generated)?;
+        if decoded.len() > text.len()
+            && decoded.starts_with(text.as_str())
+            && !decoded.ends_with('\u{FFFD}')
+        {
+            write!(out, "{}", &decoded[text.len()..])?;
+            out.flush()?;
+            text = decoded;
+        }
+    }
+    let decoded = tokenizer.decode(&generated)?;
+    if let Some(rest) = decoded.strip_prefix(text.as_str()) {
+        write!(out, "{rest}")?;
     }
     writeln!(out)?;
-    Ok(text)
+    Ok(Generation {
+        text: decoded,
+        tokens: generated,
+    })
 }
 
 fn check_sampling(sampling: &Sampling) -> Result<()> {

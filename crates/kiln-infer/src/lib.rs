@@ -14,4 +14,4 @@ pub mod weights;
 
 pub use data::{RunData, Split, Splits, TextData};
 pub use eval::{eval_run, eval_sums, evaluate, EvalResult, EvalSums};
-pub use generate::{generate, generate_with, Sampling};
+pub use generate::{generate, generate_with, Generation, Sampling};

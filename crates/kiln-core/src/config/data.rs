@@ -19,7 +19,8 @@ pub enum DataFormat {
     Idx,
     /// A scikit-learn layout CSV table.
     Csv,
-    /// A UTF-8 text file, tokenized by characters (the vocabulary is saved in the run directory).
+    /// A UTF-8 text file, tokenized by characters or by `data.tokenizer` (the tokenizer is saved
+    /// in the run directory).
     Text,
     /// A pre-tokenized token file (`kiln tokenize`): little-endian u16 or u32 ids, memory-mapped.
     Tokens,
@@ -146,6 +147,9 @@ pub struct DataSection {
     /// `data.token_dtype`: tokens: the element type of the token file, `"u16"` or `"u32"`
     /// (defaults to its `.json` sidecar, else u16).
     pub token_dtype: Option<TokenDtype>,
+    /// `data.tokenizer` (text): a Hugging Face `tokenizer.json` (e.g. one `kiln tokenize --bpe`
+    /// trained) that tokenizes the text instead of its characters; saved with the run.
+    pub tokenizer: Option<PathBuf>,
     /// `data.eval_max_batches` (at least 1): text/tokens: evaluate on at most this many batches
     /// of the validation split (all if unset).
     pub eval_max_batches: Option<usize>,

@@ -156,6 +156,13 @@ impl Config {
                 check(!set, key, "applies to tables only (data.format = \"csv\")")?;
             }
         }
+        if d.format != Some(DataFormat::Text) {
+            check(
+                d.tokenizer.is_none(),
+                "data.tokenizer",
+                "applies to text only (data.format = \"text\"); a token file carries its tokenizer in its sidecar (kiln tokenize --tokenizer)",
+            )?;
+        }
         if d.is_regression() {
             check(
                 d.stratify != Some(true),

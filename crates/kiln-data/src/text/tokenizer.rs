@@ -173,13 +173,7 @@ impl CharTokenizer {
 
     /// Writes the tokenizer to `path` as pretty-printed JSON.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_json())?;
-        std::fs::write(path, text + "\n").map_err(|e| {
-            anyhow!(
-                "cannot write tokenizer file {}: {e}; check that the folder exists and is writable",
-                path.display()
-            )
-        })
+        write_json(path, &self.to_json())
     }
 
     /// Reads a tokenizer written by [`save`](Self::save).
@@ -195,6 +189,17 @@ impl CharTokenizer {
         })?;
         Self::from_json(&value, path)
     }
+}
+
+/// Writes a tokenizer's JSON to `path`, pretty-printed.
+pub(crate) fn write_json(path: &Path, json: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(json)?;
+    std::fs::write(path, text + "\n").map_err(|e| {
+        anyhow!(
+            "cannot write tokenizer file {}: {e}; check that the folder exists and is writable",
+            path.display()
+        )
+    })
 }
 
 /// Reads a UTF-8 text file. Errors if it cannot be read (naming the path), is

@@ -28,11 +28,12 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{read_text, CharTokenizer};
+use super::vocab::Tokenizer;
 
 /// The `format` of a token file's sidecar.
 const META_FORMAT: &str = "kiln-tokens";
@@ -386,11 +387,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// What `kiln tokenize INPUT --out OUTPUT [--dtype u16|u32]` does: reads the
-/// UTF-8 text `input`, builds its [`CharTokenizer`], writes the ids to the
-/// token file `output` and the metadata, tokenizer included, to its sidecar
-/// ([`meta_path`]).
-pub fn tokenize_file(input: &Path, output: &Path, dtype: TokenDtype) -> Result<TokenizeSummary> {
+/// What `kiln tokenize INPUT --out OUTPUT [--dtype u16|u32] [--tokenizer T]` does: reads the
+/// UTF-8 text `input`, tokenizes it with `tokenizer` (unset: the [`CharTokenizer`] of the
+/// text), writes the ids to the token file `output` and the metadata, tokenizer included, to
+/// its sidecar ([`meta_path`]).
+pub fn tokenize_file(
+    input: &Path,
+    output: &Path,
+    dtype: TokenDtype,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<TokenizeSummary> {
     let meta = meta_path(output);
     if meta == output {
         bail!(
@@ -409,24 +415,38 @@ pub fn tokenize_file(input: &Path, output: &Path, dtype: TokenDtype) -> Result<T
         }
     }
     let text = read_text(input)?;
-    let tokenizer = CharTokenizer::from_text(&text)?;
+    let tokenizer = match tokenizer {
+        Some(t) => t.clone(),
+        None => Tokenizer::Char(CharTokenizer::from_text(&text)?),
+    };
     let vocab_size = tokenizer.vocab_size();
     if vocab_size > dtype.max_id() as usize + 1 {
         bail!(
-            "{}: the text has {vocab_size} distinct characters, more than the {} ids of a \
-             {dtype} token file; use dtype u32",
+            "{}: the tokenizer has {vocab_size} tokens, more than the {} ids of a {dtype} \
+             token file; use dtype u32",
             input.display(),
             dtype.max_id() as u64 + 1
         );
     }
-    // Every character of the text is in its own vocabulary: stream the ids
-    // instead of holding a second copy of the text as a Vec<u32>.
-    let ids = text.chars().map(|c| {
-        tokenizer
-            .id_of(c)
-            .expect("the tokenizer was built from this text")
-    });
-    let tokens = write_token_file(output, dtype, ids)?;
+    let tokens = match &tokenizer {
+        // Every character of the text is in its own vocabulary: stream the ids instead of
+        // holding a second copy of the text as a Vec<u32>.
+        Tokenizer::Char(chars) => write_token_file(
+            output,
+            dtype,
+            text.chars().map(|c| {
+                chars
+                    .id_of(c)
+                    .expect("the tokenizer was built from this text")
+            }),
+        )?,
+        Tokenizer::Subword(_) => {
+            let ids = tokenizer
+                .encode(&text)
+                .with_context(|| format!("tokenizing {}", input.display()))?;
+            write_token_file(output, dtype, ids)?
+        }
+    };
     let sidecar = TokenMeta {
         format: META_FORMAT.to_string(),
         dtype,

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use kiln_core::config::DataFormat;
 use kiln_core::layout::TOKENIZER_FILE;
-use kiln_data::{CharTokenizer, SampleSplit};
+use kiln_data::{SampleSplit, Tokenizer};
 use kiln_infer::RunData;
 use kiln_models::ModelConfig;
 use serde_json::{json, Value};
@@ -85,16 +85,16 @@ pub(super) fn output_spec(data: &RunData, source: &Source) -> Result<Value> {
     })
 }
 
-/// The run's character tokenizer (saved in the run directory by training).
-pub(super) fn tokenizer_of(data: &RunData, run_dir: &Path) -> Result<CharTokenizer> {
+/// The run's tokenizer (saved in the run directory by training).
+pub(super) fn tokenizer_of(data: &RunData, run_dir: &Path) -> Result<Tokenizer> {
     let path = run_dir.join(TOKENIZER_FILE);
     if path.is_file() {
-        return CharTokenizer::load(&path);
+        return Tokenizer::load(&path);
     }
     match data {
         RunData::Text(t) => t.tokenizer.clone().with_context(|| {
             format!(
-                "{} has no {TOKENIZER_FILE} and the run's token data names no tokenizer; an export of a GPT needs the character vocabulary",
+                "{} has no {TOKENIZER_FILE} and the run's token data names no tokenizer; an export of a GPT needs the tokenizer",
                 run_dir.display()
             )
         }),

@@ -80,7 +80,7 @@ fn writes_gpt2_names_shapes_and_config() {
         };
         let weights = kiln_weights(&s);
         let dir = tempfile::tempdir().unwrap();
-        write_gpt2(dir.path(), &s, &weights, &VOCAB).unwrap();
+        write_gpt2(dir.path(), &s, &weights, HfTokenizer::Chars(&VOCAB)).unwrap();
 
         let bytes = fs::read(dir.path().join(HF_WEIGHTS_FILE)).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -174,7 +174,13 @@ fn writes_gpt2_names_shapes_and_config() {
 fn tokenizer_maps_each_character_to_its_kiln_id() {
     let s = shape(true, true);
     let dir = tempfile::tempdir().unwrap();
-    write_gpt2(dir.path(), &s, &kiln_weights(&s), &VOCAB).unwrap();
+    write_gpt2(
+        dir.path(),
+        &s,
+        &kiln_weights(&s),
+        HfTokenizer::Chars(&VOCAB),
+    )
+    .unwrap();
     let tok = read_json(&dir.path().join(HF_TOKENIZER_FILE));
     let vocab = tok["model"]["vocab"].as_object().unwrap();
     assert_eq!(vocab.len(), VOCAB.len());
@@ -198,7 +204,7 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
     let err = |weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>| {
         format!(
             "{:#}",
-            write_gpt2(dir.path(), &s, weights, &VOCAB).unwrap_err()
+            write_gpt2(dir.path(), &s, weights, HfTokenizer::Chars(&VOCAB)).unwrap_err()
         )
     };
 
@@ -228,7 +234,13 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
     // Biases of a model declared without them are extra too.
     let e = format!(
         "{:#}",
-        write_gpt2(dir.path(), &shape(false, false), &kiln_weights(&s), &VOCAB).unwrap_err()
+        write_gpt2(
+            dir.path(),
+            &shape(false, false),
+            &kiln_weights(&s),
+            HfTokenizer::Chars(&VOCAB)
+        )
+        .unwrap_err()
     );
     assert!(
         e.contains("unexpected") && e.contains("h.0.attn.c_attn.bias"),
@@ -237,7 +249,13 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
 
     let e = format!(
         "{:#}",
-        write_gpt2(dir.path(), &s, &kiln_weights(&s), &['a'; 8]).unwrap_err()
+        write_gpt2(
+            dir.path(),
+            &s,
+            &kiln_weights(&s),
+            HfTokenizer::Chars(&['a'; 8])
+        )
+        .unwrap_err()
     );
-    assert!(e.contains("8 characters"), "{e}");
+    assert!(e.contains("8 tokens"), "{e}");
 }

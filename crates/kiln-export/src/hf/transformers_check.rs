@@ -161,7 +161,13 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
             tie_weights: tie,
             gelu,
         };
-        write_gpt2(&dir.join("hf"), &hf, &kiln_tensors(&model), &vocab).unwrap();
+        write_gpt2(
+            &dir.join("hf"),
+            &hf,
+            &kiln_tensors(&model),
+            HfTokenizer::Chars(&vocab),
+        )
+        .unwrap();
         let completion: String = greedy(&model, &ids, new, vocab.len())
             .into_iter()
             .map(|id| vocab[id as usize])

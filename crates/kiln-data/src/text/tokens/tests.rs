@@ -215,7 +215,7 @@ fn tokenize_file_matches_the_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let input = shakespeare_path();
     let output = dir.path().join("shakespeare.bin");
-    let summary = tokenize_file(&input, &output, TokenDtype::U16).unwrap();
+    let summary = tokenize_file(&input, &output, TokenDtype::U16, None).unwrap();
 
     let text = read_text(&input).unwrap();
     let tokenizer = CharTokenizer::from_text(&text).unwrap();
@@ -240,7 +240,7 @@ fn tokenize_file_matches_the_tokenizer() {
     file.check_vocab(meta.vocab_size, 4096).unwrap();
 
     let u32_out = dir.path().join("wide.bin");
-    tokenize_file(&input, &u32_out, TokenDtype::U32).unwrap();
+    tokenize_file(&input, &u32_out, TokenDtype::U32, None).unwrap();
     let file = TokenFile::open(&u32_out, TokenDtype::U32).unwrap();
     let mut ids = vec![0; file.len()];
     file.read_into(0, &mut ids);
@@ -252,14 +252,14 @@ fn tokenize_file_refuses_to_overwrite_its_input() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("text.bin");
     std::fs::write(&text, "some text").unwrap();
-    let msg = tokenize_file(&text, &text, TokenDtype::U16)
+    let msg = tokenize_file(&text, &text, TokenDtype::U16, None)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("overwrite the input"), "{msg}");
     assert_eq!(std::fs::read_to_string(&text).unwrap(), "some text");
 
     let json_out = dir.path().join("out.json");
-    let msg = tokenize_file(&text, &json_out, TokenDtype::U16)
+    let msg = tokenize_file(&text, &json_out, TokenDtype::U16, None)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("must not end in .json"), "{msg}");
@@ -276,12 +276,12 @@ fn tokenize_file_needs_u32_for_huge_vocabularies() {
         .collect();
     std::fs::write(&input, &text).unwrap();
     let out = dir.path().join("wide.bin");
-    let msg = tokenize_file(&input, &out, TokenDtype::U16)
+    let msg = tokenize_file(&input, &out, TokenDtype::U16, None)
         .unwrap_err()
         .to_string();
     assert!(msg.starts_with(&input.display().to_string()), "{msg}");
-    assert!(msg.contains("65537 distinct characters"), "{msg}");
+    assert!(msg.contains("has 65537 tokens"), "{msg}");
     assert!(msg.contains("use dtype u32"), "{msg}");
-    let summary = tokenize_file(&input, &out, TokenDtype::U32).unwrap();
+    let summary = tokenize_file(&input, &out, TokenDtype::U32, None).unwrap();
     assert_eq!(summary.vocab_size, 65_537);
 }
