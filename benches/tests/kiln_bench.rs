@@ -78,8 +78,8 @@ fn bad_flags_are_clear_errors() {
         ),
         (&["--slowdown", "0.5"][..], "expected a factor >= 1"),
         (
-            &["--model", "resnet"][..],
-            "--model resnet: choose mlp, cnn or gpt",
+            &["--model", "vgg"][..],
+            "--model vgg: choose mlp, cnn, resnet or gpt",
         ),
     ] {
         let out = bench(args);
