@@ -323,7 +323,7 @@ fn write_format(
                 tie_weights: gpt.tie_weights,
                 gelu: gpt.gelu.unwrap_or_default(),
             };
-            write_gpt2(dir, &shape, dequantized, (&tokenizer).into())?;
+            write_gpt2(dir, &shape, dequantized, &tokenizer)?;
             manifest.format = "kiln-hf".into();
             write(
                 dir,

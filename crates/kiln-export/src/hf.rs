@@ -33,7 +33,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use kiln_data::{SubwordTokenizer, Tokenizer};
+use kiln_data::Tokenizer;
 use kiln_models::GeluForm;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -57,42 +57,6 @@ const UNK_TOKEN: &str = "<unk>";
 
 /// GPT's LayerNorm epsilon (Kiln's and GPT-2's).
 const LAYER_NORM_EPSILON: f64 = 1e-5;
-
-/// The tokenizer an export writes.
-#[derive(Clone, Copy, Debug)]
-pub enum HfTokenizer<'a> {
-    /// Kiln's characters, by id.
-    Chars(&'a [char]),
-    /// A Hugging Face tokenizer, written as it is.
-    Subword(&'a SubwordTokenizer),
-}
-
-impl<'a> From<&'a Tokenizer> for HfTokenizer<'a> {
-    fn from(t: &'a Tokenizer) -> Self {
-        match t {
-            Tokenizer::Char(c) => HfTokenizer::Chars(c.chars()),
-            Tokenizer::Subword(s) => HfTokenizer::Subword(s),
-        }
-    }
-}
-
-impl HfTokenizer<'_> {
-    /// Number of token ids.
-    fn len(&self) -> usize {
-        match self {
-            HfTokenizer::Chars(c) => c.len(),
-            HfTokenizer::Subword(s) => s.vocab_size(),
-        }
-    }
-
-    /// The `tokenizer.json` content.
-    fn json(&self) -> Value {
-        match self {
-            HfTokenizer::Chars(c) => tokenizer_json(c),
-            HfTokenizer::Subword(s) => s.to_json(),
-        }
-    }
-}
 
 /// The shape of a Kiln GPT, as the Hugging Face config needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +89,7 @@ pub fn write_gpt2(
     dir: &Path,
     shape: &Gpt2Shape,
     weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    tokenizer: HfTokenizer,
+    tokenizer: &Tokenizer,
 ) -> Result<()> {
     check_shape(shape)?;
     check_vocab(shape, tokenizer)?;
@@ -133,7 +97,11 @@ pub fn write_gpt2(
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_safetensors(&dir.join(HF_WEIGHTS_FILE), &tensors)?;
     write_json(&dir.join(HF_CONFIG_FILE), &config_json(shape))?;
-    write_json(&dir.join(HF_TOKENIZER_FILE), &tokenizer.json())?;
+    let tokenizer_json = match tokenizer {
+        Tokenizer::Char(chars) => char_tokenizer_json(chars.chars()),
+        Tokenizer::Subword(subword) => subword.to_json(),
+    };
+    write_json(&dir.join(HF_TOKENIZER_FILE), &tokenizer_json)?;
     write_json(
         &dir.join(HF_TOKENIZER_CONFIG_FILE),
         &tokenizer_config_json(shape),
@@ -141,7 +109,7 @@ pub fn write_gpt2(
     write_json(&dir.join(HF_SPECIAL_TOKENS_FILE), &json!({}))?;
     write_json(
         &dir.join(HF_GENERATION_CONFIG_FILE),
-        &generation_config_json(shape, tokenizer.len()),
+        &generation_config_json(shape, tokenizer.vocab_size()),
     )?;
     Ok(())
 }
@@ -165,23 +133,15 @@ fn check_shape(s: &Gpt2Shape) -> Result<()> {
     Ok(())
 }
 
-fn check_vocab(shape: &Gpt2Shape, tokenizer: HfTokenizer) -> Result<()> {
-    ensure!(tokenizer.len() > 0, "the tokenizer's vocabulary is empty");
+/// A tokenizer is never empty and a character one has no repeated character (both checked when
+/// it is built); what is left is that the model has a row for every token.
+fn check_vocab(shape: &Gpt2Shape, tokenizer: &Tokenizer) -> Result<()> {
     ensure!(
-        tokenizer.len() <= shape.vocab_size,
+        tokenizer.vocab_size() <= shape.vocab_size,
         "the tokenizer has {} tokens but the model only {} vocabulary rows",
-        tokenizer.len(),
+        tokenizer.vocab_size(),
         shape.vocab_size
     );
-    let HfTokenizer::Chars(vocab) = tokenizer else {
-        return Ok(());
-    };
-    let mut seen = HashMap::new();
-    for (id, c) in vocab.iter().enumerate() {
-        if let Some(first) = seen.insert(*c, id) {
-            bail!("the tokenizer's vocabulary has {c:?} twice (ids {first} and {id})");
-        }
-    }
     Ok(())
 }
 
@@ -416,8 +376,9 @@ fn config_json(s: &Gpt2Shape) -> Value {
     })
 }
 
-/// `tokenizer.json`: one token per character, ids as Kiln's, decoded by plain concatenation.
-fn tokenizer_json(vocab: &[char]) -> Value {
+/// `tokenizer.json` of a character tokenizer: one token per character, ids as Kiln's, decoded by
+/// plain concatenation.
+fn char_tokenizer_json(vocab: &[char]) -> Value {
     let ids: serde_json::Map<String, Value> = vocab
         .iter()
         .enumerate()

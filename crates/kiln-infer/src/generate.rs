@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::Config;
-use kiln_data::{Tokenizer, END_OF_TEXT};
+use kiln_data::Tokenizer;
 use kiln_models::{DataShape, Gpt, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -87,20 +87,7 @@ pub fn generate_with<B: Backend>(
 ) -> Result<Generation> {
     check_sampling(sampling)?;
     let mut context: Vec<i64> = if sampling.prompt.is_empty() {
-        // Start from the end-of-text token of a subword vocabulary that has one, else from a
-        // line break, as a text begins, when the vocabulary has one.
-        let start = match tokenizer {
-            Tokenizer::Subword(t) => t.token_id(END_OF_TEXT),
-            Tokenizer::Char(_) => None,
-        };
-        let start = start.unwrap_or_else(|| {
-            tokenizer
-                .encode("\n")
-                .ok()
-                .and_then(|ids| ids.first().copied())
-                .unwrap_or(0)
-        });
-        vec![i64::from(start)]
+        vec![i64::from(tokenizer.start_id())]
     } else {
         tokenizer
             .encode(&sampling.prompt)

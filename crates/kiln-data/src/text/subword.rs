@@ -10,7 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -145,7 +145,7 @@ pub fn train_bpe(corpus: &Path, vocab_size: usize) -> Result<SubwordTokenizer> {
              {END_OF_TEXT}); choose a larger vocabulary, e.g. 2000"
         );
     }
-    super::read_text(corpus)?; // a readable, non-empty UTF-8 text, or a clear error
+    let text = super::read_text(corpus)?;
     let mut trainer = BpeTrainerBuilder::new()
         .show_progress(false)
         .vocab_size(vocab_size)
@@ -162,11 +162,9 @@ pub fn train_bpe(corpus: &Path, vocab_size: usize) -> Result<SubwordTokenizer> {
             .with_decoder(Some(ByteLevel::default()))
             .build()
             .map_err(|e| anyhow!("building the BPE tokenizer: {e}"))?;
-    let file = corpus
-        .to_str()
-        .with_context(|| format!("{}: the path is not UTF-8", corpus.display()))?;
+    // Line by line with the line endings kept, as `train_from_files` reads a file.
     tokenizer
-        .train_from_files(&mut trainer, vec![file.to_string()])
+        .train(&mut trainer, text.split_inclusive('\n'))
         .map_err(|e| anyhow!("training BPE on {}: {e}", corpus.display()))?;
     let json = tokenizer
         .to_string(false)

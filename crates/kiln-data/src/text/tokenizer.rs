@@ -142,8 +142,8 @@ impl CharTokenizer {
         })?;
         if json.kind != CHAR_KIND {
             bail!(
-                "{origin}: tokenizer kind {:?} is not supported; Kiln only reads character \
-                 tokenizers (\"kind\": \"char\")",
+                "{origin}: tokenizer kind {:?} is not supported; Kiln reads \"char\" and \
+                 \"huggingface\" tokenizers (or a bare Hugging Face tokenizer.json)",
                 json.kind
             );
         }

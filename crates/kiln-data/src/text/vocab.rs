@@ -102,6 +102,19 @@ impl Tokenizer {
         }
     }
 
+    /// The token a text without a prompt starts from: a subword vocabulary's end-of-text token
+    /// ([`END_OF_TEXT`](super::subword::END_OF_TEXT)) when it has one, else a line break's first
+    /// token when the vocabulary has one, else id 0.
+    pub fn start_id(&self) -> u32 {
+        let end_of_text = match self {
+            Tokenizer::Subword(t) => t.token_id(super::subword::END_OF_TEXT),
+            Tokenizer::Char(_) => None,
+        };
+        end_of_text
+            .or_else(|| self.encode("\n").ok()?.first().copied())
+            .unwrap_or(0)
+    }
+
     /// The character tokenizer, if this is one.
     pub fn as_char(&self) -> Option<&CharTokenizer> {
         match self {

@@ -58,6 +58,13 @@ fn kiln_weights(s: &Gpt2Shape) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
 
 const VOCAB: [char; 5] = ['\n', ' ', 'a', 'é', '🙂'];
 
+/// The character tokenizer with exactly these characters, by id.
+pub(super) fn char_tokenizer(vocab: &[char]) -> Tokenizer {
+    let vocab: Vec<String> = vocab.iter().map(char::to_string).collect();
+    let json = serde_json::json!({"kind": "char", "vocab": vocab});
+    Tokenizer::from_json(&json, Path::new("test vocabulary")).unwrap()
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -80,7 +87,7 @@ fn writes_gpt2_names_shapes_and_config() {
         };
         let weights = kiln_weights(&s);
         let dir = tempfile::tempdir().unwrap();
-        write_gpt2(dir.path(), &s, &weights, HfTokenizer::Chars(&VOCAB)).unwrap();
+        write_gpt2(dir.path(), &s, &weights, &char_tokenizer(&VOCAB)).unwrap();
 
         let bytes = fs::read(dir.path().join(HF_WEIGHTS_FILE)).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -174,13 +181,7 @@ fn writes_gpt2_names_shapes_and_config() {
 fn tokenizer_maps_each_character_to_its_kiln_id() {
     let s = shape(true, true);
     let dir = tempfile::tempdir().unwrap();
-    write_gpt2(
-        dir.path(),
-        &s,
-        &kiln_weights(&s),
-        HfTokenizer::Chars(&VOCAB),
-    )
-    .unwrap();
+    write_gpt2(dir.path(), &s, &kiln_weights(&s), &char_tokenizer(&VOCAB)).unwrap();
     let tok = read_json(&dir.path().join(HF_TOKENIZER_FILE));
     let vocab = tok["model"]["vocab"].as_object().unwrap();
     assert_eq!(vocab.len(), VOCAB.len());
@@ -204,7 +205,7 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
     let err = |weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>| {
         format!(
             "{:#}",
-            write_gpt2(dir.path(), &s, weights, HfTokenizer::Chars(&VOCAB)).unwrap_err()
+            write_gpt2(dir.path(), &s, weights, &char_tokenizer(&VOCAB)).unwrap_err()
         )
     };
 
@@ -238,7 +239,7 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
             dir.path(),
             &shape(false, false),
             &kiln_weights(&s),
-            HfTokenizer::Chars(&VOCAB)
+            &char_tokenizer(&VOCAB)
         )
         .unwrap_err()
     );
@@ -253,7 +254,7 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
             dir.path(),
             &s,
             &kiln_weights(&s),
-            HfTokenizer::Chars(&['a'; 8])
+            &char_tokenizer(&['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'])
         )
         .unwrap_err()
     );

@@ -165,7 +165,7 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
             &dir.join("hf"),
             &hf,
             &kiln_tensors(&model),
-            HfTokenizer::Chars(&vocab),
+            &super::tests::char_tokenizer(&vocab),
         )
         .unwrap();
         let completion: String = greedy(&model, &ids, new, vocab.len())
