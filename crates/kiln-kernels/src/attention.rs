@@ -31,17 +31,24 @@ use crate::op::{has_kernels, host, on_cpu_autodiff, product, zeros, AutodiffNode
 use crate::softmax::Rows;
 
 /// `softmax(q kᵀ / √head_dim) v` per head with a causal mask (query `i` sees keys `0..=i`), for
-/// `qkv` `[batch, t, 3 * n_embd]` holding the queries, keys and values side by side (each
-/// `n_head` heads of `n_embd / n_head` columns, as `c_attn` of GPT-2 computes them); the
-/// result is `[batch, t, n_embd]`, the heads side by side. On the CPU backends (differentiable
+/// `qkv` `[batch, t, (n_head + 2 n_kv_head) head_dim]` holding the queries (`n_head` heads), keys
+/// and values (`n_kv_head` heads each) side by side, as `c_attn` of GPT-2 computes them when
+/// `n_kv_head = n_head`. With fewer key/value heads (grouped-query attention), query head `h`
+/// attends with key/value head `h / (n_head / n_kv_head)`. The result is
+/// `[batch, t, n_head head_dim]`, the heads side by side. On the CPU backends (differentiable
 /// under their autodiff); `qkv` comes back as `Err` on other backends and for shapes this does
 /// not cover.
 pub fn causal_self_attention<B: Backend>(
     qkv: Tensor<B, 3>,
     n_head: usize,
+    n_kv_head: usize,
 ) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
     let [batch, t, width] = qkv.dims();
-    let fits = n_head > 0 && width % (3 * n_head) == 0 && batch * t * width > 0;
+    let columns = n_head + 2 * n_kv_head;
+    let fits = n_kv_head > 0
+        && n_head.is_multiple_of(n_kv_head)
+        && width.is_multiple_of(columns)
+        && batch * t * width > 0;
     if !fits || !has_kernels::<B>() {
         return Err(qkv);
     }
@@ -49,7 +56,8 @@ pub fn causal_self_attention<B: Backend>(
         batch,
         t,
         heads: n_head,
-        head_dim: width / (3 * n_head),
+        kv_heads: n_kv_head,
+        head_dim: width / columns,
     };
     let qkv = match on_cpu_autodiff(attn, qkv) {
         Ok(y) => return Ok(y),
@@ -67,12 +75,27 @@ struct Attn {
     batch: usize,
     t: usize,
     heads: usize,
+    kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attn {
+    /// Columns of the output (the queries' width).
     fn n_embd(&self) -> usize {
         self.heads * self.head_dim
+    }
+
+    /// Columns of a row of `qkv`.
+    fn width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Offsets in a row of `qkv` of query head `h`'s columns and of its key and value head's.
+    fn columns(&self, h: usize) -> (usize, usize, usize) {
+        let dh = self.head_dim;
+        let kv = h / (self.heads / self.kv_heads);
+        let k = self.n_embd() + kv * dh;
+        (h * dh, k, k + self.kv_heads * dh)
     }
 
     fn scale(&self) -> f32 {
@@ -102,7 +125,7 @@ impl Attn {
     }
 
     fn forward(&self, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let (t, dh, d) = (self.t, self.head_dim, self.n_embd());
+        let (t, dh, d, w) = (self.t, self.head_dim, self.n_embd(), self.width());
         let mut y = zeros(self.batch * t * d);
         let mut weights = zeros(self.batch * self.heads * t * t);
         let out = Shared(y.as_mut_ptr());
@@ -111,17 +134,17 @@ impl Attn {
             || vec![0.0f32; t * t],
             |scores, (task, p)| {
                 let (b, h) = (task / self.heads, task % self.heads);
-                let q = qkv[b * t * 3 * d + h * dh..].as_ptr();
-                let k = q.wrapping_add(d);
-                let v = q.wrapping_add(2 * d);
+                let row = qkv[b * t * w..].as_ptr();
+                let (q, k, v) = self.columns(h);
+                let (q, k, v) = (row.wrapping_add(q), row.wrapping_add(k), row.wrapping_add(v));
                 // SAFETY: the views stay inside `qkv`, `scores`, `p` and this task's
                 // columns of `y`, which no other task writes.
                 unsafe {
                     product(
                         (t, t, dh),
                         (scores.as_mut_ptr(), t, 1),
-                        (q, 3 * d, 1),
-                        (k, 1, 3 * d),
+                        (q, w, 1),
+                        (k, 1, w),
                         1.0,
                         false,
                     );
@@ -131,7 +154,7 @@ impl Attn {
                         (t, dh, t),
                         (o, d, 1),
                         (p.as_ptr(), t, 1),
-                        (v, 3 * d, 1),
+                        (v, w, 1),
                         1.0,
                         false,
                     );
@@ -141,62 +164,70 @@ impl Attn {
         (y, weights)
     }
 
-    /// The gradient of `qkv` from `dy`, the gradient of the output.
+    /// The gradient of `qkv` from `dy`, the gradient of the output. One task per sequence and
+    /// key/value head, which runs the query heads that share it and sums their key and value
+    /// gradients in head order.
     fn backward(&self, qkv: &[f32], weights: &[f32], dy: &[f32]) -> Vec<f32> {
-        let (t, dh, d) = (self.t, self.head_dim, self.n_embd());
+        let (t, dh, d, w) = (self.t, self.head_dim, self.n_embd(), self.width());
+        let group = self.heads / self.kv_heads;
         let mut dqkv = zeros(qkv.len());
         let grad = Shared(dqkv.as_mut_ptr());
         let rows = self.rows();
-        (0..self.batch * self.heads).into_par_iter().for_each_init(
+        (0..self.batch * self.kv_heads).into_par_iter().for_each_init(
             || vec![0.0f32; t * t],
             |d_scores, task| {
-                let (b, h) = (task / self.heads, task % self.heads);
-                let offset = b * t * 3 * d + h * dh;
-                let q = qkv[offset..].as_ptr();
-                let (k, v) = (q.wrapping_add(d), q.wrapping_add(2 * d));
-                let p = &weights[task * t * t..][..t * t];
-                let d_out = dy[b * t * d + h * dh..].as_ptr();
-                // SAFETY: the views stay inside the buffers; this task writes only its head's
-                // columns of `dqkv` and its own `d_scores`.
-                unsafe {
-                    let dq = grad.ptr().add(offset);
-                    let (dk, dv) = (dq.add(d), dq.add(2 * d));
-                    // dV = Pᵀ dO; dP = dO Vᵀ.
-                    product(
-                        (t, dh, t),
-                        (dv, 3 * d, 1),
-                        (p.as_ptr(), 1, t),
-                        (d_out, d, 1),
-                        1.0,
-                        false,
-                    );
-                    product(
-                        (t, t, dh),
-                        (d_scores.as_mut_ptr(), t, 1),
-                        (d_out, d, 1),
-                        (v, 1, 3 * d),
-                        1.0,
-                        false,
-                    );
-                    // dS = scale * P (dP - rowsum(dP P)), in place.
-                    rows.backward(0, p, d_scores);
-                    // dQ = dS K; dK = dSᵀ Q.
-                    product(
-                        (t, dh, t),
-                        (dq, 3 * d, 1),
-                        (d_scores.as_ptr(), t, 1),
-                        (k, 3 * d, 1),
-                        1.0,
-                        false,
-                    );
-                    product(
-                        (t, dh, t),
-                        (dk, 3 * d, 1),
-                        (d_scores.as_ptr(), 1, t),
-                        (q, 3 * d, 1),
-                        1.0,
-                        false,
-                    );
+                let (b, kv) = (task / self.kv_heads, task % self.kv_heads);
+                for h in kv * group..(kv + 1) * group {
+                    let (q, k, v) = self.columns(h);
+                    let row = qkv[b * t * w..].as_ptr();
+                    let (q_at, k_at, v_at) = (q, k, v);
+                    let (q, k, v) = (row.wrapping_add(q), row.wrapping_add(k), row.wrapping_add(v));
+                    let p = &weights[(b * self.heads + h) * t * t..][..t * t];
+                    let d_out = dy[b * t * d + h * dh..].as_ptr();
+                    let accumulate = h > kv * group;
+                    // SAFETY: the views stay inside the buffers; this task writes only the
+                    // columns of its key/value head and of its query heads in `dqkv`, and its
+                    // own `d_scores`.
+                    unsafe {
+                        let d_row = grad.ptr().add(b * t * w);
+                        let (dq, dk, dv) = (d_row.add(q_at), d_row.add(k_at), d_row.add(v_at));
+                        // dV += Pᵀ dO; dP = dO Vᵀ.
+                        product(
+                            (t, dh, t),
+                            (dv, w, 1),
+                            (p.as_ptr(), 1, t),
+                            (d_out, d, 1),
+                            1.0,
+                            accumulate,
+                        );
+                        product(
+                            (t, t, dh),
+                            (d_scores.as_mut_ptr(), t, 1),
+                            (d_out, d, 1),
+                            (v, 1, w),
+                            1.0,
+                            false,
+                        );
+                        // dS = scale * P (dP - rowsum(dP P)), in place.
+                        rows.backward(0, p, d_scores);
+                        // dQ = dS K; dK += dSᵀ Q.
+                        product(
+                            (t, dh, t),
+                            (dq, w, 1),
+                            (d_scores.as_ptr(), t, 1),
+                            (k, w, 1),
+                            1.0,
+                            false,
+                        );
+                        product(
+                            (t, dh, t),
+                            (dk, w, 1),
+                            (d_scores.as_ptr(), 1, t),
+                            (q, w, 1),
+                            1.0,
+                            accumulate,
+                        );
+                    }
                 }
             },
         );
@@ -262,35 +293,42 @@ mod tests {
     fn run<B: AutodiffBackend>(
         batch: usize,
         t: usize,
-        heads: usize,
+        (heads, kv_heads): (usize, usize),
         dh: usize,
         kiln: bool,
     ) -> [Vec<f32>; 2] {
         let device = Default::default();
         let d = heads * dh;
+        let w = (heads + 2 * kv_heads) * dh;
         let values = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i * 31 + seed * 7) % 97) as f32 / 48.0 - 1.0)
                 .collect()
         };
         let qkv = Tensor::<B, 3>::from_data(
-            TensorData::new(values(batch * t * 3 * d, 0), [batch, t, 3 * d]),
+            TensorData::new(values(batch * t * w, 0), [batch, t, w]),
             &device,
         )
         .require_grad();
         let y = if kiln {
-            causal_self_attention(qkv.clone(), heads).unwrap_or_else(|_| panic!("a CPU backend"))
+            causal_self_attention(qkv.clone(), heads, kv_heads)
+                .unwrap_or_else(|_| panic!("a CPU backend"))
         } else {
-            let mut parts = qkv
-                .clone()
-                .chunk(3, 2)
-                .into_iter()
-                .map(|p| p.reshape([batch, t, heads, dh]).swap_dims(1, 2));
-            let (q, k, v) = (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            );
+            let part = |from: usize, n: usize| {
+                qkv.clone()
+                    .slice([0..batch, 0..t, from * dh..(from + n) * dh])
+                    .reshape([batch, t, n, dh])
+                    .swap_dims(1, 2)
+            };
+            // Each key/value head repeated for the query heads of its group.
+            let shared = |x: Tensor<B, 4>| {
+                x.unsqueeze_dim::<5>(2)
+                    .repeat_dim(2, heads / kv_heads)
+                    .reshape([batch, heads, t, dh])
+            };
+            let q = part(0, heads);
+            let k = shared(part(heads, kv_heads));
+            let v = shared(part(heads + kv_heads, kv_heads));
             let later: Vec<bool> = (0..t * t).map(|i| i % t > i / t).collect();
             let mask =
                 Tensor::<B, 4, Bool>::from_data(TensorData::new(later, [1, 1, t, t]), &device);
@@ -321,11 +359,19 @@ mod tests {
     /// Kiln's kernel on `B` against burn's operations on flex (burn-ndarray's own chain is off
     /// by up to 2e-5 in a few gradient elements where flex's agrees with the kernel to 1e-7).
     fn matches_burn<B: AutodiffBackend>() {
-        for (batch, t, heads, dh) in [(1, 1, 1, 4), (2, 5, 3, 4), (3, 17, 2, 8)] {
+        for (batch, t, heads, dh) in [
+            (1, 1, (1, 1), 4),
+            (2, 5, (3, 3), 4),
+            (3, 17, (2, 2), 8),
+            (2, 7, (4, 2), 4),
+            (1, 9, (6, 1), 8),
+        ] {
             let ours = run::<B>(batch, t, heads, dh, true);
             let theirs = run::<Autodiff<Flex>>(batch, t, heads, dh, false);
             for (what, (a, b)) in ["output", "qkv grad"].iter().zip(ours.iter().zip(&theirs)) {
-                assert_close(&format!("{what} ({batch}, {t}, {heads}, {dh})"), a, b, 2e-6);
+                let (heads, kv) = heads;
+                let what = format!("{what} ({batch}, {t}, {heads}/{kv} heads, {dh})");
+                assert_close(&what, a, b, 2e-6);
             }
         }
     }
@@ -338,7 +384,7 @@ mod tests {
 
     #[test]
     fn attention_gives_the_same_bits_on_one_thread_and_on_many() {
-        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(3, 9, 2, 4, true));
+        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(3, 9, (4, 2), 4, true));
         assert_eq!(on(1), on(3));
     }
 }

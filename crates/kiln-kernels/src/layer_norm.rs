@@ -1,4 +1,5 @@
-//! LayerNorm over the last dimension, forward and backward, each one threaded pass over the rows.
+//! LayerNorm and RMSNorm over the last dimension, forward and backward, each one threaded pass
+//! over the rows.
 //!
 //! Under autodiff, burn runs a LayerNorm as its chain of about nine tensor operations (mean,
 //! subtract, square, mean, add, square root, divide, scale, shift), each a pass over memory and
@@ -8,6 +9,9 @@
 //!
 //! `x̂ = (x - μ) / σ`, `y = γ x̂ + β`; `dx = (g - mean(g) - x̂ mean(g x̂)) / σ` with `g = γ dy`;
 //! `dγ = Σ_rows dy x̂`, `dβ = Σ_rows dy`.
+//!
+//! RMSNorm (Llama's) is the same with no centring: `μ = 0`, so `σ² = mean(x²) + ε` and the
+//! `mean(g)` term of `dx` drops out (`dx = (g - x̂ mean(g x̂)) / σ`); it has no `β`.
 //!
 //! Rows run in parallel in fixed chunks; `dγ` and `dβ` are summed per chunk and then over the
 //! chunks in order, so the result does not depend on the number of threads.
@@ -38,6 +42,27 @@ pub fn layer_norm<B: Backend, const D: usize>(
     beta: Option<Tensor<B, 1>>,
     epsilon: f64,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    normalize(x, gamma, beta, epsilon, false)
+}
+
+/// `x / sqrt(mean(x²) + epsilon) * gamma` over the last dimension of `x` (Llama's RMSNorm), on
+/// the CPU backends (differentiable under their autodiff); `x` comes back as `Err` on other
+/// backends.
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    epsilon: f64,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    normalize(x, gamma, None, epsilon, true)
+}
+
+fn normalize<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    epsilon: f64,
+    rms: bool,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let dims = x.dims();
     let d = dims[D - 1];
     let fits = d > 0
@@ -47,7 +72,7 @@ pub fn layer_norm<B: Backend, const D: usize>(
     if !fits || !has_kernels::<B>() {
         return Err(x);
     }
-    let norm = Norm { d, epsilon };
+    let norm = Norm { d, epsilon, rms };
     #[cfg(feature = "flex")]
     let x = match on_autodiff::<B, burn::backend::Flex, D>(norm, x, &gamma, &beta) {
         Ok(y) => return Ok(y),
@@ -206,11 +231,13 @@ fn register_grads<IB: Backend>(
     }
 }
 
-/// One LayerNorm: the width of its rows and its epsilon.
+/// One LayerNorm (or RMSNorm): the width of its rows, its epsilon and whether it centres.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Norm {
     d: usize,
     epsilon: f64,
+    /// RMSNorm: no centring (`μ = 0`).
+    rms: bool,
 }
 
 impl Norm {
@@ -247,7 +274,11 @@ impl Norm {
             .zip(stats.par_chunks_mut(ROWS))
             .for_each(|((y, x), stats)| {
                 for ((y, x), stat) in y.chunks_mut(d).zip(x.chunks(d)).zip(stats) {
-                    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                    let mean = if self.rms {
+                        0.0
+                    } else {
+                        x.iter().map(|&v| v as f64).sum::<f64>() / d as f64
+                    };
                     let var = x
                         .iter()
                         .map(|&v| {
@@ -317,7 +348,11 @@ impl Norm {
                         sum_gx += (g[i] * xhat) as f64;
                     }
                     if need_dx {
-                        let a = (sum_g / d as f64) as f32;
+                        let a = if self.rms {
+                            0.0
+                        } else {
+                            (sum_g / d as f64) as f32
+                        };
                         let b = (sum_gx / d as f64) as f32;
                         let dx = &mut dx[r * d..][..d];
                         for i in 0..d {
@@ -341,8 +376,15 @@ mod tests {
 
     use crate::testing::{assert_close, on_threads};
 
-    /// Output and gradients (x, γ, β) of `sum(r * layer_norm(x))`, Kiln's or burn's.
-    fn run<B: AutodiffBackend>(rows: usize, d: usize, bias: bool, kiln: bool) -> Vec<Vec<f32>> {
+    /// Output and gradients (x, γ, β) of `sum(r * layer_norm(x))` (`rms`: of the RMSNorm),
+    /// Kiln's or burn's.
+    fn run<B: AutodiffBackend>(
+        rows: usize,
+        d: usize,
+        bias: bool,
+        rms: bool,
+        kiln: bool,
+    ) -> Vec<Vec<f32>> {
         let device = Default::default();
         let values = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
@@ -357,9 +399,17 @@ mod tests {
         let beta = bias.then(|| {
             Tensor::<B, 1>::from_data(TensorData::new(values(d, 2), [d]), &device).require_grad()
         });
-        let y = if kiln {
+        let y = if kiln && rms {
+            rms_norm(x.clone(), gamma.clone(), 1e-5).unwrap_or_else(|_| panic!("a CPU backend"))
+        } else if kiln {
             layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5)
                 .unwrap_or_else(|_| panic!("a CPU backend"))
+        } else if rms {
+            let mut norm = burn::nn::RmsNormConfig::new(d)
+                .with_epsilon(1e-5)
+                .init::<B>(&device);
+            norm.gamma = burn::module::Param::from_tensor(gamma.clone());
+            norm.forward(x.clone())
         } else {
             let mut ln = burn::nn::LayerNormConfig::new(d)
                 .with_epsilon(1e-5)
@@ -385,7 +435,7 @@ mod tests {
     }
 
     /// The same four results as [`run`] computed in f64 on the host from the formulas.
-    fn exact(rows: usize, d: usize, bias: bool) -> Vec<Vec<f32>> {
+    fn exact(rows: usize, d: usize, bias: bool, rms: bool) -> Vec<Vec<f32>> {
         let values = |n: usize, seed: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| (((i * 37 + seed * 11) % 101) as f64 / 25.0 - 2.0) * (1.0 + seed as f64))
@@ -401,12 +451,12 @@ mod tests {
         let (mut dgamma, mut dbeta) = (vec![0.0; d], vec![0.0; d]);
         for row in 0..rows {
             let (x, r) = (&x[row * d..][..d], &r[row * d..][..d]);
-            let mean = x.iter().sum::<f64>() / d as f64;
+            let mean = if rms { 0.0 } else { x.iter().sum::<f64>() / d as f64 };
             let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
             let inv = 1.0 / (var + 1e-5).sqrt();
             let xhat: Vec<f64> = x.iter().map(|v| (v - mean) * inv).collect();
             let dy: Vec<f64> = (0..d).map(|i| r[i] * gamma[i]).collect();
-            let m1 = dy.iter().sum::<f64>() / d as f64;
+            let m1 = if rms { 0.0 } else { dy.iter().sum::<f64>() / d as f64 };
             let m2 = (0..d).map(|i| dy[i] * xhat[i]).sum::<f64>() / d as f64;
             for i in 0..d {
                 y.push(xhat[i] * gamma[i] + if bias { beta[i] } else { 0.0 });
@@ -429,15 +479,21 @@ mod tests {
     /// EPYC burn-ndarray's x gradient was 1.6e-4 of the largest one away from exact (Kiln's:
     /// 1.5e-7), so burn is held to 5e-4 and the exact results to 2e-5.
     fn matches_burn<B: AutodiffBackend>() {
-        for (rows, d, bias) in [(1, 8, true), (70, 128, true), (33, 20, false)] {
-            let ours = run::<B>(rows, d, bias, true);
-            let theirs = run::<B>(rows, d, bias, false);
-            let want = exact(rows, d, bias);
+        for (rows, d, bias, rms) in [
+            (1, 8, true, false),
+            (70, 128, true, false),
+            (33, 20, false, false),
+            (1, 8, false, true),
+            (70, 128, false, true),
+        ] {
+            let ours = run::<B>(rows, d, bias, rms, true);
+            let theirs = run::<B>(rows, d, bias, rms, false);
+            let want = exact(rows, d, bias, rms);
             for (i, what) in ["output", "x grad", "gamma grad", "beta grad"]
                 .iter()
                 .enumerate()
             {
-                let what = format!("{what} ({rows}x{d}, bias {bias})");
+                let what = format!("{what} ({rows}x{d}, bias {bias}, rms {rms})");
                 assert_close(&format!("{what}, Kiln vs exact"), &ours[i], &want[i], 2e-5);
                 assert_close(&format!("{what}, Kiln vs burn"), &ours[i], &theirs[i], 5e-4);
             }
@@ -445,14 +501,14 @@ mod tests {
     }
 
     #[test]
-    fn layer_norm_matches_burns_in_output_and_gradients() {
+    fn layer_norm_and_rms_norm_match_burns_in_output_and_gradients() {
         matches_burn::<Autodiff<Flex>>();
         matches_burn::<Autodiff<NdArray>>();
     }
 
     #[test]
     fn layer_norm_gives_the_same_bits_on_one_thread_and_on_many() {
-        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(100, 24, true, true));
+        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(100, 24, true, false, true));
         assert_eq!(on(1), on(3));
     }
 

@@ -26,8 +26,10 @@ pub mod linear;
 pub mod op;
 pub mod pool;
 pub mod relu;
+pub mod rope;
 mod simd;
 pub mod softmax;
+pub mod swiglu;
 #[cfg(test)]
 mod testing;
 

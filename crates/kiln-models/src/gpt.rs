@@ -419,7 +419,7 @@ impl<B: Backend> Gpt<B> {
         let fused = compute_dtype(self.precision).is_none()
             && (self.dropout == 0.0 || !B::ad_enabled(&qkv.device()));
         let attended = if fused {
-            kiln_kernels::attention::causal_self_attention(qkv, heads)
+            kiln_kernels::attention::causal_self_attention(qkv, heads, heads)
         } else {
             Err(qkv)
         };
