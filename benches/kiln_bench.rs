@@ -21,8 +21,8 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use kiln_core::config::{OptimizerSection, Precision};
 use kiln_core::{dispatch, BackendKind, BackendTask};
 use kiln_models::{
-    Activation, CnnConfig, DataShape, GptConfig, Input, Labels, MlpConfig, Model, ModelConfig,
-    Pooling, ResNetConfig, TrainModel,
+    Activation, CnnConfig, DataShape, GptConfig, Input, Labels, MlpConfig, MlpKind, Model,
+    ModelConfig, NormKind, Pooling, PositionKind, ResNetConfig, TrainModel,
 };
 use kiln_train::optim::Optim;
 use kiln_train::scaler::LossScale;
@@ -74,6 +74,25 @@ fn main() -> Result<()> {
         tie_weights: num("--tie", "1")? == 1,
         vocab_size: None,
         gelu: None,
+        norm: None,
+        norm_epsilon: None,
+        position: None,
+        rope_theta: None,
+        mlp: None,
+        mlp_hidden: None,
+        n_kv_head: None,
+    };
+    // `--style llama`: RMSNorm, RoPE, SwiGLU and `--n-kv-head` key/value heads.
+    let gpt = match get("--style", "gpt2").as_str() {
+        "gpt2" => gpt,
+        "llama" => GptConfig {
+            norm: Some(NormKind::RmsNorm),
+            position: Some(PositionKind::Rope),
+            mlp: Some(MlpKind::SwiGlu),
+            n_kv_head: Some(num("--n-kv-head", &gpt.n_head.to_string())?),
+            ..gpt
+        },
+        other => bail!("--style {other}: choose gpt2 or llama"),
     };
     gpt.validate()?;
     let precision = match get("--precision", "f32").as_str() {

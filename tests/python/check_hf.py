@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks a Hugging Face GPT-2 folder exported by Kiln against Kiln's own outputs.
+"""Checks a Hugging Face GPT-2 or Llama folder exported by Kiln against Kiln's own outputs.
 
     check_hf.py HF_DIR EXPECTED.json [--atol 1e-4]
 
@@ -8,8 +8,8 @@ EXPECTED.json is what `kiln predict EXPORT PROMPT --logits` prints, one JSON obj
 `"completion": str`, Kiln's greedy (temperature 0) continuation of the prompt, and
 `"completion_tokens": [ids]`, the ids Kiln generated (else the completion's encoding).
 
-The check loads `AutoTokenizer` and `GPT2LMHeadModel` from HF_DIR (torch, float32, eval) and
-fails unless:
+The check loads `AutoTokenizer` and the model class that config.json's `architectures` names
+(`GPT2LMHeadModel` or `LlamaForCausalLM`) from HF_DIR (torch, float32, eval) and fails unless:
 - the model loads with no missing, unexpected or mismatched weights;
 - the tokenizer encodes the prompt to exactly `tokens` and decodes them back to the prompt;
 - transformers' logits of `tokens` equal Kiln's within `--atol` (max absolute difference);
@@ -35,7 +35,12 @@ class Mismatch(Exception):
 def load_model(hf_dir):
     """The model of `hf_dir`, float32 in eval mode, and the weight warnings of its loading."""
     import transformers
-    from transformers import GPT2LMHeadModel
+
+    with open(f"{hf_dir}/config.json", encoding="utf-8") as f:
+        architectures = json.load(f).get("architectures")
+    if architectures not in (["GPT2LMHeadModel"], ["LlamaForCausalLM"]):
+        raise Mismatch(f"config.json names architectures {architectures}, not GPT-2's or Llama's")
+    model_class = getattr(transformers, architectures[0])
 
     # Collect what transformers logs while loading: weight warnings go through its logger.
     records = []
@@ -48,7 +53,7 @@ def load_model(hf_dir):
     logger = transformers.logging.get_logger("transformers")
     logger.addHandler(handler)
     try:
-        model, info = GPT2LMHeadModel.from_pretrained(hf_dir, output_loading_info=True)
+        model, info = model_class.from_pretrained(hf_dir, output_loading_info=True)
     finally:
         logger.removeHandler(handler)
     model = model.float().eval()
@@ -95,7 +100,7 @@ def greedy(model, tokens, n):
     """`n` greedy tokens after `tokens`, as Kiln generates them; and how they were made."""
     import torch
 
-    context = model.config.n_positions
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     if len(tokens) + n <= context:
         ids = torch.tensor([tokens], dtype=torch.long)
         with torch.no_grad():

@@ -33,6 +33,10 @@ pub struct SamplingArgs {
     /// Seed of the sampling: the same seed generates the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Recompute the whole context for every token instead of keeping its keys and values
+    /// (slower; the same tokens).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 impl SamplingArgs {
@@ -44,6 +48,7 @@ impl SamplingArgs {
             temperature: self.temperature,
             top_k: self.top_k,
             seed: self.seed,
+            cache: !self.no_cache,
         }
     }
 }

@@ -449,10 +449,10 @@ pub fn prompt_logits<B: Backend>(
         "the prompt is empty; logits need at least one token"
     );
     ensure!(
-        ids.len() <= gpt.block_size,
+        ids.len() <= gpt.shape.block_size,
         "the prompt has {} tokens, the model's context is {} (block_size)",
         ids.len(),
-        gpt.block_size
+        gpt.shape.block_size
     );
     let t = ids.len();
     let x: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
@@ -463,7 +463,7 @@ pub fn prompt_logits<B: Backend>(
         .convert::<f32>()
         .to_vec()
         .map_err(data_err)?;
-    let rows: Vec<&[f32]> = logits.chunks_exact(gpt.vocab_size).collect();
+    let rows: Vec<&[f32]> = logits.chunks_exact(gpt.shape.vocab_size).collect();
     writeln!(
         out,
         "{}",

@@ -1,5 +1,11 @@
 //! Text generation from a trained GPT: autoregressive sampling with temperature and top-k,
 //! streaming each token as soon as it is drawn.
+//!
+//! With the key/value cache (the default) the prompt runs once and each later step runs the
+//! model on the newest token alone ([`kiln_models::KvCache`]). Once the text outgrows the
+//! model's context, each step runs on the last `block_size` tokens (what the model saw in
+//! training), cached or not. Without the cache every step runs the whole window: slower, and
+//! kept to check the cache against (`kiln generate --no-cache`).
 
 use std::io::Write;
 use std::path::Path;
@@ -29,6 +35,8 @@ pub struct Sampling {
     pub top_k: Option<usize>,
     /// Seed of the sampling: the same seed draws the same text.
     pub seed: u64,
+    /// Keep the keys and values of earlier tokens instead of recomputing them each step.
+    pub cache: bool,
 }
 
 /// What a generation drew.
@@ -101,21 +109,43 @@ pub fn generate_with<B: Backend>(
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut generated: Vec<u32> = Vec::new();
     let mut text = String::new();
+    let block_size = gpt.shape.block_size;
+    let mut cache = sampling.cache.then(|| gpt.cache());
+    // Tokens of the context that the cache does not hold yet.
+    let mut pending = context.clone();
     for _ in 0..sampling.max_tokens {
-        let window = &context[context.len().saturating_sub(gpt.block_size)..];
-        let t = window.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(window.to_vec(), [1, t]), device);
-        let logits = gpt
-            .forward(ids)
-            .slice([0..1, t - 1..t])
-            .reshape([gpt.vocab_size]);
+        let ids = |tokens: &[i64]| {
+            Tensor::<B, 2, Int>::from_data(
+                TensorData::new(tokens.to_vec(), [1, tokens.len()]),
+                device,
+            )
+        };
+        let logits = match &mut cache {
+            Some(cache) => {
+                if cache.len() + pending.len() > block_size {
+                    cache.clear();
+                    pending = context[context.len().saturating_sub(block_size)..].to_vec();
+                }
+                let t = pending.len();
+                let logits = gpt.forward_cached(ids(&pending), cache);
+                pending.clear();
+                logits.slice([0..1, t - 1..t])
+            }
+            None => {
+                let window = &context[context.len().saturating_sub(block_size)..];
+                let t = window.len();
+                gpt.forward(ids(window)).slice([0..1, t - 1..t])
+            }
+        };
         let logits: Vec<f32> = logits
+            .reshape([gpt.shape.vocab_size])
             .into_data()
             .to_vec()
             .map_err(|e| anyhow::anyhow!("cannot read logits: {e:?}"))?;
         // Padded vocabulary entries (model.vocab_size larger than the tokenizer's) never appear.
         let next = sample(&logits[..usable], sampling, &mut rng);
         context.push(next as i64);
+        pending.push(next as i64);
         generated.push(next as u32);
         // A subword token may end inside a character (byte-level BPE): print what the tokens so
         // far decode to beyond what is already out, once it is whole.
@@ -195,6 +225,7 @@ mod tests {
             temperature,
             top_k,
             seed: 1,
+            cache: true,
         }
     }
 

@@ -136,7 +136,11 @@ impl Attn {
                 let (b, h) = (task / self.heads, task % self.heads);
                 let row = qkv[b * t * w..].as_ptr();
                 let (q, k, v) = self.columns(h);
-                let (q, k, v) = (row.wrapping_add(q), row.wrapping_add(k), row.wrapping_add(v));
+                let (q, k, v) = (
+                    row.wrapping_add(q),
+                    row.wrapping_add(k),
+                    row.wrapping_add(v),
+                );
                 // SAFETY: the views stay inside `qkv`, `scores`, `p` and this task's
                 // columns of `y`, which no other task writes.
                 unsafe {
@@ -173,64 +177,70 @@ impl Attn {
         let mut dqkv = zeros(qkv.len());
         let grad = Shared(dqkv.as_mut_ptr());
         let rows = self.rows();
-        (0..self.batch * self.kv_heads).into_par_iter().for_each_init(
-            || vec![0.0f32; t * t],
-            |d_scores, task| {
-                let (b, kv) = (task / self.kv_heads, task % self.kv_heads);
-                for h in kv * group..(kv + 1) * group {
-                    let (q, k, v) = self.columns(h);
-                    let row = qkv[b * t * w..].as_ptr();
-                    let (q_at, k_at, v_at) = (q, k, v);
-                    let (q, k, v) = (row.wrapping_add(q), row.wrapping_add(k), row.wrapping_add(v));
-                    let p = &weights[(b * self.heads + h) * t * t..][..t * t];
-                    let d_out = dy[b * t * d + h * dh..].as_ptr();
-                    let accumulate = h > kv * group;
-                    // SAFETY: the views stay inside the buffers; this task writes only the
-                    // columns of its key/value head and of its query heads in `dqkv`, and its
-                    // own `d_scores`.
-                    unsafe {
-                        let d_row = grad.ptr().add(b * t * w);
-                        let (dq, dk, dv) = (d_row.add(q_at), d_row.add(k_at), d_row.add(v_at));
-                        // dV += Pᵀ dO; dP = dO Vᵀ.
-                        product(
-                            (t, dh, t),
-                            (dv, w, 1),
-                            (p.as_ptr(), 1, t),
-                            (d_out, d, 1),
-                            1.0,
-                            accumulate,
+        (0..self.batch * self.kv_heads)
+            .into_par_iter()
+            .for_each_init(
+                || vec![0.0f32; t * t],
+                |d_scores, task| {
+                    let (b, kv) = (task / self.kv_heads, task % self.kv_heads);
+                    for h in kv * group..(kv + 1) * group {
+                        let (q, k, v) = self.columns(h);
+                        let row = qkv[b * t * w..].as_ptr();
+                        let (q_at, k_at, v_at) = (q, k, v);
+                        let (q, k, v) = (
+                            row.wrapping_add(q),
+                            row.wrapping_add(k),
+                            row.wrapping_add(v),
                         );
-                        product(
-                            (t, t, dh),
-                            (d_scores.as_mut_ptr(), t, 1),
-                            (d_out, d, 1),
-                            (v, 1, w),
-                            1.0,
-                            false,
-                        );
-                        // dS = scale * P (dP - rowsum(dP P)), in place.
-                        rows.backward(0, p, d_scores);
-                        // dQ = dS K; dK += dSᵀ Q.
-                        product(
-                            (t, dh, t),
-                            (dq, w, 1),
-                            (d_scores.as_ptr(), t, 1),
-                            (k, w, 1),
-                            1.0,
-                            false,
-                        );
-                        product(
-                            (t, dh, t),
-                            (dk, w, 1),
-                            (d_scores.as_ptr(), 1, t),
-                            (q, w, 1),
-                            1.0,
-                            accumulate,
-                        );
+                        let p = &weights[(b * self.heads + h) * t * t..][..t * t];
+                        let d_out = dy[b * t * d + h * dh..].as_ptr();
+                        let accumulate = h > kv * group;
+                        // SAFETY: the views stay inside the buffers; this task writes only the
+                        // columns of its key/value head and of its query heads in `dqkv`, and its
+                        // own `d_scores`.
+                        unsafe {
+                            let d_row = grad.ptr().add(b * t * w);
+                            let (dq, dk, dv) = (d_row.add(q_at), d_row.add(k_at), d_row.add(v_at));
+                            // dV += Pᵀ dO; dP = dO Vᵀ.
+                            product(
+                                (t, dh, t),
+                                (dv, w, 1),
+                                (p.as_ptr(), 1, t),
+                                (d_out, d, 1),
+                                1.0,
+                                accumulate,
+                            );
+                            product(
+                                (t, t, dh),
+                                (d_scores.as_mut_ptr(), t, 1),
+                                (d_out, d, 1),
+                                (v, 1, w),
+                                1.0,
+                                false,
+                            );
+                            // dS = scale * P (dP - rowsum(dP P)), in place.
+                            rows.backward(0, p, d_scores);
+                            // dQ = dS K; dK += dSᵀ Q.
+                            product(
+                                (t, dh, t),
+                                (dq, w, 1),
+                                (d_scores.as_ptr(), t, 1),
+                                (k, w, 1),
+                                1.0,
+                                false,
+                            );
+                            product(
+                                (t, dh, t),
+                                (dk, w, 1),
+                                (d_scores.as_ptr(), 1, t),
+                                (q, w, 1),
+                                1.0,
+                                accumulate,
+                            );
+                        }
                     }
-                }
-            },
-        );
+                },
+            );
         dqkv
     }
 }

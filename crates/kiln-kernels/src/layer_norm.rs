@@ -451,12 +451,20 @@ mod tests {
         let (mut dgamma, mut dbeta) = (vec![0.0; d], vec![0.0; d]);
         for row in 0..rows {
             let (x, r) = (&x[row * d..][..d], &r[row * d..][..d]);
-            let mean = if rms { 0.0 } else { x.iter().sum::<f64>() / d as f64 };
+            let mean = if rms {
+                0.0
+            } else {
+                x.iter().sum::<f64>() / d as f64
+            };
             let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
             let inv = 1.0 / (var + 1e-5).sqrt();
             let xhat: Vec<f64> = x.iter().map(|v| (v - mean) * inv).collect();
             let dy: Vec<f64> = (0..d).map(|i| r[i] * gamma[i]).collect();
-            let m1 = if rms { 0.0 } else { dy.iter().sum::<f64>() / d as f64 };
+            let m1 = if rms {
+                0.0
+            } else {
+                dy.iter().sum::<f64>() / d as f64
+            };
             let m2 = (0..d).map(|i| dy[i] * xhat[i]).sum::<f64>() / d as f64;
             for i in 0..d {
                 y.push(xhat[i] * gamma[i] + if bias { beta[i] } else { 0.0 });
@@ -508,7 +516,11 @@ mod tests {
 
     #[test]
     fn layer_norm_gives_the_same_bits_on_one_thread_and_on_many() {
-        let on = |threads| on_threads(threads, || run::<Autodiff<Flex>>(100, 24, true, false, true));
+        let on = |threads| {
+            on_threads(threads, || {
+                run::<Autodiff<Flex>>(100, 24, true, false, true)
+            })
+        };
         assert_eq!(on(1), on(3));
     }
 

@@ -270,7 +270,10 @@ mod tests {
             theta: 1.0,
         };
         let x = Tensor::<Flex, 3>::from_data(
-            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0, 9.0, 1.0, 0.0, 0.0, 1.0, 9.0], [1, 2, 5]),
+            TensorData::new(
+                vec![1.0f32, 0.0, 0.0, 1.0, 9.0, 1.0, 0.0, 0.0, 1.0, 9.0],
+                [1, 2, 5],
+            ),
             &Default::default(),
         );
         let y: Vec<f32> = rope.apply(x).into_data().to_vec().unwrap();

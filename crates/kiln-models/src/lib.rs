@@ -31,7 +31,7 @@ use kiln_core::config::Precision;
 pub use batch::{HostBatch, HostInput, Labels};
 pub use cnn::{Cnn, CnnConfig, Pooling};
 pub use config::ModelConfig;
-pub use gpt::{GeluForm, Gpt, GptConfig, GptShape};
+pub use gpt::{GeluForm, Gpt, GptConfig, GptShape, KvCache, MlpKind, NormKind, PositionKind};
 pub use init::HostInit;
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use plan::Step;

@@ -85,7 +85,12 @@ pub fn is_resumable_key(key: &str) -> bool {
 }
 
 /// Keys added after configs were first hashed, with the value their absence stands for.
-const IMPLICIT_DEFAULTS: &[(&str, &str)] = &[("model.gelu", "exact")];
+const IMPLICIT_DEFAULTS: &[(&str, &str)] = &[
+    ("model.gelu", "exact"),
+    ("model.norm", "layernorm"),
+    ("model.position", "learned"),
+    ("model.mlp", "gelu"),
+];
 
 fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
     let mut parts = dotted.split('.');

@@ -161,6 +161,15 @@ fn model_gelu_hashes_like_its_absence_when_exact() {
     let tanh = with(&["model.gelu=\"tanh\""]);
     assert_eq!(unset.maths_hash(), exact.maths_hash());
     assert_ne!(unset.maths_hash(), tanh.maths_hash());
+    // The Llama-style keys (issue 19) likewise, at their GPT-2 values.
+    for (gpt2, llama) in [
+        ("model.norm=\"layernorm\"", "model.norm=\"rmsnorm\""),
+        ("model.position=\"learned\"", "model.position=\"rope\""),
+        ("model.mlp=\"gelu\"", "model.mlp=\"swiglu\""),
+    ] {
+        assert_eq!(unset.maths_hash(), with(&[gpt2]).maths_hash(), "{gpt2}");
+        assert_ne!(unset.maths_hash(), with(&[llama]).maths_hash(), "{llama}");
+    }
 }
 
 #[test]

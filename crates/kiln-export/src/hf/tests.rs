@@ -11,6 +11,7 @@ fn shape(bias: bool, tie_weights: bool) -> Gpt2Shape {
         bias,
         tie_weights,
         gelu: GeluForm::Exact,
+        layer_norm_epsilon: 1e-5,
     }
 }
 

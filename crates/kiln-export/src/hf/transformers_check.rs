@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
 use kiln_core::config::Precision;
-use kiln_models::{Gpt, GptShape, HostInit};
+use kiln_models::{Gpt, GptShape, HostInit, MlpKind, NormKind, PositionKind};
 
 use super::*;
 
@@ -42,7 +42,9 @@ fn logits(model: &Gpt<B>, ids: &[i64]) -> Vec<Vec<f32>> {
     let input =
         Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, t]), &Default::default());
     let flat: Vec<f32> = model.forward(input).into_data().to_vec().expect("f32");
-    flat.chunks(model.vocab_size).map(<[f32]>::to_vec).collect()
+    flat.chunks(model.shape.vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 /// Kiln's greedy generation (`kiln generate --temperature 0`): the last `block_size` tokens
@@ -50,7 +52,7 @@ fn logits(model: &Gpt<B>, ids: &[i64]) -> Vec<Vec<f32>> {
 fn greedy(model: &Gpt<B>, prompt: &[i64], n: usize, usable: usize) -> Vec<i64> {
     let mut ids = prompt.to_vec();
     for _ in 0..n {
-        let window = &ids[ids.len().saturating_sub(model.block_size)..];
+        let window = &ids[ids.len().saturating_sub(model.shape.block_size)..];
         let last = logits(model, window).pop().expect("a position");
         let next = last[..usable]
             .iter()
@@ -115,14 +117,11 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
     ];
     for (i, (name, bias, tie, pad, block, new, gelu)) in cases.into_iter().enumerate() {
         let shape = GptShape {
-            vocab_size: vocab.len() + pad,
-            n_layer: 2,
-            n_head: 4,
-            n_embd: 16,
             block_size: block,
             bias,
             tie_weights: tie,
             gelu,
+            ..GptShape::gpt2(vocab.len() + pad, 2, 4, 16)
         };
         let device = Default::default();
         let model = Gpt::<B>::new(
@@ -136,7 +135,7 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
         // The other GELU form moves the logits well past check_hf.py's tolerance (1e-4):
         // transformers must apply the one the config names.
         let mut other = model.clone();
-        other.gelu = match gelu {
+        other.shape.gelu = match gelu {
             GeluForm::Exact => GeluForm::Tanh,
             GeluForm::Tanh => GeluForm::Exact,
         };
@@ -160,6 +159,7 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
             bias,
             tie_weights: tie,
             gelu,
+            layer_norm_epsilon: 1e-5,
         };
         write_gpt2(
             &dir.join("hf"),
@@ -168,31 +168,110 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
             &super::tests::char_tokenizer(&vocab),
         )
         .unwrap();
-        let completion: String = greedy(&model, &ids, new, vocab.len())
-            .into_iter()
-            .map(|id| vocab[id as usize])
-            .collect();
-        let expected = json!({
-            "prompt": prompt,
-            "tokens": ids,
-            "logits": logits(&model, &ids),
-            "completion": completion,
-        });
-        write_json(&dir.join("expected.json"), &expected).unwrap();
+        check(
+            &python, &script, &dir, name, &model, &vocab, prompt, &ids, new,
+        );
+    }
+}
 
-        let run = Command::new(&python)
-            .arg(&script)
-            .arg(dir.join("hf"))
-            .arg(dir.join("expected.json"))
-            .args(["--atol", "1e-4"])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        println!("{name}: {}", stdout.trim());
-        assert!(
-            run.status.success(),
-            "{name}: check_hf.py failed: {stdout}{}",
-            String::from_utf8_lossy(&run.stderr)
+/// Writes Kiln's logits and greedy continuation of `ids` by `model` next to the Hugging Face
+/// folder `dir/hf` and runs check_hf.py on them.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    python: &Path,
+    script: &Path,
+    dir: &Path,
+    name: &str,
+    model: &Gpt<B>,
+    vocab: &[char],
+    prompt: &str,
+    ids: &[i64],
+    new: usize,
+) {
+    let completion: String = greedy(model, ids, new, vocab.len())
+        .into_iter()
+        .map(|id| vocab[id as usize])
+        .collect();
+    let expected = json!({
+        "prompt": prompt,
+        "tokens": ids,
+        "logits": logits(model, ids),
+        "completion": completion,
+    });
+    write_json(&dir.join("expected.json"), &expected).unwrap();
+
+    let run = Command::new(python)
+        .arg(script)
+        .arg(dir.join("hf"))
+        .arg(dir.join("expected.json"))
+        .args(["--atol", "1e-4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{name}: {}", stdout.trim());
+    assert!(
+        run.status.success(),
+        "{name}: check_hf.py failed: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// Llama-style GPTs (RMSNorm, RoPE, SwiGLU; grouped-query or multi-head attention; with and
+/// without biases, tied and untied heads, two RoPE bases) as `LlamaForCausalLM`.
+#[test]
+fn transformers_llama_gives_kilns_logits_and_generation() {
+    let Some((python, script)) = python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::env::var_os("KILN_HF_CHECK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let vocab: Vec<char> = "\n !abcdefgh".chars().collect();
+    let prompt = "a bad cafe\nhe";
+    let ids: Vec<i64> = prompt
+        .chars()
+        .map(|c| vocab.iter().position(|&v| v == c).unwrap() as i64)
+        .collect();
+    // (name, bias, tie, key/value heads, RoPE base, block size, new tokens): the last case
+    // generates past the context.
+    let cases = [
+        ("llama_gqa_untied", false, false, 2, 10_000.0, 24, 8),
+        ("llama_mqa_tied_theta", false, true, 1, 500_000.0, 24, 8),
+        ("llama_mha_bias_cropped", true, false, 4, 10_000.0, 16, 8),
+    ];
+    for (i, (name, bias, tie, kv, theta, block, new)) in cases.into_iter().enumerate() {
+        let shape = GptShape {
+            block_size: block,
+            bias,
+            tie_weights: tie,
+            norm: NormKind::RmsNorm,
+            norm_epsilon: 1e-6,
+            position: PositionKind::Rope,
+            rope_theta: theta,
+            mlp: MlpKind::SwiGlu,
+            mlp_hidden: 24,
+            n_kv_head: kv,
+            ..GptShape::gpt2(vocab.len(), 2, 4, 16)
+        };
+        let model = Gpt::<B>::new(
+            shape,
+            0.0,
+            Precision::F32,
+            &mut HostInit::new(i as u64),
+            &Default::default(),
+        )
+        .map(&mut Perturb(HostInit::new(200 + i as u64)));
+        let dir = out.join(name);
+        write_llama(
+            &dir.join("hf"),
+            &shape,
+            &kiln_tensors(&model),
+            &super::tests::char_tokenizer(&vocab),
+        )
+        .unwrap();
+        check(
+            &python, &script, &dir, name, &model, &vocab, prompt, &ids, new,
         );
     }
 }

@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -55,11 +56,8 @@ pub const HF_GENERATION_CONFIG_FILE: &str = "generation_config.json";
 /// The WordLevel model's unknown token: more than one character, so no vocabulary entry.
 const UNK_TOKEN: &str = "<unk>";
 
-/// GPT's LayerNorm epsilon (Kiln's and GPT-2's).
-const LAYER_NORM_EPSILON: f64 = 1e-5;
-
 /// The shape of a Kiln GPT, as the Hugging Face config needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gpt2Shape {
     /// Rows of `wte` (the tokenizer's size, or more when the model pads it).
     pub vocab_size: usize,
@@ -77,6 +75,8 @@ pub struct Gpt2Shape {
     pub tie_weights: bool,
     /// The MLP's GELU.
     pub gelu: GeluForm,
+    /// The LayerNorms' epsilon (`model.norm_epsilon`; GPT-2's is 1e-5).
+    pub layer_norm_epsilon: f64,
 }
 
 /// Writes a Hugging Face GPT-2 folder to `dir` (created if needed): `config.json`,
@@ -92,11 +92,22 @@ pub fn write_gpt2(
     tokenizer: &Tokenizer,
 ) -> Result<()> {
     check_shape(shape)?;
-    check_vocab(shape, tokenizer)?;
+    check_vocab(shape.vocab_size, tokenizer)?;
     let tensors = gpt2_tensors(shape, weights)?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_safetensors(&dir.join(HF_WEIGHTS_FILE), &tensors)?;
     write_json(&dir.join(HF_CONFIG_FILE), &config_json(shape))?;
+    write_tokenizer_files(dir, tokenizer, shape.n_positions, shape.vocab_size)
+}
+
+/// `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` and
+/// `generation_config.json` of a model of `vocab_size` rows and `n_positions` of context.
+fn write_tokenizer_files(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    n_positions: usize,
+    vocab_size: usize,
+) -> Result<()> {
     let tokenizer_json = match tokenizer {
         Tokenizer::Char(chars) => char_tokenizer_json(chars.chars()),
         Tokenizer::Subword(subword) => subword.to_json(),
@@ -104,14 +115,13 @@ pub fn write_gpt2(
     write_json(&dir.join(HF_TOKENIZER_FILE), &tokenizer_json)?;
     write_json(
         &dir.join(HF_TOKENIZER_CONFIG_FILE),
-        &tokenizer_config_json(shape),
+        &tokenizer_config_json(n_positions),
     )?;
     write_json(&dir.join(HF_SPECIAL_TOKENS_FILE), &json!({}))?;
     write_json(
         &dir.join(HF_GENERATION_CONFIG_FILE),
-        &generation_config_json(shape, tokenizer.vocab_size()),
-    )?;
-    Ok(())
+        &generation_config_json(vocab_size, tokenizer.vocab_size()),
+    )
 }
 
 fn check_shape(s: &Gpt2Shape) -> Result<()> {
@@ -135,27 +145,52 @@ fn check_shape(s: &Gpt2Shape) -> Result<()> {
 
 /// A tokenizer is never empty and a character one has no repeated character (both checked when
 /// it is built); what is left is that the model has a row for every token.
-fn check_vocab(shape: &Gpt2Shape, tokenizer: &Tokenizer) -> Result<()> {
+fn check_vocab(vocab_size: usize, tokenizer: &Tokenizer) -> Result<()> {
     ensure!(
-        tokenizer.vocab_size() <= shape.vocab_size,
+        tokenizer.vocab_size() <= vocab_size,
         "the tokenizer has {} tokens but the model only {} vocabulary rows",
         tokenizer.vocab_size(),
-        shape.vocab_size
+        vocab_size
     );
     Ok(())
 }
 
-/// Where a GPT-2 tensor's values come from.
+/// Where a Hugging Face tensor's values come from.
 enum Source {
     /// Kiln's tensor of this name, as it is.
     Copy(String),
     /// Kiln's 2-D tensor of this name, transposed.
     Transpose(String),
+    /// Columns `cols` of Kiln's linear weight `[d_in, d_out]` of this name, transposed to
+    /// `[cols.len(), d_in]` (a PyTorch `nn.Linear` weight cut from Kiln's fused projection).
+    Columns {
+        kiln: String,
+        d_out: usize,
+        cols: Range<usize>,
+    },
+    /// Elements `range` of Kiln's 1-D tensor of this name, of `len` elements (a bias cut from a
+    /// fused projection's).
+    Slice {
+        kiln: String,
+        len: usize,
+        range: Range<usize>,
+    },
     /// Zeros (a bias Kiln's model does not have).
     Zeros,
 }
 
-/// One tensor of the GPT-2 checkpoint: its name, shape and source.
+impl Source {
+    /// The Kiln tensor it reads, if any.
+    fn kiln(&self) -> Option<&str> {
+        match self {
+            Source::Copy(k) | Source::Transpose(k) => Some(k),
+            Source::Columns { kiln, .. } | Source::Slice { kiln, .. } => Some(kiln),
+            Source::Zeros => None,
+        }
+    }
+}
+
+/// One tensor of the Hugging Face checkpoint: its name, shape and source.
 struct Spec {
     name: String,
     shape: Vec<usize>,
@@ -242,7 +277,7 @@ fn specs(s: &Gpt2Shape) -> Vec<Spec> {
     out
 }
 
-/// A tensor of the GPT-2 checkpoint: name, shape, little-endian f32 bytes.
+/// A tensor of the Hugging Face checkpoint: name, shape, little-endian f32 bytes.
 type HfTensor = (String, Vec<usize>, Vec<u8>);
 
 /// Maps Kiln's tensors to GPT-2's, checking that each expected one is there with its shape and
@@ -251,9 +286,24 @@ fn gpt2_tensors(
     s: &Gpt2Shape,
     weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> Result<Vec<HfTensor>> {
+    hf_tensors(specs(s), weights, || {
+        format!(
+            "a GPT with bias = {}, tie_weights = {}, n_layer = {}: GPT-2",
+            s.bias, s.tie_weights, s.n_layer
+        )
+    })
+}
+
+/// The tensors of `specs` from Kiln's `weights`, checking that each source is there with its
+/// shape and that none is left over (`model` describes the target in that message).
+fn hf_tensors(
+    specs: Vec<Spec>,
+    weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    model: impl Fn() -> String,
+) -> Result<Vec<HfTensor>> {
     let mut used = BTreeSet::new();
     let mut out = Vec::new();
-    for spec in specs(s) {
+    for spec in specs {
         let values = match &spec.source {
             Source::Zeros => vec![0.0; spec.shape.iter().product()],
             Source::Copy(kiln) => kiln_tensor(weights, kiln, &spec.shape, &spec.name)?.to_vec(),
@@ -262,9 +312,21 @@ fn gpt2_tensors(
                 let t = kiln_tensor(weights, kiln, &[cols, rows], &spec.name)?;
                 transpose(t, cols, rows)
             }
+            Source::Columns { kiln, d_out, cols } => {
+                let d_in = spec.shape[1];
+                let t = kiln_tensor(weights, kiln, &[d_in, *d_out], &spec.name)?;
+                let mut values = Vec::with_capacity(cols.len() * d_in);
+                for c in cols.clone() {
+                    values.extend((0..d_in).map(|r| t[r * d_out + c]));
+                }
+                values
+            }
+            Source::Slice { kiln, len, range } => {
+                kiln_tensor(weights, kiln, &[*len], &spec.name)?[range.clone()].to_vec()
+            }
         };
-        if let Source::Copy(kiln) | Source::Transpose(kiln) = spec.source {
-            used.insert(kiln);
+        if let Some(kiln) = spec.source.kiln() {
+            used.insert(kiln.to_string());
         }
         let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         out.push((spec.name, spec.shape, bytes));
@@ -276,11 +338,9 @@ fn gpt2_tensors(
         .collect();
     if !left.is_empty() {
         bail!(
-            "unexpected tensor(s) {} in the weights of a GPT with bias = {}, tie_weights = {}, n_layer = {}: GPT-2 has no place for them",
+            "unexpected tensor(s) {} in the weights of {} has no place for them",
             left.join(", "),
-            s.bias,
-            s.tie_weights,
-            s.n_layer
+            model()
         );
     }
     Ok(out)
@@ -358,7 +418,7 @@ fn config_json(s: &Gpt2Shape) -> Value {
             GeluForm::Exact => "gelu",
             GeluForm::Tanh => "gelu_new",
         },
-        "layer_norm_epsilon": LAYER_NORM_EPSILON,
+        "layer_norm_epsilon": s.layer_norm_epsilon,
         "initializer_range": 0.02,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
@@ -404,10 +464,10 @@ fn char_tokenizer_json(vocab: &[char]) -> Value {
 
 /// `tokenizer_config.json`: the fast tokenizer of `tokenizer.json`, no special tokens, no
 /// cleanup of spaces when decoding.
-fn tokenizer_config_json(s: &Gpt2Shape) -> Value {
+fn tokenizer_config_json(n_positions: usize) -> Value {
     json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": s.n_positions,
+        "model_max_length": n_positions,
         "clean_up_tokenization_spaces": false,
         "added_tokens_decoder": {},
         "model_input_names": ["input_ids", "attention_mask"],
@@ -416,21 +476,24 @@ fn tokenizer_config_json(s: &Gpt2Shape) -> Value {
 
 /// `generation_config.json`: no special tokens (GPT-2's defaults name token 50256), and the
 /// padded vocabulary rows `tokenizer_size..vocab_size` suppressed, as Kiln's sampler skips them.
-fn generation_config_json(s: &Gpt2Shape, tokenizer_size: usize) -> Value {
+fn generation_config_json(vocab_size: usize, tokenizer_size: usize) -> Value {
     let mut config = json!({
         "bos_token_id": null,
         "eos_token_id": null,
         "pad_token_id": null,
     });
-    if tokenizer_size < s.vocab_size {
-        let padded: Vec<usize> = (tokenizer_size..s.vocab_size).collect();
+    if tokenizer_size < vocab_size {
+        let padded: Vec<usize> = (tokenizer_size..vocab_size).collect();
         config["suppress_tokens"] = json!(padded);
     }
     config
 }
 
+mod llama;
 #[cfg(test)]
 mod tests;
+
+pub use llama::{is_llama, write_llama};
 
 /// The end-to-end check against transformers: tiny Kiln GPTs exported, then
 /// `tests/python/check_hf.py` compares transformers' logits, tokens and greedy generation with
