@@ -45,7 +45,8 @@ impl OnDevice for Generate {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let r = &self.run;
-        kiln_infer::generate::<B>(
+        let start = std::time::Instant::now();
+        let generation = kiln_infer::generate::<B>(
             &r.config,
             &r.run_dir,
             &r.weights,
@@ -53,6 +54,13 @@ impl OnDevice for Generate {
             &device,
             &mut out,
         )?;
+        let secs = start.elapsed().as_secs_f64();
+        tracing::info!(
+            "generated {} tokens in {secs:.2} s ({:.1} tokens/s, key/value cache {}; model loading included)",
+            generation.tokens.len(),
+            generation.tokens.len() as f64 / secs.max(1e-9),
+            if self.sampling.cache { "on" } else { "off" }
+        );
         Ok(())
     }
 }
