@@ -81,6 +81,7 @@ fn main() -> Result<()> {
         mlp: None,
         mlp_hidden: None,
         n_kv_head: None,
+        init_from: None,
     };
     // `--style llama`: RMSNorm, RoPE, SwiGLU and `--n-kv-head` key/value heads.
     let gpt = match get("--style", "gpt2").as_str() {

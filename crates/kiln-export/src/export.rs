@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 use crate::calibrate::{calibrate, Calibration};
 use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest, Scheme};
 use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
-use crate::hf::{is_llama, write_gpt2, write_llama, Gpt2Shape};
 use crate::model::{build_model, HostWeights};
 use crate::onnx::{classifier_to_onnx, ClassifierNet, Layer};
 use crate::source::Source;
+use kiln_hf::{is_llama, write_gpt2, write_llama, Gpt2Shape};
 
 mod manifest;
 pub(crate) use manifest::quantization_spec;

@@ -1,5 +1,5 @@
 //! Exports of trained Kiln models for serving: the Kiln format (float32, int8 or int4 weights
-//! plus a manifest; `kiln predict` runs it), ONNX for classifiers and Hugging Face GPT-2 folders;
+//! plus a manifest; `kiln predict` runs it), ONNX for classifiers and Hugging Face GPT-2 and Llama folders ([`kiln_hf`]);
 //! and a program's own model in the Kiln format ([`export_module`], [`load_module`]).
 //!
 //! Quantization happens on the host, so it is the same on every backend; Kiln runs a quantized
@@ -10,7 +10,6 @@
 pub mod calibrate;
 pub mod export;
 pub mod format;
-pub mod hf;
 pub mod model;
 pub mod module;
 pub mod onnx;

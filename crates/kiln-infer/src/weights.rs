@@ -13,11 +13,21 @@ pub fn load<B: Backend, M: Module<B>>(model: M, path: &Path) -> Result<M> {
         bail!("weights file {} does not exist", path.display());
     }
     let store = SafetensorsStore::from_file(path).skip_enum_variants(true);
-    load_from(model, store, &path.display().to_string())
+    load_from(model, store, &path.display().to_string()).map(Module::no_grad)
 }
 
 /// Loads parameters from safetensors bytes in memory (`origin` names them in messages).
 pub fn load_bytes<B: Backend, M: Module<B>>(model: M, bytes: Vec<u8>, origin: &str) -> Result<M> {
+    let store = SafetensorsStore::from_bytes(Some(bytes)).skip_enum_variants(true);
+    load_from(model, store, origin).map(Module::no_grad)
+}
+
+/// [`load_bytes`] into a model that is then trained: its parameters keep requiring gradients.
+pub fn load_bytes_trainable<B: Backend, M: Module<B>>(
+    model: M,
+    bytes: Vec<u8>,
+    origin: &str,
+) -> Result<M> {
     let store = SafetensorsStore::from_bytes(Some(bytes)).skip_enum_variants(true);
     load_from(model, store, origin)
 }
@@ -49,5 +59,5 @@ fn load_from<B: Backend, M: Module<B>>(
             problems.join("; ")
         );
     }
-    Ok(model.no_grad())
+    Ok(model)
 }

@@ -446,7 +446,7 @@ vocab_size = 16"#,
             ("kind = \"mlp\"", MlpConfig::KEYS),
             ("kind = \"cnn\"\nchannels = [1]", CnnConfig::KEYS),
             (
-                "kind = \"gpt\"\nvocab_size = 9\ngelu = \"tanh\"\nnorm = \"rmsnorm\"\nnorm_epsilon = 1e-6\nposition = \"rope\"\nrope_theta = 1e4\nmlp = \"gelu\"\nmlp_hidden = 64\nn_kv_head = 2",
+                "kind = \"gpt\"\nvocab_size = 9\ngelu = \"tanh\"\nnorm = \"rmsnorm\"\nnorm_epsilon = 1e-6\nposition = \"rope\"\nrope_theta = 1e4\nmlp = \"gelu\"\nmlp_hidden = 64\nn_kv_head = 2\ninit_from = \"x\"",
                 GptConfig::KEYS,
             ),
         ] {

@@ -14,7 +14,7 @@ use burn::module::AutodiffModule;
 use kiln_models::TrainModel;
 
 use crate::data::{RunData, TrainData};
-use crate::trainer::{builtin_model, train_with, TrainOptions, TrainSummary};
+use crate::trainer::{builtin_model_starting, train_with, TrainOptions, TrainSummary};
 
 /// Trains as this process was launched: alone or with several `devices` of this process
 /// ([`train_on_devices`]), or as one rank of the MPI job `mpi` (see `kiln_dist::join_mpi_job`),
@@ -90,7 +90,11 @@ pub fn train_on_devices<B: AutodiffBackend>(
     options: TrainOptions,
 ) -> Result<TrainSummary> {
     let data = std::sync::Arc::new(RunData::load(config)?);
-    train_on_devices_with(config, data, builtin_model::<B>, devices, backend, options)
+    let fresh = options.resume.is_none();
+    let build = move |config: &Config, data: &RunData, device: &B::Device| {
+        builtin_model_starting::<B>(config, data, device, fresh)
+    };
+    train_on_devices_with(config, data, build, devices, backend, options)
 }
 
 /// [`train_on_devices`] on any data with a model of the caller's, which `build` makes on each

@@ -43,6 +43,10 @@ pub struct Args {
     /// keys that do not change the maths, unless --force.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Start a GPT from a Hugging Face folder (GPT-2 or Llama): its architecture, weights and
+    /// tokenizer. The same as --set model.init_from="DIR".
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
 }
 
 /// Trains; rank 0 prints the run's summary as JSON.
@@ -53,7 +57,18 @@ pub fn exec(args: Args) -> Result<()> {
             let (config, from) = resume_config(path, &args.set, args.force)?;
             (config, Some(from), path.join(CONFIG_FILE))
         }
-        (Some(path), None) => (Config::load(&path, &args.set)?, None, path),
+        (Some(path), None) => {
+            let mut set = args.set.clone();
+            if let Some(dir) = &args.init_from {
+                let dir = serde_json::to_string(&dir.display().to_string())?;
+                set.push(format!("model.init_from={dir}"));
+            }
+            let mut config = Config::load(&path, &set)?;
+            // A fresh run from a Hugging Face folder takes its architecture (and tokenizer).
+            kiln_hf::import::fill_config(&mut config)
+                .with_context(|| path.display().to_string())?;
+            (config, None, path)
+        }
         (None, None) => bail!("give a config file, or --resume RUN_DIR"),
     };
     // The run's config.toml records the model's own section, its defaults filled in.

@@ -99,6 +99,9 @@ pub struct GptConfig {
     /// Key/value heads (unset: `n_head`); fewer share each key/value head among
     /// `n_head / n_kv_head` query heads (grouped-query attention).
     pub n_kv_head: Option<usize>,
+    /// A Hugging Face folder (GPT-2 or Llama) whose architecture and weights the run starts
+    /// from; `kiln train` fills the architecture keys from its `config.json`.
+    pub init_from: Option<String>,
 }
 
 fn four() -> usize {
@@ -139,6 +142,7 @@ impl GptConfig {
         "mlp",
         "mlp_hidden",
         "n_kv_head",
+        "init_from",
     ];
 
     /// Checks what types alone cannot.

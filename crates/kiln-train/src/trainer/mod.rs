@@ -102,10 +102,13 @@ pub fn train<B: AutodiffBackend>(
     comm: &mut dyn Communicator<B::InnerBackend>,
 ) -> Result<TrainSummary> {
     let data = RunData::load(config)?;
+    let fresh = options.resume.is_none();
     train_with(
         config,
         &data,
-        &builtin_model::<B>,
+        &|config: &Config, data: &RunData, device: &B::Device| {
+            builtin_model_starting::<B>(config, data, device, fresh)
+        },
         device,
         backend,
         options,
@@ -113,19 +116,43 @@ pub fn train<B: AutodiffBackend>(
     )
 }
 
-/// The built-in model of `config`'s `[model]` section for `data`: what [`train`] trains.
+/// The built-in model of `config`'s `[model]` section for `data`: what [`train`] trains. A GPT
+/// with `model.init_from` starts from that Hugging Face folder's weights.
 pub fn builtin_model<B: AutodiffBackend>(
     config: &Config,
     data: &RunData,
     device: &B::Device,
 ) -> Result<Model<B>> {
-    Model::<B>::new(
-        &ModelConfig::of(config)?,
+    builtin_model_starting(config, data, device, true)
+}
+
+/// [`builtin_model`]; `fresh`: the run starts at step 0 (a resumed run's weights come from its
+/// checkpoint, so `model.init_from` is not read again).
+pub(crate) fn builtin_model_starting<B: AutodiffBackend>(
+    config: &Config,
+    data: &RunData,
+    device: &B::Device,
+    fresh: bool,
+) -> Result<Model<B>> {
+    let spec = ModelConfig::of(config)?;
+    let model = Model::<B>::new(
+        &spec,
         &data.shape(),
         config.train.precision,
         config.run.seed,
         device,
-    )
+    )?;
+    match (&spec, &model) {
+        (ModelConfig::Gpt(gpt), Model::Gpt(built)) if fresh && gpt.init_from.is_some() => {
+            let dir = std::path::Path::new(gpt.init_from.as_deref().unwrap_or_default());
+            let hf = kiln_hf::import::read_config(dir)?;
+            let tensors = kiln_hf::import::read_weights(dir, hf.architecture, &built.shape)?;
+            let bytes = kiln_hf::import::to_safetensors(&tensors)?;
+            let origin = format!("of model.init_from = {:?}", dir.display().to_string());
+            kiln_infer::weights::load_bytes_trainable(model, bytes, &origin)
+        }
+        _ => Ok(model),
+    }
 }
 
 /// [`train`] on any data with a model of the caller's, built by `build` from the run's config

@@ -27,7 +27,7 @@ use kiln_data::Tokenizer;
 use kiln_models::{GptShape, MlpKind, NormKind, PositionKind};
 use serde_json::{json, Value};
 
-use super::{
+use crate::{
     check_vocab, hf_tensors, write_json, write_safetensors, write_tokenizer_files, Source, Spec,
     HF_CONFIG_FILE, HF_WEIGHTS_FILE,
 };
@@ -69,7 +69,7 @@ pub fn write_llama(
 }
 
 /// Every tensor of the Llama checkpoint of `s`.
-fn specs(s: &GptShape) -> Vec<Spec> {
+pub(crate) fn specs(s: &GptShape) -> Vec<Spec> {
     let (v, e, hidden) = (s.vocab_size, s.n_embd, s.mlp_hidden);
     let kv = s.n_kv_head * s.head_dim();
     let mut out = Vec::new();

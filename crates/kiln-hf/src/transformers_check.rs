@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_store::ModuleSnapshot;
 use kiln_core::config::Precision;
-use kiln_models::{Gpt, GptShape, HostInit, MlpKind, NormKind, PositionKind};
+use kiln_models::{GeluForm, Gpt, GptShape, HostInit, MlpKind, NormKind, PositionKind};
 
 use super::*;
 
@@ -67,7 +67,7 @@ fn greedy(model: &Gpt<B>, prompt: &[i64], n: usize, usable: usize) -> Vec<i64> {
 
 /// The export tests' Python (tests/python/setup.sh) and check_hf.py; `None` (the test is
 /// skipped) when there is none, unless CI requires it (`KILN_REQUIRE_PYTHON_TESTS`).
-fn python() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn python() -> Option<(PathBuf, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = std::env::var_os("KILN_PYTHON")
         .map(PathBuf::from)

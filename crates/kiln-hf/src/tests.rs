@@ -1,4 +1,5 @@
 use super::*;
+use kiln_models::GeluForm;
 use safetensors::SafeTensors;
 
 fn shape(bias: bool, tie_weights: bool) -> Gpt2Shape {
