@@ -73,8 +73,12 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
     let (architecture, model) = match c.str("model_type")?.as_deref() {
         Some("gpt2") => (Architecture::Gpt2, c.gpt2()?),
         Some("llama") => (Architecture::Llama, c.llama()?),
-        other => bail!(
-            "{}: model_type {other:?} is not supported; Kiln imports \"gpt2\" and \"llama\" models",
+        Some(other) => bail!(
+            "{}: model_type = {other:?} is not supported; Kiln imports \"gpt2\" and \"llama\" models",
+            path.display()
+        ),
+        None => bail!(
+            "{}: no model_type; Kiln imports \"gpt2\" and \"llama\" models",
             path.display()
         ),
     };

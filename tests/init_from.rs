@@ -1,0 +1,244 @@
+//! End-to-end tests of starting a run from a Hugging Face folder (`model.init_from`,
+//! `kiln train --init-from`) on the real `kiln` binary: a model Kiln trained, exported with
+//! `--format hf` and imported again starts at its own validation loss; damaged folders are
+//! one-line errors naming the field or tensor.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{events, fails_with, kiln, stderr, train};
+use serde_json::Value;
+use tempfile::tempdir;
+
+const SMOKE_GPT: &str = "configs/smoke-gpt.toml";
+
+/// The smoke GPT in Llama's style.
+const LLAMA: &[&str] = &[
+    "model.norm=\"rmsnorm\"",
+    "model.position=\"rope\"",
+    "model.mlp=\"swiglu\"",
+    "model.bias=false",
+    "model.n_head=4",
+    "model.n_kv_head=2",
+    "model.dropout=0.0",
+];
+
+/// The smoke config with no architecture keys (`init_from` brings them): a fine-tuning config.
+fn finetune_config(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(common::repo_root().join(SMOKE_GPT)).unwrap();
+    let start = text.find("[model]").unwrap();
+    let end = start + text[start..].find("\n[optimizer]").unwrap();
+    let text = format!(
+        "{}[model]\nkind = \"gpt\"\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    let path = dir.join("finetune.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `kiln export RUN --format hf --out DIR`.
+fn export_hf(run: &Path, out: &Path) {
+    let o = kiln(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// The validation loss of a run's checkpoint by `kiln eval`.
+fn valid_loss(run: &Path) -> f64 {
+    let o = kiln(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--split",
+        "valid",
+        "--backend",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["loss"].as_f64().unwrap()
+}
+
+#[test]
+fn an_exported_model_imported_again_starts_at_its_own_validation_loss() {
+    let dir = tempdir().unwrap();
+    for (name, style) in [("gpt2", &["model.dropout=0.0"][..]), ("llama", LLAMA)] {
+        let run = train(SMOKE_GPT, "flex", &dir.path().join(name), style);
+        let hf = dir.path().join(format!("{name}-hf"));
+        export_hf(&run, &hf);
+        // One step at a learning rate of 1e-30 changes no f32 weight: the validation after it is
+        // the imported model's.
+        let config = finetune_config(dir.path());
+        let out_dir = format!(
+            "run.output_dir=\"{}\"",
+            dir.path().join(format!("{name}-again")).display()
+        );
+        let o = kiln(&[
+            "train",
+            config.to_str().unwrap(),
+            "--backend",
+            "flex",
+            "--init-from",
+            hf.to_str().unwrap(),
+            "--set",
+            &out_dir,
+            "--set",
+            "optimizer.lr=1e-30",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.eval_every=1",
+            "--until-step",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let again = PathBuf::from(again["run_dir"].as_str().unwrap());
+        let imported = events(&again, "valid")[0]["loss"].as_f64().unwrap();
+        let original = valid_loss(&run);
+        assert!(
+            (imported - original).abs() < 1e-5,
+            "{name}: {imported} vs {original}"
+        );
+        // The run records the folder and the architecture it read, and uses its tokenizer.
+        let saved = std::fs::read_to_string(again.join("config.toml")).unwrap();
+        assert!(
+            saved.contains("init_from = ") && saved.contains("n_layer = 2"),
+            "{saved}"
+        );
+        assert!(
+            saved.contains(&format!("{name}-hf/tokenizer.json")),
+            "{saved}"
+        );
+        // It resumes from its own checkpoint, without reading the folder's weights again (the
+        // tokenizer, like the text, is data: data.tokenizer names it).
+        let weights = hf.join("model.safetensors");
+        std::fs::rename(&weights, dir.path().join("moved")).unwrap();
+        let o = kiln(&[
+            "train",
+            "--resume",
+            again.to_str().unwrap(),
+            "--backend",
+            "flex",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(events(&again, "valid").len(), 2);
+        std::fs::rename(dir.path().join("moved"), &weights).unwrap();
+    }
+}
+
+#[test]
+fn damaged_folders_are_one_line_errors_naming_the_field_or_tensor() {
+    let dir = tempdir().unwrap();
+    let run = train(SMOKE_GPT, "flex", &dir.path().join("run"), LLAMA);
+    let hf = dir.path().join("hf");
+    export_hf(&run, &hf);
+    let config = finetune_config(dir.path());
+    let out_dir = format!("run.output_dir=\"{}\"", dir.path().join("out").display());
+    let original = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    let with_config = |edit: &dyn Fn(&mut Value), needles: &[&str]| {
+        let mut json: Value = serde_json::from_str(&original).unwrap();
+        edit(&mut json);
+        std::fs::write(
+            hf.join("config.json"),
+            serde_json::to_string(&json).unwrap(),
+        )
+        .unwrap();
+        fails_with(
+            &[
+                "train",
+                config.to_str().unwrap(),
+                "--backend",
+                "flex",
+                "--init-from",
+                hf.to_str().unwrap(),
+                "--set",
+                &out_dir,
+            ],
+            needles,
+        );
+    };
+    with_config(
+        &|c| c["model_type"] = "bert".into(),
+        &["model_type = \"bert\"", "\"gpt2\" and \"llama\""],
+    );
+    with_config(
+        &|c| c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 2.0}),
+        &["rope_scaling", "not supported"],
+    );
+    with_config(
+        &|c| c["hidden_act"] = "gelu".into(),
+        &["hidden_act", "silu"],
+    );
+    with_config(
+        &|c| c["intermediate_size"] = 80.into(),
+        &[
+            "model.layers.0.mlp.gate_proj.weight",
+            "[96, 32]",
+            "[80, 32]",
+        ],
+    );
+    with_config(
+        &|c| c["num_hidden_layers"] = 3.into(),
+        &["no tensor model.layers.2."],
+    );
+    with_config(
+        &|c| c["num_hidden_layers"] = 1.into(),
+        &["unexpected tensor", "model.layers.1."],
+    );
+    std::fs::write(hf.join("config.json"), &original).unwrap();
+    // A config key that disagrees with the folder.
+    fails_with(
+        &[
+            "train",
+            SMOKE_GPT,
+            "--backend",
+            "flex",
+            "--init-from",
+            hf.to_str().unwrap(),
+            "--set",
+            &out_dir,
+        ],
+        &["model.n_head = 2", "config.json", "remove it"],
+    );
+    // A tokenizer.json that is not a tokenizer.
+    std::fs::write(hf.join("tokenizer.json"), "{\"not\": \"a tokenizer\"}").unwrap();
+    fails_with(
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--backend",
+            "flex",
+            "--init-from",
+            hf.to_str().unwrap(),
+            "--set",
+            &out_dir,
+        ],
+        &["tokenizer.json"],
+    );
+    // Pickled weights only.
+    std::fs::remove_file(hf.join("model.safetensors")).unwrap();
+    std::fs::write(hf.join("pytorch_model.bin"), b"pickle").unwrap();
+    std::fs::copy(run.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+    fails_with(
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--backend",
+            "flex",
+            "--init-from",
+            hf.to_str().unwrap(),
+            "--set",
+            &out_dir,
+        ],
+        &["pytorch_model.bin", "safetensors"],
+    );
+}
