@@ -80,7 +80,8 @@ impl HostInit {
         layer
     }
 
-    fn tensor<B: Backend, const D: usize>(
+    /// A tensor of `shape` with values uniform in `[-bound, bound]`, on `device`.
+    pub fn uniform_tensor<B: Backend, const D: usize>(
         &mut self,
         shape: [usize; D],
         bound: f32,
@@ -101,8 +102,12 @@ impl HostInit {
             .with_initializer(Initializer::Zeros)
             .init(device);
         let bound = 1.0 / (d_in as f32).sqrt();
-        layer.weight = Param::from_tensor(self.tensor([d_in, d_out], bound, device));
-        layer.bias = Some(Param::from_tensor(self.tensor([d_out], bound, device)));
+        layer.weight = Param::from_tensor(self.uniform_tensor([d_in, d_out], bound, device));
+        layer.bias = Some(Param::from_tensor(self.uniform_tensor(
+            [d_out],
+            bound,
+            device,
+        )));
         layer
     }
 
@@ -123,8 +128,12 @@ impl HostInit {
             .init(device);
         let bound = 1.0 / ((c_in * kernel * kernel) as f32).sqrt();
         layer.weight =
-            Param::from_tensor(self.tensor([c_out, c_in, kernel, kernel], bound, device));
-        layer.bias = Some(Param::from_tensor(self.tensor([c_out], bound, device)));
+            Param::from_tensor(self.uniform_tensor([c_out, c_in, kernel, kernel], bound, device));
+        layer.bias = Some(Param::from_tensor(self.uniform_tensor(
+            [c_out],
+            bound,
+            device,
+        )));
         layer
     }
 }

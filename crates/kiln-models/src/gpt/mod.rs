@@ -27,17 +27,20 @@ use kiln_kernels::rope::Rope;
 
 use crate::dropout::dropout;
 use crate::init::HostInit;
-use crate::precision::{affine, compute_dtype, linear, matmul};
+use crate::precision::{affine, compute_dtype, matmul};
 use crate::{rank_one_params, Observer};
 
 mod cache;
 mod config;
+mod lora;
 
 pub use cache::KvCache;
 pub use config::{
     default_block_size, GeluForm, GptConfig, GptShape, MlpKind, NormKind, PositionKind,
     DEFAULT_NORM_EPSILON, DEFAULT_ROPE_THETA,
 };
+use lora::adapted;
+pub use lora::{Lora, LoraSpec, LoraTarget};
 
 /// A LayerNorm (`gamma`, and `beta` when the model has biases) or an RMSNorm (`gamma` only), as
 /// the shape says; the names are burn's LayerNorm's, so checkpoints keep their layout.
@@ -56,6 +59,10 @@ pub struct Attention<B: Backend> {
     pub c_attn: Linear<B>,
     /// The output projection.
     pub c_proj: Linear<B>,
+    /// A LoRA adapter of `c_attn` (fine-tuning only).
+    pub c_attn_lora: Option<Lora<B>>,
+    /// A LoRA adapter of `c_proj` (fine-tuning only).
+    pub c_proj_lora: Option<Lora<B>>,
 }
 
 /// A block's feed-forward network: `n_embd -> mlp_hidden -> n_embd`, GELU or SwiGLU.
@@ -65,6 +72,10 @@ pub struct MlpBlock<B: Backend> {
     pub c_fc: Linear<B>,
     /// The projection back to `n_embd`.
     pub c_proj: Linear<B>,
+    /// A LoRA adapter of `c_fc` (fine-tuning only).
+    pub c_fc_lora: Option<Lora<B>>,
+    /// A LoRA adapter of `c_proj` (fine-tuning only).
+    pub c_proj_lora: Option<Lora<B>>,
 }
 
 /// A pre-norm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
@@ -163,11 +174,15 @@ impl<B: Backend> Gpt<B> {
                 attn: Attention {
                     c_attn: init.linear_normal(n_embd, qkv, STD, bias, device),
                     c_proj: init.linear_normal(n_embd, n_embd, residual_std, bias, device),
+                    c_attn_lora: None,
+                    c_proj_lora: None,
                 },
                 ln_2: norm(),
                 mlp: MlpBlock {
                     c_fc: init.linear_normal(n_embd, fc, STD, bias, device),
                     c_proj: init.linear_normal(hidden, n_embd, residual_std, bias, device),
+                    c_fc_lora: None,
+                    c_proj_lora: None,
                 },
             })
             .collect();
@@ -243,7 +258,7 @@ impl<B: Backend> Gpt<B> {
             let m = &block.mlp;
             let normed = self.norm(&block.ln_2, x.clone());
             observer.observe(&|| format!("h.{i}.mlp.c_fc.weight"), &|| rows(&normed));
-            let hidden = linear(&m.c_fc, normed, self.precision);
+            let hidden = adapted(&m.c_fc, &m.c_fc_lora, normed, self.precision);
             let hidden = match (self.shape.mlp, self.shape.gelu) {
                 (MlpKind::Gelu, GeluForm::Exact) => kiln_kernels::gelu(hidden),
                 (MlpKind::Gelu, GeluForm::Tanh) => kiln_kernels::gelu_tanh(hidden),
@@ -252,7 +267,10 @@ impl<B: Backend> Gpt<B> {
             observer.observe(&|| format!("h.{i}.mlp.c_proj.weight"), &|| rows(&hidden));
             x = add(
                 x,
-                dropout(linear(&m.c_proj, hidden, self.precision), self.dropout),
+                dropout(
+                    adapted(&m.c_proj, &m.c_proj_lora, hidden, self.precision),
+                    self.dropout,
+                ),
             );
         }
         if let Some(cache) = cache {
@@ -319,7 +337,7 @@ impl<B: Backend> Gpt<B> {
         let s = &self.shape;
         let [batch, t, n_embd] = x.dims();
         let (heads, kv_heads, head_dim) = (s.n_head, s.n_kv_head, s.head_dim());
-        let qkv = linear(&attn.c_attn, x, self.precision);
+        let qkv = adapted(&attn.c_attn, &attn.c_attn_lora, x, self.precision);
         let qkv = match s.position {
             PositionKind::Learned => qkv,
             PositionKind::Rope => Rope {
@@ -380,7 +398,10 @@ impl<B: Backend> Gpt<B> {
             }
         };
         before_proj(&y);
-        dropout(linear(&attn.c_proj, y, self.precision), self.dropout)
+        dropout(
+            adapted(&attn.c_proj, &attn.c_proj_lora, y, self.precision),
+            self.dropout,
+        )
     }
 
     /// `softmax(q kᵀ / √head_dim) v` for `q` `[batch, n_head, t, head_dim]` and keys and values

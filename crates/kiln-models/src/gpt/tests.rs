@@ -168,3 +168,130 @@ fn style_keys_are_checked_with_the_key_named() {
     let e = toml::from_str::<GptConfig>("norm = \"batchnorm\"").unwrap_err();
     assert!(e.to_string().contains("layernorm"), "{e}");
 }
+
+fn all_targets() -> LoraSpec {
+    LoraSpec {
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: vec![
+            LoraTarget::Attn,
+            LoraTarget::AttnProj,
+            LoraTarget::Fc,
+            LoraTarget::MlpProj,
+        ],
+    }
+}
+
+/// Adds noise to the adapters' `B` (zero when fresh), so that they change the logits.
+fn perturb_adapters(model: Gpt<Flex>) -> Gpt<Flex> {
+    let mut init = HostInit::new(9);
+    let mut model = model;
+    for block in &mut model.h {
+        for lora in [
+            &mut block.attn.c_attn_lora,
+            &mut block.attn.c_proj_lora,
+            &mut block.mlp.c_fc_lora,
+            &mut block.mlp.c_proj_lora,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let b = lora.lora_b.val();
+            let noise = init.normal_tensor(b.dims(), 0.5, &b.device());
+            lora.lora_b = Param::from_tensor(b + noise);
+        }
+    }
+    model
+}
+
+#[test]
+fn a_fresh_adapter_changes_nothing_and_a_merged_one_computes_the_same() {
+    for shape in both_styles() {
+        let base = model(shape);
+        let tokens = [3i64, 1, 4, 1, 5, 9];
+        let plain = logits(&base, &tokens);
+        let adapted = base
+            .clone()
+            .with_lora(&all_targets(), &mut HostInit::new(1));
+        assert_eq!(logits(&adapted, &tokens), plain, "{shape:?}");
+        let trained = perturb_adapters(adapted);
+        let with_adapters = logits(&trained, &tokens);
+        let moved = with_adapters
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            moved > 1e-3,
+            "{shape:?}: the adapters moved the logits by {moved} only"
+        );
+        let merged = trained.merge_lora();
+        assert!(merged.h.iter().all(|b| b.attn.c_attn_lora.is_none()));
+        for (a, b) in logits(&merged, &tokens).iter().zip(&with_adapters) {
+            assert!((a - b).abs() < 1e-5, "{shape:?}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn only_the_adapters_get_gradients() {
+    use burn::backend::Autodiff;
+    use burn::module::ModuleVisitor;
+
+    type A = Autodiff<Flex>;
+    let base: Gpt<A> = Gpt::new(
+        llama_shape(),
+        0.0,
+        Precision::F32,
+        &mut HostInit::new(5),
+        &Default::default(),
+    );
+    let spec = LoraSpec {
+        targets: vec![LoraTarget::Attn, LoraTarget::MlpProj],
+        ..all_targets()
+    };
+    let model = base.with_lora(&spec, &mut HostInit::new(1));
+    let tokens = Tensor::<A, 2, Int>::from_data(
+        TensorData::new(vec![3i64, 1, 4, 1], [1, 4]),
+        &Default::default(),
+    );
+    let grads = model.forward(tokens).sum().backward();
+
+    struct Seen<'a> {
+        grads: &'a <A as burn::tensor::backend::AutodiffBackend>::Gradients,
+        with: Vec<[usize; 2]>,
+        without: usize,
+    }
+    impl ModuleVisitor<A> for Seen<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            match param.val().grad(self.grads) {
+                Some(g) => self.with.push([D, g.dims().iter().product()]),
+                None => self.without += 1,
+            }
+        }
+    }
+    let mut seen = Seen {
+        grads: &grads,
+        with: Vec::new(),
+        without: 0,
+    };
+    model.visit(&mut seen);
+    // Two blocks, two adapters each, two matrices each: c_attn's [16, 2] and [2, 32],
+    // mlp.c_proj's [12, 2] and [2, 16]; nothing else.
+    let mut got = seen.with.clone();
+    got.sort();
+    let want = vec![
+        [2, 24],
+        [2, 24],
+        [2, 32],
+        [2, 32],
+        [2, 32],
+        [2, 32],
+        [2, 64],
+        [2, 64],
+    ];
+    assert_eq!(got, want);
+    // The 15 base tensors: wte, ln_f, lm_head and six per block (no biases).
+    assert_eq!(seen.without, 15);
+}
