@@ -7,22 +7,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{events, fails_with, kiln, stderr, train};
+use common::{events, fails_with, kiln, stderr, train, LLAMA_STYLE};
 use serde_json::Value;
 use tempfile::tempdir;
 
 const SMOKE_GPT: &str = "configs/smoke-gpt.toml";
-
-/// The smoke GPT in Llama's style.
-const LLAMA: &[&str] = &[
-    "model.norm=\"rmsnorm\"",
-    "model.position=\"rope\"",
-    "model.mlp=\"swiglu\"",
-    "model.bias=false",
-    "model.n_head=4",
-    "model.n_kv_head=2",
-    "model.dropout=0.0",
-];
 
 /// The smoke config with no architecture keys (`init_from` brings them): a fine-tuning config.
 fn finetune_config(dir: &Path) -> PathBuf {
@@ -70,7 +59,7 @@ fn valid_loss(run: &Path) -> f64 {
 #[test]
 fn an_exported_model_imported_again_starts_at_its_own_validation_loss() {
     let dir = tempdir().unwrap();
-    for (name, style) in [("gpt2", &["model.dropout=0.0"][..]), ("llama", LLAMA)] {
+    for (name, style) in [("gpt2", &[][..]), ("llama", LLAMA_STYLE)] {
         let run = train(SMOKE_GPT, "flex", &dir.path().join(name), style);
         let hf = dir.path().join(format!("{name}-hf"));
         export_hf(&run, &hf);
@@ -138,20 +127,14 @@ fn an_exported_model_imported_again_starts_at_its_own_validation_loss() {
 #[test]
 fn damaged_folders_are_one_line_errors_naming_the_field_or_tensor() {
     let dir = tempdir().unwrap();
-    let run = train(SMOKE_GPT, "flex", &dir.path().join("run"), LLAMA);
+    let run = train(SMOKE_GPT, "flex", &dir.path().join("run"), LLAMA_STYLE);
     let hf = dir.path().join("hf");
     export_hf(&run, &hf);
     let config = finetune_config(dir.path());
     let out_dir = format!("run.output_dir=\"{}\"", dir.path().join("out").display());
     let original = std::fs::read_to_string(hf.join("config.json")).unwrap();
-    let with_config = |edit: &dyn Fn(&mut Value), needles: &[&str]| {
-        let mut json: Value = serde_json::from_str(&original).unwrap();
-        edit(&mut json);
-        std::fs::write(
-            hf.join("config.json"),
-            serde_json::to_string(&json).unwrap(),
-        )
-        .unwrap();
+    // `kiln train CONFIG --init-from hf` must fail with a one-line error holding `needles`.
+    let refused = |config: &Path, needles: &[&str]| {
         fails_with(
             &[
                 "train",
@@ -164,7 +147,17 @@ fn damaged_folders_are_one_line_errors_naming_the_field_or_tensor() {
                 &out_dir,
             ],
             needles,
-        );
+        )
+    };
+    let with_config = |edit: &dyn Fn(&mut Value), needles: &[&str]| {
+        let mut json: Value = serde_json::from_str(&original).unwrap();
+        edit(&mut json);
+        std::fs::write(
+            hf.join("config.json"),
+            serde_json::to_string(&json).unwrap(),
+        )
+        .unwrap();
+        refused(&config, needles);
     };
     with_config(
         &|c| c["model_type"] = "bert".into(),
@@ -196,49 +189,16 @@ fn damaged_folders_are_one_line_errors_naming_the_field_or_tensor() {
     );
     std::fs::write(hf.join("config.json"), &original).unwrap();
     // A config key that disagrees with the folder.
-    fails_with(
-        &[
-            "train",
-            SMOKE_GPT,
-            "--backend",
-            "flex",
-            "--init-from",
-            hf.to_str().unwrap(),
-            "--set",
-            &out_dir,
-        ],
+    refused(
+        &common::repo_root().join(SMOKE_GPT),
         &["model.n_head = 2", "config.json", "remove it"],
     );
     // A tokenizer.json that is not a tokenizer.
     std::fs::write(hf.join("tokenizer.json"), "{\"not\": \"a tokenizer\"}").unwrap();
-    fails_with(
-        &[
-            "train",
-            config.to_str().unwrap(),
-            "--backend",
-            "flex",
-            "--init-from",
-            hf.to_str().unwrap(),
-            "--set",
-            &out_dir,
-        ],
-        &["tokenizer.json"],
-    );
+    refused(&config, &["tokenizer.json"]);
     // Pickled weights only.
     std::fs::remove_file(hf.join("model.safetensors")).unwrap();
     std::fs::write(hf.join("pytorch_model.bin"), b"pickle").unwrap();
     std::fs::copy(run.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
-    fails_with(
-        &[
-            "train",
-            config.to_str().unwrap(),
-            "--backend",
-            "flex",
-            "--init-from",
-            hf.to_str().unwrap(),
-            "--set",
-            &out_dir,
-        ],
-        &["pytorch_model.bin", "safetensors"],
-    );
+    refused(&config, &["pytorch_model.bin", "safetensors"]);
 }

@@ -5,20 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_same_run_logging, fails_with, kiln, losses, stderr, train};
+use common::{assert_same_run_logging, fails_with, kiln, losses, stderr, train, LLAMA_STYLE};
 use tempfile::tempdir;
 
 const SMOKE_GPT: &str = "configs/smoke-gpt.toml";
-
-/// The smoke GPT in Llama's style, with two query heads per key/value head.
-const LLAMA: &[&str] = &[
-    "model.norm=\"rmsnorm\"",
-    "model.position=\"rope\"",
-    "model.mlp=\"swiglu\"",
-    "model.bias=false",
-    "model.n_head=4",
-    "model.n_kv_head=2",
-];
 
 /// `kiln generate` of a run: the printed text.
 fn generate(run: &Path, extra: &[&str]) -> String {
@@ -39,7 +29,7 @@ fn generate(run: &Path, extra: &[&str]) -> String {
 #[test]
 fn a_llama_style_gpt_trains_resumes_exactly_and_generates() {
     let dir = tempdir().unwrap();
-    let straight = train(SMOKE_GPT, "flex", &dir.path().join("a"), LLAMA);
+    let straight = train(SMOKE_GPT, "flex", &dir.path().join("a"), LLAMA_STYLE);
     let l = losses(&straight);
     // Characters: the first loss near ln(66) = 4.19, then learning within 30 steps.
     assert!(l[0] > 3.5 && *l.last().unwrap() < l[0] - 0.5, "{l:?}");
@@ -70,7 +60,7 @@ fn a_llama_style_gpt_trains_resumes_exactly_and_generates() {
         "--set",
         &output_dir,
     ];
-    for s in LLAMA {
+    for s in LLAMA_STYLE {
         args.extend(["--set", s]);
     }
     args.extend(["--until-step", "13"]);
@@ -108,7 +98,7 @@ fn safetensors_shapes(path: &Path) -> std::collections::BTreeMap<String, Vec<usi
 #[test]
 fn the_cache_generates_the_same_tokens_as_recomputing() {
     let dir = tempdir().unwrap();
-    for (name, style) in [("gpt2", &[][..]), ("llama", LLAMA)] {
+    for (name, style) in [("gpt2", &[][..]), ("llama", LLAMA_STYLE)] {
         let run = train(SMOKE_GPT, "flex", &dir.path().join(name), style);
         // 80 tokens after a 6-character prompt outgrow the 32-token context: the cached run
         // also covers starting again from the last window.

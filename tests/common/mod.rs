@@ -6,6 +6,17 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// `--set` overrides that turn configs/smoke-gpt.toml into Llama's style: RMSNorm, RoPE,
+/// SwiGLU, no biases, and two query heads per key/value head.
+pub const LLAMA_STYLE: &[&str] = &[
+    "model.norm=\"rmsnorm\"",
+    "model.position=\"rope\"",
+    "model.mlp=\"swiglu\"",
+    "model.bias=false",
+    "model.n_head=4",
+    "model.n_kv_head=2",
+];
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kiln_data::Standardizer;
 use kiln_infer::{evaluate, EvalResult, RunData, Split};
@@ -18,7 +18,7 @@ use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
 use crate::model::{build_model, HostWeights};
 use crate::onnx::{classifier_to_onnx, ClassifierNet, Layer};
 use crate::source::Source;
-use kiln_hf::{is_llama, write_gpt2, write_llama, Gpt2Shape};
+use kiln_hf::write_hf;
 
 mod manifest;
 pub(crate) use manifest::quantization_spec;
@@ -313,40 +313,12 @@ fn write_format(
                 bail!("a Hugging Face export needs a GPT");
             };
             let gpt = section.gpt("a Hugging Face export")?;
-            let full = GptShape::new(gpt, vocab_size)?;
-            if is_llama(&full) {
-                write_llama(dir, &full, dequantized, &tokenizer)?;
-            } else {
-                let gpt2 = GptShape {
-                    block_size: full.block_size,
-                    bias: full.bias,
-                    tie_weights: full.tie_weights,
-                    gelu: full.gelu,
-                    norm_epsilon: full.norm_epsilon,
-                    ..GptShape::gpt2(full.vocab_size, full.n_layer, full.n_head, full.n_embd)
-                };
-                ensure!(
-                    full == gpt2,
-                    "a Hugging Face export writes GPT-2's architecture (GPT2LMHeadModel) or Llama's (LlamaForCausalLM: norm = \"rmsnorm\", position = \"rope\" and mlp = \"swiglu\" together); this model mixes them (norm = {:?}, position = {:?}, mlp = {:?}, mlp_hidden = {}, n_kv_head = {}); export with --format kiln",
-                    full.norm,
-                    full.position,
-                    full.mlp,
-                    full.mlp_hidden,
-                    full.n_kv_head
-                );
-                let shape = Gpt2Shape {
-                    vocab_size: full.vocab_size,
-                    n_positions: full.block_size,
-                    n_embd: full.n_embd,
-                    n_layer: full.n_layer,
-                    n_head: full.n_head,
-                    bias: full.bias,
-                    tie_weights: full.tie_weights,
-                    gelu: full.gelu,
-                    layer_norm_epsilon: full.norm_epsilon,
-                };
-                write_gpt2(dir, &shape, dequantized, &tokenizer)?;
-            }
+            write_hf(
+                dir,
+                &GptShape::new(gpt, vocab_size)?,
+                dequantized,
+                &tokenizer,
+            )?;
             manifest.format = "kiln-hf".into();
             write(
                 dir,

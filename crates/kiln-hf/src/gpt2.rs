@@ -34,80 +34,41 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use kiln_data::Tokenizer;
-use kiln_models::GeluForm;
+use kiln_models::{GeluForm, GptShape};
 use serde_json::{json, Value};
 
 use crate::{
-    check_vocab, hf_tensors, write_json, write_safetensors, write_tokenizer_files, HfTensor,
-    Source, Spec, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
+    check_vocab, hf_tensors, untied_head, write_json, write_safetensors, write_tokenizer_files,
+    Architecture, HfTensor, Source, Spec, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
 };
-
-/// The shape of a Kiln GPT, as the Hugging Face config needs it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Gpt2Shape {
-    /// Rows of `wte` (the tokenizer's size, or more when the model pads it).
-    pub vocab_size: usize,
-    /// Rows of `wpe` (Kiln's `block_size`).
-    pub n_positions: usize,
-    /// The width of the residual stream.
-    pub n_embd: usize,
-    /// Transformer blocks.
-    pub n_layer: usize,
-    /// Attention heads per block.
-    pub n_head: usize,
-    /// Whether the linear layers and LayerNorms have biases.
-    pub bias: bool,
-    /// Whether the LM head is `wte` (no `lm_head` tensor).
-    pub tie_weights: bool,
-    /// The MLP's GELU.
-    pub gelu: GeluForm,
-    /// The LayerNorms' epsilon (`model.norm_epsilon`; GPT-2's is 1e-5).
-    pub layer_norm_epsilon: f64,
-}
 
 /// Writes a Hugging Face GPT-2 folder to `dir` (created if needed): `config.json`,
 /// `model.safetensors` (GPT-2 names), `tokenizer.json`, `tokenizer_config.json`,
 /// `special_tokens_map.json` and `generation_config.json`.
 ///
-/// `weights`: Kiln's GPT tensors by checkpoint name, f32 (shape, values), exactly those of
-/// `shape`; `tokenizer`: the run's.
+/// `shape` must be GPT-2's architecture ([`Architecture::of`]); `weights`: Kiln's GPT tensors by
+/// checkpoint name, f32 (shape, values), exactly those of `shape`; `tokenizer`: the run's.
 pub fn write_gpt2(
     dir: &Path,
-    shape: &Gpt2Shape,
+    shape: &GptShape,
     weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     tokenizer: &Tokenizer,
 ) -> Result<()> {
-    check_shape(shape)?;
+    ensure!(
+        Architecture::of(shape)? == Architecture::Gpt2,
+        "a GPT-2 export of a Llama-style model: use write_llama"
+    );
     check_vocab(shape.vocab_size, tokenizer)?;
     let tensors = gpt2_tensors(shape, weights)?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_safetensors(&dir.join(HF_WEIGHTS_FILE), &tensors)?;
     write_json(&dir.join(HF_CONFIG_FILE), &config_json(shape))?;
-    write_tokenizer_files(dir, tokenizer, shape.n_positions, shape.vocab_size)
-}
-
-fn check_shape(s: &Gpt2Shape) -> Result<()> {
-    for (name, v) in [
-        ("vocab_size", s.vocab_size),
-        ("n_positions", s.n_positions),
-        ("n_embd", s.n_embd),
-        ("n_layer", s.n_layer),
-        ("n_head", s.n_head),
-    ] {
-        ensure!(v > 0, "cannot export a GPT with {name} = 0");
-    }
-    ensure!(
-        s.n_embd.is_multiple_of(s.n_head),
-        "n_embd = {} is not divisible by n_head = {}",
-        s.n_embd,
-        s.n_head
-    );
-    Ok(())
+    write_tokenizer_files(dir, tokenizer, shape.block_size, shape.vocab_size)
 }
 
 /// Every tensor of the GPT-2 checkpoint of `s`, in the order GPT-2 lists them.
-pub(crate) fn specs(s: &Gpt2Shape) -> Vec<Spec> {
-    let (v, t, e) = (s.vocab_size, s.n_positions, s.n_embd);
+pub(crate) fn specs(s: &GptShape) -> Vec<Spec> {
+    let (v, t, e, hidden) = (s.vocab_size, s.block_size, s.n_embd, s.mlp_hidden);
     let mut out = Vec::new();
     let mut copy = |name: String, kiln: String, shape: Vec<usize>| {
         out.push(Spec {
@@ -170,17 +131,13 @@ pub(crate) fn specs(s: &Gpt2Shape) -> Vec<Spec> {
         norm(&mut out, &format!("{hf}.ln_2"), &format!("{kiln}.ln_2"));
         let mlp = |l: &str| (format!("{hf}.mlp.{l}"), format!("{kiln}.mlp.{l}"));
         let (h, k) = mlp("c_fc");
-        linear(&mut out, &h, &k, e, 4 * e);
+        linear(&mut out, &h, &k, e, hidden);
         let (h, k) = mlp("c_proj");
-        linear(&mut out, &h, &k, 4 * e, e);
+        linear(&mut out, &h, &k, hidden, e);
     }
     norm(&mut out, "transformer.ln_f", "ln_f");
     if !s.tie_weights {
-        out.push(Spec {
-            name: "lm_head.weight".into(),
-            shape: vec![v, e],
-            source: Source::Transpose("lm_head".into()),
-        });
+        out.push(untied_head(v, e));
     }
     out
 }
@@ -188,7 +145,7 @@ pub(crate) fn specs(s: &Gpt2Shape) -> Vec<Spec> {
 /// Maps Kiln's tensors to GPT-2's, checking that each expected one is there with its shape and
 /// that none is left over.
 fn gpt2_tensors(
-    s: &Gpt2Shape,
+    s: &GptShape,
     weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> Result<Vec<HfTensor>> {
     hf_tensors(specs(s), weights, || {
@@ -200,22 +157,22 @@ fn gpt2_tensors(
 }
 
 /// `config.json`: a `GPT2Config` of the model, without dropout and without special tokens.
-fn config_json(s: &Gpt2Shape) -> Value {
+fn config_json(s: &GptShape) -> Value {
     json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": s.vocab_size,
-        "n_positions": s.n_positions,
-        "n_ctx": s.n_positions,
+        "n_positions": s.block_size,
+        "n_ctx": s.block_size,
         "n_embd": s.n_embd,
         "n_layer": s.n_layer,
         "n_head": s.n_head,
-        "n_inner": null,
+        "n_inner": (s.mlp_hidden != 4 * s.n_embd).then_some(s.mlp_hidden),
         "activation_function": match s.gelu {
             GeluForm::Exact => "gelu",
             GeluForm::Tanh => "gelu_new",
         },
-        "layer_norm_epsilon": s.layer_norm_epsilon,
+        "layer_norm_epsilon": s.norm_epsilon,
         "initializer_range": 0.02,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,

@@ -28,26 +28,14 @@ use kiln_models::{GeluForm, GptConfig, GptShape, MlpKind, NormKind, PositionKind
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use crate::gpt2::Gpt2Shape;
-use crate::{Source, Spec, HF_CONFIG_FILE, HF_TOKENIZER_FILE, HF_WEIGHTS_FILE};
+use crate::{Architecture, Source, Spec, HF_CONFIG_FILE, HF_TOKENIZER_FILE, HF_WEIGHTS_FILE};
 
 /// The index of a model saved in several safetensors files.
 pub const HF_INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// The architecture of a folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    /// `GPT2LMHeadModel`.
-    Gpt2,
-    /// `LlamaForCausalLM`.
-    Llama,
-}
-
 /// What `config.json` says, as Kiln's `[model]` keys.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HfConfig {
-    /// GPT-2 or Llama.
-    pub architecture: Architecture,
     /// Every architecture key set (`init_from` and `dropout` aside).
     pub model: GptConfig,
     /// The folder's `tokenizer.json`, when it has one.
@@ -70,9 +58,9 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
         json: &json,
         path: &path,
     };
-    let (architecture, model) = match c.str("model_type")?.as_deref() {
-        Some("gpt2") => (Architecture::Gpt2, c.gpt2()?),
-        Some("llama") => (Architecture::Llama, c.llama()?),
+    let model = match c.str("model_type")?.as_deref() {
+        Some("gpt2") => c.gpt2()?,
+        Some("llama") => c.llama()?,
         Some(other) => bail!(
             "{}: model_type = {other:?} is not supported; Kiln imports \"gpt2\" and \"llama\" models",
             path.display()
@@ -86,11 +74,7 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
         .validate()
         .with_context(|| format!("{}", path.display()))?;
     let tokenizer = Some(dir.join(HF_TOKENIZER_FILE)).filter(|p| p.is_file());
-    Ok(HfConfig {
-        architecture,
-        model,
-        tokenizer,
-    })
+    Ok(HfConfig { model, tokenizer })
 }
 
 /// `config.json`'s fields, read with messages naming the file and the field.
@@ -268,11 +252,8 @@ pub type KilnTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 /// Reads the weights of the folder `dir` for a Kiln GPT of `shape` (from [`read_config`]'s keys;
 /// its `block_size` may be smaller than the folder's context: a GPT-2's position embedding is
 /// then cut to its first `block_size` rows).
-pub fn read_weights(
-    dir: &Path,
-    architecture: Architecture,
-    shape: &GptShape,
-) -> Result<KilnTensors> {
+pub fn read_weights(dir: &Path, shape: &GptShape) -> Result<KilnTensors> {
+    let architecture = Architecture::of(shape)?;
     let files = weight_files(dir)?;
     let mut hf: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for file in &files {
@@ -286,20 +267,7 @@ pub fn read_weights(
         }
     }
     let (specs, positions) = match architecture {
-        Architecture::Gpt2 => {
-            let gpt2 = Gpt2Shape {
-                vocab_size: shape.vocab_size,
-                n_positions: shape.block_size,
-                n_embd: shape.n_embd,
-                n_layer: shape.n_layer,
-                n_head: shape.n_head,
-                bias: true,
-                tie_weights: shape.tie_weights,
-                gelu: shape.gelu,
-                layer_norm_epsilon: shape.norm_epsilon,
-            };
-            (crate::gpt2::specs(&gpt2), Some(shape.block_size))
-        }
+        Architecture::Gpt2 => (crate::gpt2::specs(shape), Some(shape.block_size)),
         Architecture::Llama => (crate::llama::specs(shape), None),
     };
     let origin = || {

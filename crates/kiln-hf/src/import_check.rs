@@ -21,7 +21,7 @@ fn kiln_logits(dir: &Path, tokens: &[i64]) -> Vec<f32> {
     let shape = GptShape::new(&hf.model, hf.model.vocab_size.unwrap()).unwrap();
     let device = Default::default();
     let mut model = Gpt::<B>::new(shape, 0.0, Precision::F32, &mut HostInit::new(0), &device);
-    let tensors = read_weights(dir, hf.architecture, &shape).unwrap();
+    let tensors = read_weights(dir, &shape).unwrap();
     let mut store = SafetensorsStore::from_bytes(Some(to_safetensors(&tensors).unwrap()));
     let result = model.load_from(&mut store).unwrap();
     assert!(

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use kiln_data::Tokenizer;
+use kiln_models::GptShape;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -25,8 +26,62 @@ mod gpt2;
 pub mod import;
 mod llama;
 
-pub use gpt2::{write_gpt2, Gpt2Shape};
-pub use llama::{is_llama, write_llama};
+pub use gpt2::write_gpt2;
+pub use llama::write_llama;
+
+/// The Hugging Face architecture of a Kiln GPT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `GPT2LMHeadModel`: LayerNorm, learned positions, GELU MLP, multi-head attention.
+    Gpt2,
+    /// `LlamaForCausalLM`: RMSNorm, RoPE, SwiGLU MLP.
+    Llama,
+}
+
+impl Architecture {
+    /// The architecture `s` is, or an error naming the keys when it is neither.
+    pub fn of(s: &GptShape) -> Result<Self> {
+        use kiln_models::{MlpKind, NormKind, PositionKind};
+        match (s.norm, s.position, s.mlp) {
+            (NormKind::RmsNorm, PositionKind::Rope, MlpKind::SwiGlu) => Ok(Self::Llama),
+            (NormKind::LayerNorm, PositionKind::Learned, MlpKind::Gelu) => {
+                ensure!(
+                    s.n_kv_head == s.n_head,
+                    "model.n_kv_head = {} of n_head = {}: GPT-2 has no grouped-query attention, so this model has no Hugging Face architecture; export it with --format kiln (or train it in Llama's style)",
+                    s.n_kv_head,
+                    s.n_head
+                );
+                Ok(Self::Gpt2)
+            }
+            (norm, position, mlp) => bail!(
+                "model.norm = {norm:?}, position = {position:?}, mlp = {mlp:?} mix GPT-2's parts (layernorm, learned, gelu) and Llama's (rmsnorm, rope, swiglu), so this model has no Hugging Face architecture; export it with --format kiln"
+            ),
+        }
+    }
+}
+
+/// Writes `shape`'s Hugging Face folder: `GPT2LMHeadModel` ([`write_gpt2`]) or
+/// `LlamaForCausalLM` ([`write_llama`]), as its architecture is.
+pub fn write_hf(
+    dir: &Path,
+    shape: &GptShape,
+    weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    match Architecture::of(shape)? {
+        Architecture::Gpt2 => write_gpt2(dir, shape, weights, tokenizer),
+        Architecture::Llama => write_llama(dir, shape, weights, tokenizer),
+    }
+}
+
+/// An untied LM head: Kiln's `lm_head` `[E, V]` as `lm_head.weight` `[V, E]`.
+fn untied_head(vocab: usize, n_embd: usize) -> Spec {
+    Spec {
+        name: "lm_head.weight".into(),
+        shape: vec![vocab, n_embd],
+        source: Source::Transpose("lm_head".into()),
+    }
+}
 
 /// The weights, with GPT-2's tensor names and layouts.
 pub const HF_WEIGHTS_FILE: &str = "model.safetensors";

@@ -24,18 +24,13 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use kiln_data::Tokenizer;
-use kiln_models::{GptShape, MlpKind, NormKind, PositionKind};
+use kiln_models::GptShape;
 use serde_json::{json, Value};
 
 use crate::{
-    check_vocab, hf_tensors, write_json, write_safetensors, write_tokenizer_files, Source, Spec,
-    HF_CONFIG_FILE, HF_WEIGHTS_FILE,
+    check_vocab, hf_tensors, untied_head, write_json, write_safetensors, write_tokenizer_files,
+    Architecture, Source, Spec, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
 };
-
-/// Whether `s` is Llama's architecture (RMSNorm, RoPE and SwiGLU together).
-pub fn is_llama(s: &GptShape) -> bool {
-    s.norm == NormKind::RmsNorm && s.position == PositionKind::Rope && s.mlp == MlpKind::SwiGlu
-}
 
 /// Writes a Hugging Face Llama folder to `dir` (created if needed): `config.json`,
 /// `model.safetensors` (Llama's names), and the tokenizer and generation files of the GPT-2
@@ -49,11 +44,8 @@ pub fn write_llama(
     tokenizer: &Tokenizer,
 ) -> Result<()> {
     ensure!(
-        is_llama(s),
-        "model.norm = {:?}, position = {:?}, mlp = {:?}: a Llama export needs rmsnorm, rope and swiglu together (a GPT-2 export needs layernorm, learned and gelu)",
-        s.norm,
-        s.position,
-        s.mlp
+        Architecture::of(s)? == Architecture::Llama,
+        "a Llama export of a GPT-2-style model: use write_gpt2"
     );
     check_vocab(s.vocab_size, tokenizer)?;
     let tensors = hf_tensors(specs(s), weights, || {
@@ -203,11 +195,7 @@ pub(crate) fn specs(s: &GptShape) -> Vec<Spec> {
         vec![e],
     );
     if !s.tie_weights {
-        out.push(Spec {
-            name: "lm_head.weight".into(),
-            shape: vec![v, e],
-            source: Source::Transpose("lm_head".into()),
-        });
+        out.push(untied_head(v, e));
     }
     out
 }

@@ -2,23 +2,18 @@ use super::*;
 use kiln_models::GeluForm;
 use safetensors::SafeTensors;
 
-fn shape(bias: bool, tie_weights: bool) -> Gpt2Shape {
-    Gpt2Shape {
-        vocab_size: 7,
-        n_positions: 5,
-        n_embd: 4,
-        n_layer: 2,
-        n_head: 2,
+fn shape(bias: bool, tie_weights: bool) -> GptShape {
+    GptShape {
+        block_size: 5,
         bias,
         tie_weights,
-        gelu: GeluForm::Exact,
-        layer_norm_epsilon: 1e-5,
+        ..GptShape::gpt2(7, 2, 2, 4)
     }
 }
 
 /// Kiln's tensors of `s`, each filled with distinct values.
-fn kiln_weights(s: &Gpt2Shape) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let (v, t, e) = (s.vocab_size, s.n_positions, s.n_embd);
+fn kiln_weights(s: &GptShape) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let (v, t, e) = (s.vocab_size, s.block_size, s.n_embd);
     let mut names = vec![
         ("wte.weight".to_string(), vec![v, e]),
         ("wpe.weight".to_string(), vec![t, e]),
@@ -40,8 +35,8 @@ fn kiln_weights(s: &Gpt2Shape) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
         linear(&mut names, &format!("h.{l}.attn.c_attn"), e, 3 * e);
         linear(&mut names, &format!("h.{l}.attn.c_proj"), e, e);
         norm(&mut names, &format!("h.{l}.ln_2"));
-        linear(&mut names, &format!("h.{l}.mlp.c_fc"), e, 4 * e);
-        linear(&mut names, &format!("h.{l}.mlp.c_proj"), 4 * e, e);
+        linear(&mut names, &format!("h.{l}.mlp.c_fc"), e, s.mlp_hidden);
+        linear(&mut names, &format!("h.{l}.mlp.c_proj"), s.mlp_hidden, e);
     }
     norm(&mut names, "ln_f");
     if !s.tie_weights {
@@ -83,7 +78,7 @@ fn writes_gpt2_names_shapes_and_config() {
     for (bias, tie) in [(true, true), (true, false), (false, true), (false, false)] {
         // The tanh GELU with the untied head: each form is seen once with each head.
         let gelu = if tie { GeluForm::Exact } else { GeluForm::Tanh };
-        let s = Gpt2Shape {
+        let s = GptShape {
             gelu,
             ..shape(bias, tie)
         };
@@ -261,4 +256,46 @@ fn a_missing_misshapen_or_extra_tensor_is_named() {
         .unwrap_err()
     );
     assert!(e.contains("8 tokens"), "{e}");
+}
+
+#[test]
+fn a_model_of_neither_architecture_is_refused_naming_its_keys() {
+    use kiln_models::{NormKind, PositionKind};
+    let mixed = GptShape {
+        position: PositionKind::Rope,
+        ..shape(true, true)
+    };
+    let e = Architecture::of(&mixed).unwrap_err().to_string();
+    assert!(
+        e.contains("position = Rope") && e.contains("--format kiln"),
+        "{e}"
+    );
+    let grouped = GptShape {
+        n_kv_head: 1,
+        ..shape(true, true)
+    };
+    let e = Architecture::of(&grouped).unwrap_err().to_string();
+    assert!(e.starts_with("model.n_kv_head = 1 of n_head = 2"), "{e}");
+    let llama = GptShape {
+        norm: NormKind::RmsNorm,
+        ..mixed
+    };
+    assert!(
+        Architecture::of(&llama).is_err(),
+        "a LayerNorm-free GELU model"
+    );
+}
+
+#[test]
+fn a_gpt2_mlp_of_another_width_exports_as_n_inner() {
+    let s = GptShape {
+        mlp_hidden: 6,
+        ..shape(true, true)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_gpt2(dir.path(), &s, &kiln_weights(&s), &char_tokenizer(&VOCAB)).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join(HF_CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(config["n_inner"], 6);
 }

@@ -88,6 +88,21 @@ pub(crate) fn python() -> Option<(PathBuf, PathBuf)> {
     Some((python, root.join("tests/python/check_hf.py")))
 }
 
+/// Where the exported folders go: `$KILN_HF_CHECK_DIR` when set (to keep them), else `tmp`.
+fn folders(tmp: &tempfile::TempDir) -> PathBuf {
+    std::env::var_os("KILN_HF_CHECK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf())
+}
+
+/// The character tokenizer's ids of `prompt` over `vocab`.
+fn char_ids(prompt: &str, vocab: &[char]) -> Vec<i64> {
+    prompt
+        .chars()
+        .map(|c| vocab.iter().position(|&v| v == c).unwrap() as i64)
+        .collect()
+}
+
 /// Weights perturbed far from initialization, so that every part (biases, LayerNorms, the
 /// GELU form) shows in the logits.
 #[test]
@@ -96,16 +111,11 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::env::var_os("KILN_HF_CHECK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let out = folders(&tmp);
     let mut vocab: Vec<char> = "\n !abczßé→中🙂".chars().collect();
     vocab.sort_unstable();
     let prompt = "a b\né→中🙂!ß";
-    let ids: Vec<i64> = prompt
-        .chars()
-        .map(|c| vocab.iter().position(|&v| v == c).unwrap() as i64)
-        .collect();
+    let ids = char_ids(prompt, &vocab);
     // (name, bias, tie, padded vocab rows, block size, new tokens): the last two cases
     // generate past the context, as Kiln does on a window of the last block_size tokens.
     let (exact, tanh) = (GeluForm::Exact, GeluForm::Tanh);
@@ -150,20 +160,9 @@ fn transformers_gives_kilns_logits_tokens_and_generation() {
             "{name}: the GELU forms differ by {moved} only"
         );
         let dir = out.join(name);
-        let hf = Gpt2Shape {
-            vocab_size: shape.vocab_size,
-            n_positions: block,
-            n_embd: 16,
-            n_layer: 2,
-            n_head: 4,
-            bias,
-            tie_weights: tie,
-            gelu,
-            layer_norm_epsilon: 1e-5,
-        };
         write_gpt2(
             &dir.join("hf"),
-            &hf,
+            &shape,
             &kiln_tensors(&model),
             &super::tests::char_tokenizer(&vocab),
         )
@@ -224,15 +223,10 @@ fn transformers_llama_gives_kilns_logits_and_generation() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::env::var_os("KILN_HF_CHECK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let out = folders(&tmp);
     let vocab: Vec<char> = "\n !abcdefgh".chars().collect();
     let prompt = "a bad cafe\nhe";
-    let ids: Vec<i64> = prompt
-        .chars()
-        .map(|c| vocab.iter().position(|&v| v == c).unwrap() as i64)
-        .collect();
+    let ids = char_ids(prompt, &vocab);
     // (name, bias, tie, key/value heads, RoPE base, block size, new tokens): the last case
     // generates past the context.
     let cases = [

@@ -43,11 +43,13 @@ impl Rope {
     /// The cosines and sines `[t, head_dim / 2]` of the angles at positions `offset..offset+t`.
     pub fn tables(&self, t: usize) -> (Vec<f32>, Vec<f32>) {
         let half = self.head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| self.theta.powf(-((2 * i) as f64) / self.head_dim as f64))
+            .collect();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in self.offset..self.offset + t {
-            for i in 0..half {
-                let inv_freq = self.theta.powf(-((2 * i) as f64) / self.head_dim as f64);
+            for &inv_freq in &inv_freq {
                 let angle = p as f64 * inv_freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -207,7 +209,7 @@ mod tests {
     use burn::backend::{Flex, NdArray};
     use burn::tensor::backend::AutodiffBackend;
 
-    use crate::testing::{assert_close, on_threads};
+    use crate::testing::{assert_close, on_threads, output_and_grad};
 
     const ROPE: Rope = Rope {
         rotated: 3,
@@ -219,31 +221,18 @@ mod tests {
     /// Output and input gradient of `sum(r * rope(x))` for `x` `[2, 5, 16]` (three rotated heads
     /// of 4 and 4 passed-through columns), by the kernel or by burn's operations.
     fn run<B: AutodiffBackend>(kiln: bool) -> [Vec<f32>; 2] {
-        let device = Default::default();
-        let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i * 31 + seed * 7) % 97) as f32 / 48.0 - 1.0)
-                .collect()
-        };
-        let dims = [2, 5, 16];
-        let x = Tensor::<B, 3>::from_data(TensorData::new(values(160, 0), dims), &device)
-            .require_grad();
-        let y = if kiln {
-            ROPE.apply(x.clone())
-        } else {
-            let turn = Turn {
-                rope: ROPE,
-                t: 5,
-                width: 16,
-            };
-            turn.by_tensor_ops(x.clone())
-        };
-        let r = Tensor::<B, 3>::from_data(TensorData::new(values(160, 1), dims), &device);
-        let grads = (y.clone() * r).sum().backward();
-        [
-            y.inner().into_data().to_vec().unwrap(),
-            x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
-        ]
+        output_and_grad::<B>([2, 5, 16], 1.0, |x| {
+            if kiln {
+                ROPE.apply(x)
+            } else {
+                let turn = Turn {
+                    rope: ROPE,
+                    t: 5,
+                    width: 16,
+                };
+                turn.by_tensor_ops(x)
+            }
+        })
     }
 
     #[test]

@@ -158,30 +158,18 @@ mod tests {
     use burn::backend::{Flex, NdArray};
     use burn::tensor::backend::AutodiffBackend;
 
-    use crate::testing::{assert_close, on_threads};
+    use crate::testing::{assert_close, on_threads, output_and_grad};
 
     /// Output and input gradient of `sum(r * swiglu(x))` for `x` `[3, 7, 2 * 9]`, by the kernel
     /// or by burn's operations.
     fn run<B: AutodiffBackend>(kiln: bool) -> [Vec<f32>; 2] {
-        let device = Default::default();
-        let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i * 37 + seed * 11) % 101) as f32 / 12.0 - 4.0)
-                .collect()
-        };
-        let x = Tensor::<B, 3>::from_data(TensorData::new(values(378, 0), [3, 7, 18]), &device)
-            .require_grad();
-        let y = if kiln {
-            swiglu(x.clone())
-        } else {
-            Glu { hidden: 9 }.by_tensor_ops(x.clone())
-        };
-        let r = Tensor::<B, 3>::from_data(TensorData::new(values(189, 1), [3, 7, 9]), &device);
-        let grads = (y.clone() * r).sum().backward();
-        [
-            y.inner().into_data().to_vec().unwrap(),
-            x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
-        ]
+        output_and_grad::<B>([3, 7, 18], 4.0, |x| {
+            if kiln {
+                swiglu(x)
+            } else {
+                Glu { hidden: 9 }.by_tensor_ops(x)
+            }
+        })
     }
 
     #[test]

@@ -22,3 +22,34 @@ pub(crate) fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) 
         .expect("a thread pool")
         .install(f)
 }
+
+/// The output and the input gradient of `sum(r * f(x))`, for `x` of `dims` and a fixed `r` of the
+/// output's shape, both filled with a deterministic pattern spread over `[-spread, spread]`.
+pub(crate) fn output_and_grad<B: burn::tensor::backend::AutodiffBackend>(
+    dims: [usize; 3],
+    spread: f32,
+    f: impl FnOnce(burn::tensor::Tensor<B, 3>) -> burn::tensor::Tensor<B, 3>,
+) -> [Vec<f32>; 2] {
+    use burn::tensor::{Tensor, TensorData};
+    let device = Default::default();
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + seed * 11) % 101) as f32 / 50.0 - 1.0) * spread)
+            .collect()
+    };
+    let x = Tensor::<B, 3>::from_data(
+        TensorData::new(values(dims.iter().product(), 0), dims),
+        &device,
+    )
+    .require_grad();
+    let y = f(x.clone());
+    let r = Tensor::<B, 3>::from_data(
+        TensorData::new(values(y.dims().iter().product(), 1), y.dims()),
+        &device,
+    );
+    let grads = (y.clone() * r).sum().backward();
+    [
+        y.inner().into_data().to_vec().unwrap(),
+        x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+    ]
+}

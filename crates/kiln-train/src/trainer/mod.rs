@@ -145,8 +145,7 @@ pub(crate) fn builtin_model_starting<B: AutodiffBackend>(
     match (&spec, &model) {
         (ModelConfig::Gpt(gpt), Model::Gpt(built)) if fresh && gpt.init_from.is_some() => {
             let dir = std::path::Path::new(gpt.init_from.as_deref().unwrap_or_default());
-            let hf = kiln_hf::import::read_config(dir)?;
-            let tensors = kiln_hf::import::read_weights(dir, hf.architecture, &built.shape)?;
+            let tensors = kiln_hf::import::read_weights(dir, &built.shape)?;
             let bytes = kiln_hf::import::to_safetensors(&tensors)?;
             let origin = format!("of model.init_from = {:?}", dir.display().to_string());
             kiln_infer::weights::load_bytes_trainable(model, bytes, &origin)
