@@ -7,54 +7,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{events, fails_with, kiln, stderr, train, LLAMA_STYLE};
+use common::{
+    events, export_hf, fails_with, finetune_config, kiln, stderr, train, valid_loss, LLAMA_STYLE,
+    SMOKE_GPT,
+};
 use serde_json::Value;
 use tempfile::tempdir;
-
-const SMOKE_GPT: &str = "configs/smoke-gpt.toml";
-
-/// The smoke config with no architecture keys (`init_from` brings them): a fine-tuning config.
-fn finetune_config(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(common::repo_root().join(SMOKE_GPT)).unwrap();
-    let start = text.find("[model]").unwrap();
-    let end = start + text[start..].find("\n[optimizer]").unwrap();
-    let text = format!(
-        "{}[model]\nkind = \"gpt\"\n{}",
-        &text[..start],
-        &text[end..]
-    );
-    let path = dir.join("finetune.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `kiln export RUN --format hf --out DIR`.
-fn export_hf(run: &Path, out: &Path) {
-    let o = kiln(&[
-        "export",
-        run.to_str().unwrap(),
-        "--format",
-        "hf",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-}
-
-/// The validation loss of a run's checkpoint by `kiln eval`.
-fn valid_loss(run: &Path) -> f64 {
-    let o = kiln(&[
-        "eval",
-        run.to_str().unwrap(),
-        "--split",
-        "valid",
-        "--backend",
-        "flex",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["loss"].as_f64().unwrap()
-}
 
 #[test]
 fn an_exported_model_imported_again_starts_at_its_own_validation_loss() {

@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// A tiny character-level GPT on Shakespeare (seconds on any backend).
+pub const SMOKE_GPT: &str = "configs/smoke-gpt.toml";
+
 /// `--set` overrides that turn configs/smoke-gpt.toml into Llama's style: RMSNorm, RoPE,
 /// SwiGLU, no biases, and two query heads per key/value head.
 pub const LLAMA_STYLE: &[&str] = &[
@@ -249,4 +252,54 @@ pub fn check_onnx(
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(result["ok"], true, "{result} {}", stderr(&o));
     result
+}
+
+/// The smoke config with no architecture keys (`init_from` brings them): a fine-tuning config.
+pub fn finetune_config(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join(SMOKE_GPT)).unwrap();
+    let start = text.find("[model]").unwrap();
+    let end = start + text[start..].find("\n[optimizer]").unwrap();
+    let text = format!(
+        "{}[model]\nkind = \"gpt\"\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    let path = dir.join("finetune.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `kiln export RUN --format hf --out DIR`.
+pub fn export_hf(run: &Path, out: &Path) {
+    export_as(run, "hf", out);
+}
+
+/// `kiln export RUN --format FORMAT --out DIR`, which must succeed.
+pub fn export_as(run: &Path, format: &str, out: &Path) {
+    let o = kiln(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        format,
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// The validation loss of a run's checkpoint by `kiln eval`.
+pub fn valid_loss(run: &Path) -> f64 {
+    let o = kiln(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--split",
+        "valid",
+        "--backend",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["loss"].as_f64().unwrap()
 }

@@ -15,6 +15,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 mod data;
+mod finetune;
 mod hash;
 mod load;
 mod tracking;
@@ -24,6 +25,7 @@ mod validate;
 mod tests;
 
 pub use data::{DataFormat, DataSection, DataTask, MissingValues, TokenDtype};
+pub use finetune::{FinetuneSection, LORA_TARGETS};
 pub use hash::{is_resumable_key, RESUMABLE_KEYS};
 pub use load::apply_override;
 pub use tracking::{Switch, TrackingSection};
@@ -58,6 +60,10 @@ pub struct Config {
     /// left out of `config.toml` when every key has its default).
     #[serde(default, skip_serializing_if = "TrackingSection::is_default")]
     pub tracking: TrackingSection,
+    /// `[finetune]`: LoRA adapters on a GPT started from `model.init_from` (absent: every
+    /// weight trains; left out of `config.toml` and the hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneSection>,
 }
 
 /// `[run]`: what the run is called, its seed and where its directory is written.

@@ -18,6 +18,7 @@ use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
 use crate::model::{build_model, HostWeights};
 use crate::onnx::{classifier_to_onnx, ClassifierNet, Layer};
 use crate::source::Source;
+use kiln_hf::peft::{write_peft, LoraSettings};
 use kiln_hf::write_hf;
 
 mod manifest;
@@ -31,8 +32,12 @@ pub enum Format {
     Kiln,
     /// `model.onnx` for onnxruntime / Triton (classifiers).
     Onnx,
-    /// A Hugging Face GPT-2 folder for transformers (GPT).
+    /// A Hugging Face GPT-2 or Llama folder for transformers (GPT; a LoRA fine-tune's adapters
+    /// merged in).
     Hf,
+    /// A LoRA fine-tune's adapters in PEFT's layout (`adapter_config.json`,
+    /// `adapter_model.safetensors`), for `peft` on the Hugging Face base.
+    Peft,
 }
 
 impl Format {
@@ -42,12 +47,13 @@ impl Format {
             Format::Kiln => "kiln",
             Format::Onnx => "onnx",
             Format::Hf => "hf",
+            Format::Peft => "peft",
         }
     }
 }
 
 /// The model/format/quantization combinations Kiln exports.
-pub const SUPPORTED: &str = "kiln: mlp, cnn, resnet, gpt with none, int8, int4; onnx: mlp, cnn, resnet with none, int8, int4; hf: gpt with none";
+pub const SUPPORTED: &str = "kiln: mlp, cnn, resnet, gpt with none, int8, int4; onnx: mlp, cnn, resnet with none, int8, int4; hf: gpt with none; peft: gpt fine-tuned with [finetune], none";
 
 /// Refuses a model/format/quantization combination Kiln cannot export, listing those it can.
 pub fn check_supported(model: &ModelConfig, format: Format, scheme: Scheme) -> Result<()> {
@@ -55,7 +61,7 @@ pub fn check_supported(model: &ModelConfig, format: Format, scheme: Scheme) -> R
     let ok = match format {
         Format::Kiln => true,
         Format::Onnx => !gpt,
-        Format::Hf => gpt && scheme == Scheme::None,
+        Format::Hf | Format::Peft => gpt && scheme == Scheme::None,
     };
     if !ok {
         bail!(
@@ -157,6 +163,9 @@ pub fn export<B: Backend>(
     let section = &ModelConfig::of(config)?;
     check_supported(section, opts.format, opts.scheme)?;
     check_out(&opts.out, opts.overwrite, Some(&source.run_dir))?;
+    if opts.format == Format::Peft && source.lora.is_none() {
+        bail!("--format peft writes LoRA adapters, and this run trained every weight (its config has no [finetune]); export it with --format hf");
+    }
 
     let data = RunData::load(config).context("loading the run's data for the export's metrics")?;
     let shape = data.shape();
@@ -213,10 +222,7 @@ pub fn export<B: Backend>(
         input: input_spec(&data, config.data.kiln_format()?, section)?,
         output: output_spec(&data, &source)?,
         quantization: quantization_spec(opts.scheme, &tensors, calibration.as_ref()),
-        source: json!({
-            "run": config.run.name, "checkpoint": source.checkpoint, "step": source.step,
-            "sha256": source.sha256, "bytes": source.bytes,
-        }),
+        source: source_json(&source),
         metrics: metrics.clone(),
         tensors: BTreeMap::new(),
         files: BTreeMap::new(),
@@ -254,6 +260,23 @@ pub fn export<B: Backend>(
         "float_metrics": float.json_with(json!({"split": split_name})),
         "source": {"checkpoint": source.checkpoint, "step": source.step, "sha256": source.sha256},
     }))
+}
+
+/// The manifest's `source`: the checkpoint, and a LoRA fine-tune's base and adapters (merged
+/// into the exported weights, or written alone by `--format peft`).
+fn source_json(source: &Source) -> Value {
+    let mut json = json!({
+        "run": source.config.run.name, "checkpoint": source.checkpoint, "step": source.step,
+        "sha256": source.sha256, "bytes": source.bytes,
+    });
+    if let Some(lora) = &source.lora {
+        json["lora"] = json!({
+            "base": lora.init_from, "base_sha256": lora.base_sha256,
+            "rank": lora.finetune.lora_rank, "alpha": lora.finetune.alpha(),
+            "target_modules": lora.finetune.target_modules,
+        });
+    }
+    json
 }
 
 /// Quantizes every weight with `scheme` along the axis `axis_of` gives it (the model's
@@ -301,6 +324,34 @@ fn write_format(
                     bytes: bytes.len() as u64,
                 },
             )]);
+            write(
+                dir,
+                "kiln.json",
+                serde_json::to_string_pretty(&manifest)?.as_bytes(),
+            )
+        }
+        Format::Peft => {
+            let lora = source
+                .lora
+                .as_ref()
+                .context("--format peft needs a LoRA fine-tune")?;
+            let DataShape::Tokens { vocab_size } = data.shape() else {
+                bail!("a PEFT export needs a GPT");
+            };
+            let gpt = section.gpt("a PEFT export")?;
+            let settings = LoraSettings {
+                rank: lora.finetune.lora_rank,
+                alpha: lora.finetune.alpha(),
+                dropout: lora.finetune.lora_dropout,
+                base: absolute(Path::new(&lora.init_from)).display().to_string(),
+            };
+            write_peft(
+                dir,
+                &GptShape::new(gpt, vocab_size)?,
+                &lora.adapters,
+                &settings,
+            )?;
+            manifest.format = "kiln-peft".into();
             write(
                 dir,
                 "kiln.json",

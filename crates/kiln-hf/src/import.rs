@@ -186,6 +186,7 @@ impl Fields<'_> {
             n_kv_head: None,
             dropout: 0.0,
             init_from: None,
+            lora: None,
         })
     }
 
@@ -242,6 +243,7 @@ impl Fields<'_> {
             n_kv_head: Some(self.usize("num_key_value_heads")?.unwrap_or(n_head)),
             dropout: 0.0,
             init_from: None,
+            lora: None,
         })
     }
 }
@@ -313,6 +315,25 @@ pub fn read_weights(dir: &Path, shape: &GptShape) -> Result<KilnTensors> {
         );
     }
     Ok(kiln)
+}
+
+/// The sha256 (lowercase hex) of the folder's weights: of its safetensors files' bytes, one
+/// after another in name order (for a single `model.safetensors`, what `sha256sum` prints). A
+/// LoRA checkpoint records it to name the base its adapters belong to.
+pub fn weights_sha256(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for file in weight_files(dir)? {
+        let mut f =
+            fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        std::io::copy(&mut f, &mut hasher)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The safetensors files of `dir`: those the index lists, or `model.safetensors`.

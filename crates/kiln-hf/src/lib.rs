@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 mod gpt2;
 pub mod import;
 mod llama;
+pub mod peft;
 
 pub use gpt2::write_gpt2;
 pub use llama::write_llama;

@@ -78,7 +78,7 @@ pub fn eval_run<B: Backend>(
         config.run.seed,
         device,
     )?;
-    let model = weights::load(model, weights_file)?;
+    let model = weights::load_run(model, config, weights_file)?;
     let r = evaluate(&model, data.eval_batches(split, config), device)?;
     Ok(r.json_with(serde_json::json!({"split": split.name(), "weights": weights_file})))
 }

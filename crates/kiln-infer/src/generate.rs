@@ -78,7 +78,7 @@ pub fn generate<B: Backend>(
         device,
     )?;
     // Model::new builds only a GPT from token data, so any other kind has failed above.
-    let Model::Gpt(gpt) = weights::load(model, weights_file)? else {
+    let Model::Gpt(gpt) = weights::load_run(model, config, weights_file)? else {
         unreachable!("token data builds a GPT")
     };
     generate_with(&gpt, &tokenizer, sampling, device, out)

@@ -40,8 +40,16 @@ impl ModelConfig {
     /// The model of `config`, checked against its data: errors name the key and, for a key of
     /// another model kind, that kind.
     pub fn of(config: &Config) -> Result<Self> {
-        let model = Self::from_section(&config.model)?;
+        let mut model = Self::from_section(&config.model)?;
         model.check_data(&config.data)?;
+        if let Some(finetune) = &config.finetune {
+            let gpt = match &mut model {
+                ModelConfig::Gpt(g) if g.init_from.is_some() => g,
+                ModelConfig::Gpt(_) => bail!("finetune: LoRA adapts pretrained weights; set model.init_from to a Hugging Face folder (or pass --init-from DIR), or remove [finetune] to train every weight"),
+                other => bail!("finetune: LoRA adapts a GPT (model.kind = \"gpt\"), this is model.kind = \"{}\"; remove [finetune]", other.kind()),
+            };
+            gpt.lora = Some(crate::gpt::LoraSpec::of(finetune)?);
+        }
         Ok(model)
     }
 

@@ -148,13 +148,17 @@ impl<B: Backend> Model<B> {
         kiln_core::alloc::tune();
         let mut init = HostInit::new(seed);
         if let (ModelConfig::Gpt(spec), DataShape::Tokens { vocab_size }) = (spec, shape) {
-            return Ok(Model::Gpt(Gpt::new(
+            let gpt = Gpt::new(
                 GptShape::new(spec, *vocab_size)?,
                 spec.dropout,
                 precision,
                 &mut init,
                 device,
-            )));
+            );
+            return Ok(Model::Gpt(match &spec.lora {
+                Some(lora) => gpt.with_lora(lora, &mut init),
+                None => gpt,
+            }));
         }
         let mismatch = || {
             anyhow::anyhow!(

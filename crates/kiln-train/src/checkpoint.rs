@@ -45,6 +45,9 @@ pub struct TrainState {
     /// workers x train.grad_accum_steps).
     #[serde(default = "one")]
     pub workers: usize,
+    /// A LoRA fine-tune's base model: the checkpoint holds only the adapters trained on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::base::BaseRef>,
 }
 
 fn one() -> usize {
@@ -138,8 +141,8 @@ pub struct Best {
     pub step: usize,
 }
 
-/// The names, ids and shapes of a model's tensors, as burn-store names them (`layers.0.weight`),
-/// and which of them the optimizer updates.
+/// The names, ids and shapes of the tensors a checkpoint holds, as burn-store names them
+/// (`layers.0.weight`), and which of them the optimizer updates.
 pub struct ParamTable {
     entries: Vec<(String, ParamId, Vec<usize>)>,
     /// The parameters that require a gradient: those with optimizer state. Buffers such as
@@ -148,8 +151,9 @@ pub struct ParamTable {
 }
 
 impl ParamTable {
-    /// The table of `model`'s parameters and buffers.
-    pub fn of<B: Backend, M: Module<B>>(model: &M) -> Self {
+    /// The table of `model`'s parameters and buffers; with `adapters_only` (a LoRA fine-tune,
+    /// whose frozen base comes from `model.init_from`) of the parameters that train only.
+    pub fn of<B: Backend, M: Module<B>>(model: &M, adapters_only: bool) -> Self {
         struct Trainable(HashSet<ParamId>);
         impl<B: Backend> ModuleVisitor<B> for Trainable {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -164,6 +168,7 @@ impl ParamTable {
             .collect(None, None, true)
             .into_iter()
             .filter_map(|s| Some((s.full_path(), s.tensor_id?, s.shape.to_vec())))
+            .filter(|(_, id, _)| !adapters_only || trainable.0.contains(id))
             .collect();
         Self {
             entries,
@@ -182,11 +187,16 @@ impl ParamTable {
     }
 }
 
-/// Copies the model's parameters to host memory.
-pub fn model_to_host<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<HostTensor>> {
+/// Copies the model's parameters that `table` lists to host memory.
+pub fn model_to_host<B: Backend, M: Module<B>>(
+    model: &M,
+    table: &ParamTable,
+) -> Result<Vec<HostTensor>> {
+    let saved: HashSet<ParamId> = table.entries.iter().map(|(_, id, _)| *id).collect();
     model
         .collect(None, None, true)
         .into_iter()
+        .filter(|s| s.tensor_id.is_some_and(|id| saved.contains(&id)))
         .map(|s| {
             let name = s.full_path();
             let data = s

@@ -55,7 +55,7 @@ impl Saver {
         best: bool,
     ) -> Result<Option<CheckpointEvent>> {
         let started = Instant::now();
-        let model = model_to_host(model)?;
+        let model = model_to_host(model, table)?;
         let optimizer = optimizer_to_host(optim, table)?;
         let serde_json::Value::Object(state) = serde_json::to_value(state)? else {
             unreachable!("TrainState serializes to an object")

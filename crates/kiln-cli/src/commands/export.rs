@@ -13,8 +13,9 @@ use super::{on_device, OnDevice};
 use crate::args::BackendArgs;
 
 /// Export a trained model for serving: the Kiln format (run it with `kiln predict`), ONNX
-/// (onnxruntime, Triton) for classifiers, or a Hugging Face GPT-2 folder (transformers) for
-/// GPT; weights float32, int8 or int4. Prints a JSON summary with sizes and the metrics
+/// (onnxruntime, Triton) for classifiers, or a Hugging Face GPT-2 or Llama folder
+/// (transformers) for GPT; weights float32, int8 or int4. A LoRA fine-tune exports with its
+/// adapters merged, or alone in PEFT's layout (`--format peft`). Prints a JSON summary with sizes and the metrics
 /// measured on the exported model.
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,6 +51,7 @@ enum FormatArg {
     Kiln,
     Onnx,
     Hf,
+    Peft,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +68,7 @@ pub fn exec(args: Args) -> Result<()> {
         FormatArg::Kiln => Format::Kiln,
         FormatArg::Onnx => Format::Onnx,
         FormatArg::Hf => Format::Hf,
+        FormatArg::Peft => Format::Peft,
     };
     let scheme = scheme(args.quantize, args.block_size, args.calibration_samples)?;
     // The cheap checks first: the checkpoint is read and hashed only after them.

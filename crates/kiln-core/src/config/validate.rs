@@ -21,6 +21,9 @@ impl Config {
             "distributed.timeout_secs",
             "must be at least 1 (seconds)",
         )?;
+        if let Some((key, why)) = self.finetune.as_ref().and_then(|f| f.problem()) {
+            check(false, key, &why)?;
+        }
         let t = &self.tracking;
         check(
             t.exit_timeout_secs >= 0.0 && t.exit_timeout_secs.is_finite(),

@@ -102,6 +102,10 @@ pub struct GptConfig {
     /// A Hugging Face folder (GPT-2 or Llama) whose architecture and weights the run starts
     /// from; `kiln train` fills the architecture keys from its `config.json`.
     pub init_from: Option<String>,
+    /// LoRA adapters from the run's `[finetune]` section (not a `[model]` key): set by
+    /// [`crate::ModelConfig::of`].
+    #[serde(skip)]
+    pub lora: Option<super::lora::LoraSpec>,
 }
 
 fn four() -> usize {

@@ -5,11 +5,12 @@
 //! changes nothing. [`Gpt::with_lora`] freezes every base parameter and adds adapters to the
 //! chosen projections; [`Lora::merged`] folds one into its layer's weight for export.
 
+use anyhow::{bail, Result};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kiln_core::config::Precision;
+use kiln_core::config::{FinetuneSection, Precision};
 use kiln_kernels::add::add;
 
 use super::Gpt;
@@ -30,6 +31,32 @@ pub enum LoraTarget {
     MlpProj,
 }
 
+impl LoraTarget {
+    /// The target of a `finetune.target_modules` name (`"attn.c_attn"`, ...).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "attn.c_attn" => LoraTarget::Attn,
+            "attn.c_proj" => LoraTarget::AttnProj,
+            "mlp.c_fc" => LoraTarget::Fc,
+            "mlp.c_proj" => LoraTarget::MlpProj,
+            other => bail!(
+                "finetune.target_modules: {other:?} is not a projection of Kiln's GPT; use {:?}",
+                kiln_core::config::LORA_TARGETS
+            ),
+        })
+    }
+
+    /// The name checkpoints give the adapted layer (`attn.c_attn`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraTarget::Attn => "attn.c_attn",
+            LoraTarget::AttnProj => "attn.c_proj",
+            LoraTarget::Fc => "mlp.c_fc",
+            LoraTarget::MlpProj => "mlp.c_proj",
+        }
+    }
+}
+
 /// Which adapters to add, and their rank, scale and dropout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraSpec {
@@ -41,6 +68,20 @@ pub struct LoraSpec {
     pub dropout: f64,
     /// The projections adapted in every block.
     pub targets: Vec<LoraTarget>,
+}
+
+impl LoraSpec {
+    /// The adapters of a run's `[finetune]` section.
+    pub fn of(finetune: &FinetuneSection) -> Result<Self> {
+        Ok(LoraSpec {
+            rank: finetune.lora_rank,
+            alpha: finetune.alpha(),
+            dropout: finetune.lora_dropout,
+            targets: (finetune.target_modules.iter())
+                .map(|t| LoraTarget::from_name(t))
+                .collect::<Result<_>>()?,
+        })
+    }
 }
 
 /// A low-rank update of one linear layer.

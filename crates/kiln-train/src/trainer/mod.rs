@@ -143,7 +143,11 @@ pub(crate) fn builtin_model_starting<B: AutodiffBackend>(
         device,
     )?;
     match (&spec, &model) {
-        (ModelConfig::Gpt(gpt), Model::Gpt(built)) if fresh && gpt.init_from.is_some() => {
+        // A fresh run starts from the folder's weights; a LoRA fine-tune's frozen base comes from
+        // there on resume too (its checkpoints hold only the adapters).
+        (ModelConfig::Gpt(gpt), Model::Gpt(built))
+            if (fresh || gpt.lora.is_some()) && gpt.init_from.is_some() =>
+        {
             let dir = std::path::Path::new(gpt.init_from.as_deref().unwrap_or_default());
             let tensors = kiln_hf::import::read_weights(dir, &built.shape)?;
             let bytes = kiln_hf::import::to_safetensors(&tensors)?;
@@ -234,6 +238,8 @@ struct Loop<'a, B: AutodiffBackend, D: TrainData + ?Sized> {
     /// "samples" or "tokens".
     unit: &'static str,
     table: ParamTable,
+    /// A LoRA fine-tune's base, recorded in every checkpoint.
+    base: Option<crate::base::BaseRef>,
     optim: Optim<B>,
     schedule: LrSchedule,
     /// The schedule's horizon: the run's length when it started.

@@ -18,6 +18,7 @@ use kiln_data::Shard;
 use kiln_dist::Communicator;
 use kiln_models::TrainModel;
 
+use crate::base::{check_resume, BaseRef};
 use crate::checkpoint::{check_fits, restore, train_state, DataPosition, ParamTable, TrainState};
 use crate::data::TrainData;
 use crate::events::{Event, ResumeEvent, RunStart, Sinks, Skipped};
@@ -50,9 +51,17 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
     {
         let (rank, world) = (comm.rank(), comm.world());
         let lead = rank == 0;
-        let table = ParamTable::of(&model);
+        let base = crate::base::base_of(config)?;
+        let table = ParamTable::of(&model, base.is_some());
         let (start, run_path) = open_run(
-            config, model, &table, data, &device, backend, options, &mut *comm,
+            config,
+            model,
+            (&table, base.as_ref()),
+            data,
+            &device,
+            backend,
+            options,
+            &mut *comm,
         )?;
         let st = start.state;
         let t = &config.train;
@@ -89,6 +98,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
             world,
             unit: data.unit(),
             table,
+            base,
             optim: start.optim,
             schedule,
             horizon,
@@ -167,7 +177,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
 pub(super) fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>(
     config: &Config,
     model: M,
-    table: &ParamTable,
+    (table, base): (&ParamTable, Option<&BaseRef>),
     data: &(impl TrainData + ?Sized),
     device: &B::Device,
     backend: BackendKind,
@@ -189,7 +199,16 @@ pub(super) fn open_run<B: AutodiffBackend, M: TrainModel<B> + AutodiffModule<B>>
             state: None,
             resume_event: None,
         },
-        Some(from) => resume(config, options, from, table, model, optim, device, lead)?,
+        Some(from) => resume(
+            config,
+            options,
+            from,
+            (table, base),
+            model,
+            optim,
+            device,
+            lead,
+        )?,
     };
     agree(comm, config, data, start.step)?;
     check_workers(config, start.state.as_ref(), world, options.force)?;
@@ -355,7 +374,7 @@ pub(super) fn resume<B: AutodiffBackend, M: Module<B>>(
     config: &Config,
     options: &TrainOptions,
     from: &ResumeFrom,
-    table: &ParamTable,
+    (table, base): (&ParamTable, Option<&BaseRef>),
     model: M,
     mut optim: Optim<B>,
     device: &B::Device,
@@ -397,6 +416,8 @@ pub(super) fn resume<B: AutodiffBackend, M: Module<B>>(
         skipped,
     };
     let state = train_state(&verified)?;
+    // Before anything in the run directory changes.
+    check_resume(state.base.as_ref(), base)?;
     let model = restore(&verified, table, model, &mut optim, device);
     if lead {
         let dropped = run.truncate_metrics(verified.step)?;

@@ -266,6 +266,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
                 data_wait_secs: self.data_wait_total.as_secs_f64(),
                 loss_scale: self.loss_scale,
                 workers: self.world,
+                base: self.base.clone(),
             };
             let previous = saver.save(step, model, &self.optim, &self.table, state, new_best)?;
             if let Some(written) = previous {
