@@ -82,6 +82,7 @@ fn main() -> Result<()> {
         mlp_hidden: None,
         n_kv_head: None,
         init_from: None,
+        lora: None,
     };
     // `--style llama`: RMSNorm, RoPE, SwiGLU and `--n-kv-head` key/value heads.
     let gpt = match get("--style", "gpt2").as_str() {

@@ -210,7 +210,12 @@ fn check_exports(dir: &Path, name: &str, run: &Path, base: &Path) {
     assert!(o.status.success(), "{}", stderr(&o));
     // `kiln generate` ends its text with a line break; the model is character-level.
     let text = String::from_utf8(o.stdout).unwrap();
-    let completion: String = text.strip_prefix(prompt).unwrap().chars().take(12).collect();
+    let completion: String = text
+        .strip_prefix(prompt)
+        .unwrap()
+        .chars()
+        .take(12)
+        .collect();
     expected["completion"] = completion.into();
     let path = dir.join(format!("{name}-expected.json"));
     std::fs::write(&path, expected.to_string()).unwrap();

@@ -315,20 +315,42 @@ fn finetune_is_out_of_the_hash_when_absent_and_part_of_it_when_set() {
     assert!(plain.finetune.is_none() && !plain.to_toml().contains("finetune"));
     let lora = load(&["finetune.lora_rank=8"]).unwrap();
     let f = lora.finetune.as_ref().unwrap();
-    assert_eq!((f.alpha(), f.lora_dropout, f.target_modules.len()), (8.0, 0.0, 4));
+    assert_eq!(
+        (f.alpha(), f.lora_dropout, f.target_modules.len()),
+        (8.0, 0.0, 4)
+    );
     assert_ne!(lora.maths_hash(), plain.maths_hash());
     let alpha = load(&["finetune.lora_rank=8", "finetune.lora_alpha=16"]).unwrap();
     assert_ne!(alpha.maths_hash(), lora.maths_hash());
     // The resolved config (what a run saves) reads back to the same section and hash.
     let again = Config::from_toml_str(&lora.to_toml(), &[], "saved.toml").unwrap();
-    assert_eq!((again.finetune, again.maths_hash()), (lora.finetune, lora.maths_hash()));
+    assert_eq!(again.finetune, lora.finetune);
+    assert_eq!(again.maths_hash(), lora.maths_hash());
     for (set, needle) in [
-        ("finetune.lora_rank=0", "finetune.lora_rank: must be at least 1"),
-        ("finetune.lora_alpha=-1", "finetune.lora_alpha: must be a positive number"),
-        ("finetune.lora_dropout=1.5", "finetune.lora_dropout: must be in [0, 1)"),
-        ("finetune.target_modules=[]", "finetune.target_modules: must name at least one"),
-        ("finetune.target_modules=[\"mlp.c_fc\", \"mlp.c_fc\"]", "named twice"),
-        ("finetune.target_modules=[\"q_proj\"]", "\"q_proj\" is not a projection"),
+        (
+            "finetune.lora_rank=0",
+            "finetune.lora_rank: must be at least 1",
+        ),
+        (
+            "finetune.lora_alpha=-1",
+            "finetune.lora_alpha: must be a positive number",
+        ),
+        (
+            "finetune.lora_dropout=1.5",
+            "finetune.lora_dropout: must be in [0, 1)",
+        ),
+        (
+            "finetune.target_modules=[]",
+            "finetune.target_modules: must name at least one",
+        ),
+        (
+            "finetune.target_modules=[\"mlp.c_fc\", \"mlp.c_fc\"]",
+            "named twice",
+        ),
+        (
+            "finetune.target_modules=[\"q_proj\"]",
+            "\"q_proj\" is not a projection",
+        ),
     ] {
         let e = format!("{:#}", load(&["finetune.lora_rank=4", set]).unwrap_err());
         assert!(e.contains(needle), "{set}: {e}");
