@@ -85,11 +85,27 @@ GPU_MODELS = {
                  "--n-embd", "768", "--block", "1024", "--dropout", "0.0", "--bias", "1",
                  "--tie", "1", "--precision", "bf16", "--device", "cuda"],
     },
+    "llama-gpu": {
+        "label": "llama-gpu", "batch": 64, "tokens_per_sample": 256,
+        "args": ["--model", "gpt", "--vocab", "65", "--n-layer", "6", "--n-head", "6",
+                 "--n-embd", "384", "--block", "256", "--dropout", "0.0", "--bias", "0",
+                 "--tie", "1", "--precision", "bf16", "--device", "cuda",
+                 "--style", "llama", "--n-kv-head", "2"],
+    },
+    "llama-124m": {
+        "label": "llama-124m", "batch": 8, "tokens_per_sample": 1024,
+        "args": ["--model", "gpt", "--vocab", "50304", "--n-layer", "12", "--n-head", "12",
+                 "--n-embd", "768", "--block", "1024", "--dropout", "0.0", "--bias", "0",
+                 "--tie", "1", "--precision", "bf16", "--device", "cuda",
+                 "--style", "llama", "--n-kv-head", "4"],
+    },
 }
 GPU_RUNNERS = ["cuda", "pytorch"]
 GPU_STEPS = {
     ("gpt-gpu", "cuda"): (10, 100), ("gpt-gpu", "pytorch"): (10, 100),
     ("gpt2-124m", "cuda"): (5, 50), ("gpt2-124m", "pytorch"): (5, 50),
+    ("llama-gpu", "cuda"): (10, 100), ("llama-gpu", "pytorch"): (10, 100),
+    ("llama-124m", "cuda"): (5, 50), ("llama-124m", "pytorch"): (5, 50),
 }
 
 # Dense (no sparsity) bf16 tensor-core peaks, by a substring of the GPU name.
@@ -230,6 +246,14 @@ def flops_per_token(args):
     f = dict(zip(args[::2], args[1::2]))
     v, l, e, t = int(f["--vocab"]), int(f["--n-layer"]), int(f["--n-embd"]), int(f["--block"])
     bias, tie = f["--bias"] == "1", f["--tie"] == "1"
+    if f.get("--style") == "llama":
+        # RMSNorm (gamma only), fused q|k|v with n_kv_head key/value heads, SwiGLU of Kiln's
+        # default width, no biases, no wpe.
+        kv = int(f["--n-kv-head"]) * e // int(f["--n-head"])
+        hidden = -(-(8 * e // 3) // 32) * 32
+        block = 2 * e + e * (e + 2 * kv) + e * e + e * 2 * hidden + hidden * e
+        n = v * e + l * block + e + (0 if tie else e * v)
+        return 6 * n + 12 * l * e * t, n
     ln = (2 if bias else 1) * e
     block = 2 * ln + (e * 3 * e) + (e * e) + (e * 4 * e) + (4 * e * e)
     if bias:
@@ -453,7 +477,9 @@ def gpu_main(a):
         f"{gpu.get('driver', '?')}); PyTorch {torch_version}; median of {a.reps} interleaved runs; {date}.",
         "gpt-gpu: vocab 65, 6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2 "
         "(nanoGPT shakespeare_char). gpt2-124m: vocab 50304, 12 layers, 12 heads, 768 wide, "
-        "block 1024, batch 8, dropout 0, tied head.",
+        "block 1024, batch 8, dropout 0, tied head. llama-gpu / llama-124m: the same sizes in "
+        "Llama's style (RMSNorm, RoPE, SwiGLU of width 8d/3 rounded to 32, no biases, dropout 0) "
+        "with 2 / 4 key-value heads (grouped-query attention).",
         f"MFU = tokens/s x (6N + 12 L d T) / {a.peak_flops / 1e12:.0f} TFLOP/s (bf16 dense peak). "
         "Memory: the framework's own peak allocation (PyTorch: max_memory_allocated) and the peak "
         "of nvidia-smi memory.used over the run minus idle (both frameworks, incl. context and pools).",

@@ -7,7 +7,7 @@ Usage:
     python benches/torch_ref.py --model gpt --batch 32 --threads N \
         --warmup W --steps S [--vocab 65 --n-layer 4 --n-head 4 --n-embd 128 \
         --block 64 --dropout 0.0 --bias 1 --tie 1] [--precision f32|bf16|f16] \
-        [--device cpu|cuda] [--peak-flops 989e12]
+        [--style gpt2|llama --n-kv-head H] [--device cpu|cuda] [--peak-flops 989e12]
 
 Prints exactly one JSON line to stdout:
     {"framework": "pytorch", "torch_version": ..., "model": ..., "batch": ...,
@@ -31,6 +31,11 @@ causal multi-head attention via F.scaled_dot_product_attention, GELU (erf) MLP
 cross-entropy over all batch*block positions of a fixed random [batch, block]
 token batch. AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.1 on
 Linear weights only (not on biases, LayerNorms, wte, wpe); fused on CUDA.
+`--style llama` makes it Kiln's Llama style (`norm = "rmsnorm"`, `position = "rope"`,
+`mlp = "swiglu"`): RMSNorm (eps 1e-5), no wpe, rotary embeddings on queries and keys (base
+10000, rotate_half as transformers' Llama), `--n-kv-head` key/value heads (grouped-query
+attention through scaled_dot_product_attention's enable_gqa), SwiGLU MLP of Kiln's default
+width (8 n_embd / 3 rounded up to 32).
 bf16 / f16: torch.autocast around forward + loss with f32 master weights, and
 a GradScaler for f16 on CUDA.
 
@@ -128,27 +133,44 @@ def input_shape(name: str, batch: int):
 # ----------------------------------------------------------------------------- GPT
 
 
+def rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd, n_head, dropout, bias):
+    def __init__(self, n_embd, n_head, dropout, bias, n_kv_head=None, rope=False):
         super().__init__()
         assert n_embd % n_head == 0
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.n_kv_head = n_kv_head or n_head
+        hd = n_embd // n_head
+        self.c_attn = nn.Linear(n_embd, n_embd + 2 * self.n_kv_head * hd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head = n_head
         self.dropout = dropout
+        self.rope = rope
 
     def forward(self, x):
         b, t, c = x.size()
-        q, k, v = self.c_attn(x).split(c, dim=2)
         hd = c // self.n_head
+        kv = self.n_kv_head * hd
+        q, k, v = self.c_attn(x).split([c, kv, kv], dim=2)
         q = q.view(b, t, self.n_head, hd).transpose(1, 2)
-        k = k.view(b, t, self.n_head, hd).transpose(1, 2)
-        v = v.view(b, t, self.n_head, hd).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_head, hd).transpose(1, 2)
+        if self.rope:
+            inv = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, device=x.device).float() / hd))
+            freqs = torch.outer(torch.arange(t, device=x.device).float(), inv)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         # scale defaults to 1/sqrt(head_dim); dropout on the attention probabilities.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None, is_causal=True,
             dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
         )
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_dropout(self.c_proj(y))
@@ -166,13 +188,30 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
-class Block(nn.Module):
-    def __init__(self, n_embd, n_head, dropout, bias):
+class SwiGLU(nn.Module):
+    def __init__(self, n_embd, dropout, bias):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
-        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        hidden = -(-(8 * n_embd // 3) // 32) * 32
+        self.c_fc = nn.Linear(n_embd, 2 * hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+def norm(n_embd, bias, llama):
+    return nn.RMSNorm(n_embd, eps=1e-5) if llama else nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head, dropout, bias, llama=False, n_kv_head=None):
+        super().__init__()
+        self.ln_1 = norm(n_embd, bias, llama)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, n_kv_head, rope=llama)
+        self.ln_2 = norm(n_embd, bias, llama)
+        self.mlp = SwiGLU(n_embd, dropout, bias) if llama else MLP(n_embd, dropout, bias)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -181,15 +220,17 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab, n_layer, n_head, n_embd, block, dropout, bias, tie):
+    def __init__(self, vocab, n_layer, n_head, n_embd, block, dropout, bias, tie,
+                 llama=False, n_kv_head=None):
         super().__init__()
         self.block = block
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.wte = nn.Embedding(vocab, n_embd)
-        self.wpe = nn.Embedding(block, n_embd)
+        self.wpe = None if llama else nn.Embedding(block, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.h = nn.ModuleList(Block(n_embd, n_head, dropout, bias, llama, n_kv_head)
+                               for _ in range(n_layer))
+        self.ln_f = norm(n_embd, bias, llama)
         self.lm_head = nn.Linear(n_embd, vocab, bias=False)
         if tie:
             self.lm_head.weight = self.wte.weight
@@ -209,7 +250,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding=False):
         # parameters() yields a tied weight once.
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.wpe is not None:
             n -= self.wpe.weight.numel()
         return n
 
@@ -221,7 +262,8 @@ class GPT(nn.Module):
     def forward(self, idx):
         b, t = idx.size()
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx) if self.wpe is None else self.wte(idx) + self.wpe(pos)
+        x = self.drop(x)
         for blk in self.h:
             x = blk(x)
         return self.lm_head(self.ln_f(x))
@@ -229,7 +271,7 @@ class GPT(nn.Module):
     def param_groups(self, weight_decay):
         """Decay only Linear weights (incl. an untied lm_head); no decay on biases, LayerNorms,
         wte, wpe (a tied lm_head is wte). Matches Kiln's Model::no_decay."""
-        no_decay = {id(self.wte.weight), id(self.wpe.weight)}
+        no_decay = {id(self.wte.weight)} | ({id(self.wpe.weight)} if self.wpe is not None else set())
         decay, other = [], []
         for p in self.parameters():
             (decay if p.dim() >= 2 and id(p) not in no_decay else other).append(p)
@@ -263,6 +305,8 @@ def main() -> int:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--bias", type=int, choices=[0, 1], default=1)
     p.add_argument("--tie", type=int, choices=[0, 1], default=1)
+    p.add_argument("--style", choices=["gpt2", "llama"], default="gpt2")
+    p.add_argument("--n-kv-head", type=int, default=None)
     p.add_argument("--peak-flops", type=float, default=989e12,
                    help="peak FLOP/s for MFU on cuda (default 989e12: H100 SXM bf16 dense)")
     args = p.parse_args()
@@ -290,7 +334,8 @@ def main() -> int:
 
     if args.model == "gpt":
         model = GPT(args.vocab, args.n_layer, args.n_head, args.n_embd, args.block,
-                    args.dropout, bool(args.bias), bool(args.tie)).to(dev)
+                    args.dropout, bool(args.bias), bool(args.tie),
+                    llama=args.style == "llama", n_kv_head=args.n_kv_head).to(dev)
         groups = model.param_groups(0.1)
         x = torch.randint(0, args.vocab, (args.batch, args.block), dtype=torch.int64, device=dev)
         y = torch.randint(0, args.vocab, (args.batch, args.block), dtype=torch.int64, device=dev)
@@ -360,6 +405,7 @@ def main() -> int:
         out.update({
             "vocab": args.vocab, "n_layer": args.n_layer, "n_head": args.n_head,
             "n_embd": args.n_embd, "block": args.block, "dropout": args.dropout,
+            "style": args.style, "n_kv_head": args.n_kv_head or args.n_head,
             "bias": args.bias, "tie": args.tie,
             "tokens_per_sec": args.steps * args.batch * args.block / seconds,
             "params": model.num_params(),
