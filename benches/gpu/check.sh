@@ -13,8 +13,13 @@
 # 4. benches/run.py --device cuda: training-step throughput of Kiln against PyTorch, GPT-2 and
 #    Llama styles, two sizes each.
 # Each part has its own time limit; a summary table is printed last.
+#
+# The first call (2026-12-04) spent most of its 10 minutes in CubeCL's autotuning: every new
+# `kiln` process on CUDA tuned its matmuls and reductions again for about a minute (80 s for an
+# 8-step smoke run), so parts 1-3 now tune minimally (CUBECL_AUTOTUNE_LEVEL=minimal; they check
+# results, not speed) and part 4, which times, keeps the default.
 set -u
-export PYTHONUNBUFFERED=1 KILN_LOG=info
+export PYTHONUNBUFFERED=1 KILN_LOG=warn CUBECL_AUTOTUNE_LEVEL=minimal
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 K=$PWD/.gpu/kiln
@@ -88,14 +93,14 @@ echo "== 3. KV cache on cuda"
   for mode in cache no-cache; do
     for rep in 1 2; do
       flag=(); [ $mode = no-cache ] && flag=(--no-cache)
-      timeout 120 "$K" generate "$RUNS/kv" --prompt "ROMEO:" --max-tokens 256 --temperature 0 \
+      KILN_LOG=info timeout 120 "$K" generate "$RUNS/kv" --prompt "ROMEO:" --max-tokens 256 --temperature 0 \
           --backend cuda "${flag[@]}" 2>&1 >/dev/null | grep -i "tokens/s" | sed "s/^/$mode: /"
     done
   done
 ) | tee "$OUT/kv.txt"
 
 echo "== 4. training-step throughput"
-timeout 330 python3 benches/run.py --device cuda --no-build --kiln-bin .gpu/kiln-bench \
+CUBECL_AUTOTUNE_LEVEL=balanced timeout 330 python3 benches/run.py --device cuda --no-build --kiln-bin .gpu/kiln-bench \
     --python python3 --reps 2 --steps-scale 0.6 --timeout 120 \
     --models gpt-gpu,llama-gpu,gpt2-124m,llama-124m --out "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench exit $?"
