@@ -165,6 +165,21 @@ def check(args, summary):
             )
 
 
+def run(check, args, what):
+    """Runs `check(args, summary)` and prints the one-line JSON summary; on a `Mismatch` also the
+    reason on stderr (naming `what`), and exits 1."""
+    summary = {}
+    try:
+        check(args, summary)
+    except Mismatch as e:
+        summary.update(ok=False, error=str(e))
+        print(json.dumps(summary))
+        print(f"{what}: {e}", file=sys.stderr)
+        sys.exit(1)
+    summary["ok"] = True
+    print(json.dumps(summary))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hf_dir", help="the Hugging Face folder Kiln exported")
@@ -172,16 +187,7 @@ def main():
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest allowed absolute logit difference (default 1e-4)")
     args = parser.parse_args()
-    summary = {}
-    try:
-        check(args, summary)
-    except Mismatch as e:
-        summary.update(ok=False, error=str(e))
-        print(json.dumps(summary))
-        print(f"check_hf: {args.hf_dir}: {e}", file=sys.stderr)
-        sys.exit(1)
-    summary["ok"] = True
-    print(json.dumps(summary))
+    run(check, args, f"check_hf: {args.hf_dir}")
 
 
 if __name__ == "__main__":

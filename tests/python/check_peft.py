@@ -25,9 +25,8 @@ on any mismatch, with the reason on stderr.
 
 import argparse
 import json
-import sys
 
-from check_hf import Mismatch, compare_logits, greedy, load_model
+from check_hf import Mismatch, compare_logits, greedy, load_model, run
 
 
 def check(args, summary):
@@ -101,16 +100,7 @@ def main():
     parser.add_argument("--merged-atol", type=float, default=1e-5,
                         help="largest logit difference from the merged export (default 1e-5)")
     args = parser.parse_args()
-    summary = {}
-    try:
-        check(args, summary)
-    except Mismatch as e:
-        summary.update(ok=False, error=str(e))
-        print(json.dumps(summary))
-        print(f"check_peft: {args.peft_dir}: {e}", file=sys.stderr)
-        sys.exit(1)
-    summary["ok"] = True
-    print(json.dumps(summary))
+    run(check, args, f"check_peft: {args.peft_dir}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ impl Source {
             weights.insert(t.name.clone(), (t.shape.clone(), values));
         }
         let mut config = config;
-        let (weights, lora) = match kiln_infer::weights::lora_base(&config, &file)? {
+        let (weights, lora) = match kiln_infer::base::lora_base(&config, &file)? {
             None => (weights, None),
             Some(base) => {
                 let finetune = config.finetune.take().unwrap_or_else(|| unreachable!());

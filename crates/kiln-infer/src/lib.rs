@@ -1,5 +1,6 @@
 //! Running a trained Kiln model outside the training loop, and what it runs on: the run's data
-//! from its `[data]` section ([`RunData`]), loading weights ([`weights`]), evaluation on a split
+//! from its `[data]` section ([`RunData`]), loading weights ([`weights`]; a LoRA fine-tune's base:
+//! [`base`]), evaluation on a split
 //! ([`evaluate`], [`eval_run`]) and text generation ([`generate`]).
 //!
 //! Training (kiln-train), exporting (kiln-export) and serving all build on this crate; it
@@ -7,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod base;
 pub mod data;
 pub mod eval;
 pub mod generate;

@@ -47,7 +47,7 @@ pub struct TrainState {
     pub workers: usize,
     /// A LoRA fine-tune's base model: the checkpoint holds only the adapters trained on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<crate::base::BaseRef>,
+    pub base: Option<kiln_infer::base::BaseRef>,
 }
 
 fn one() -> usize {

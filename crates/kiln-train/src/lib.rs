@@ -4,7 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod allreduce;
-pub mod base;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;

@@ -239,7 +239,7 @@ struct Loop<'a, B: AutodiffBackend, D: TrainData + ?Sized> {
     unit: &'static str,
     table: ParamTable,
     /// A LoRA fine-tune's base, recorded in every checkpoint.
-    base: Option<crate::base::BaseRef>,
+    base: Option<kiln_infer::base::BaseRef>,
     optim: Optim<B>,
     schedule: LrSchedule,
     /// The schedule's horizon: the run's length when it started.

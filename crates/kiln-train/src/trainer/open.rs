@@ -18,7 +18,6 @@ use kiln_data::Shard;
 use kiln_dist::Communicator;
 use kiln_models::TrainModel;
 
-use crate::base::{check_resume, BaseRef};
 use crate::checkpoint::{check_fits, restore, train_state, DataPosition, ParamTable, TrainState};
 use crate::data::TrainData;
 use crate::events::{Event, ResumeEvent, RunStart, Sinks, Skipped};
@@ -30,6 +29,7 @@ use crate::schedule::LrSchedule;
 use crate::sinks::{Console, Jsonl};
 use crate::system::SystemSampler;
 use crate::tracked::Tracked;
+use kiln_infer::base::{check_base, BaseRef};
 
 use super::window::Window;
 use super::{Loop, Start, TrainOptions};
@@ -51,7 +51,7 @@ impl<'a, B: AutodiffBackend, D: TrainData + ?Sized> Loop<'a, B, D> {
     {
         let (rank, world) = (comm.rank(), comm.world());
         let lead = rank == 0;
-        let base = crate::base::base_of(config)?;
+        let base = kiln_infer::base::base_of(config)?;
         let table = ParamTable::of(&model, base.is_some());
         let (start, run_path) = open_run(
             config,
@@ -417,7 +417,7 @@ pub(super) fn resume<B: AutodiffBackend, M: Module<B>>(
     };
     let state = train_state(&verified)?;
     // Before anything in the run directory changes.
-    check_resume(state.base.as_ref(), base)?;
+    check_base(state.base.as_ref(), base, "the checkpoint")?;
     let model = restore(&verified, table, model, &mut optim, device);
     if lead {
         let dropped = run.truncate_metrics(verified.step)?;
