@@ -8,7 +8,9 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use commands::{eval, export, generate, launch, plot, predict, runs, sweep, sync, tokenize, train};
+use commands::{
+    eval, export, generate, launch, plot, predict, runs, serve, sweep, sync, tokenize, train,
+};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,7 @@ enum Command {
     Generate(generate::Args),
     Export(export::Args),
     Predict(predict::Args),
+    Serve(serve::Args),
     Tokenize(tokenize::Args),
     Sync(sync::Args),
     Plot(plot::Args),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::exec(args),
         Command::Export(args) => export::exec(args),
         Command::Predict(args) => predict::exec(args),
+        Command::Serve(args) => serve::exec(args),
         Command::Tokenize(args) => tokenize::exec(args),
         Command::Sync(args) => sync::exec(args),
         Command::Plot(args) => plot::exec(args),

@@ -338,6 +338,66 @@ fn read_csv(path: &Path, sample_shape: &[usize]) -> Result<Vec<Record>> {
     Ok(records)
 }
 
+/// What a model of samples computed for a batch, row after row.
+pub enum Outputs {
+    /// A classifier: `[rows, classes]` logits and their softmax.
+    Classes {
+        /// The logits, row after row.
+        logits: Vec<f32>,
+        /// The class probabilities, row after row.
+        probabilities: Vec<f32>,
+    },
+    /// A regression: one value per row, in the target's units.
+    Values(Vec<f32>),
+}
+
+/// Runs `loaded` on `rows` samples of `x` (their values as the data loader reads them, row
+/// after row): the export's standardization, the forward pass and, for a classifier, the
+/// softmax, in one batch. `kiln predict` and `kiln serve` both run samples through it.
+pub fn forward_samples<B: Backend>(
+    loaded: &Loaded<B>,
+    mut x: Vec<f32>,
+    rows: usize,
+    device: &B::Device,
+) -> Result<Outputs> {
+    let Task::Samples {
+        output,
+        standardize,
+        ..
+    } = &loaded.task
+    else {
+        bail!("this export is a language model; give it a prompt");
+    };
+    ensure!(rows > 0 && x.len() % rows == 0, "no samples to run");
+    let features = x.len() / rows;
+    if let Some(st) = standardize {
+        st.apply_rows(&mut x, features);
+    }
+    let input = Tensor::<B, 2>::from_data(TensorData::new(x, [rows, features]), device);
+    let logits = loaded.model.forward(Input::Features(input));
+    let read = |t: Tensor<B, 2>| -> Result<Vec<f32>> {
+        t.into_data().convert::<f32>().to_vec().map_err(data_err)
+    };
+    Ok(match output {
+        SampleOutput::Value { .. } => Outputs::Values(read(logits)?),
+        SampleOutput::Classes(_) => Outputs::Classes {
+            probabilities: read(softmax(logits.clone(), 1))?,
+            logits: read(logits)?,
+        },
+    })
+}
+
+/// The index of the largest value (the first on a tie).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = k;
+        }
+    }
+    best
+}
+
 /// Runs `loaded` on `records` and writes one JSON line each: the origin, and the class index,
 /// label and probabilities (and logits when asked) of a classifier, or the predicted value of a
 /// regression (`{"input": .., "<target>": value}`).
@@ -348,65 +408,43 @@ pub fn predict_samples<B: Backend>(
     device: &B::Device,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let Task::Samples {
-        output,
-        standardize,
-        ..
-    } = &loaded.task
-    else {
+    let Task::Samples { output, .. } = &loaded.task else {
         bail!("this export is a language model; give it a prompt");
     };
     for chunk in records.chunks(BATCH) {
-        let features = chunk[0].values.len();
-        let mut x: Vec<f32> = chunk
+        let x: Vec<f32> = chunk
             .iter()
             .flat_map(|r| r.values.iter().copied())
             .collect();
-        if let Some(st) = standardize {
-            st.apply_rows(&mut x, features);
-        }
-        let input = Tensor::<B, 2>::from_data(TensorData::new(x, [chunk.len(), features]), device);
-        let logits = loaded.model.forward(Input::Features(input));
-        let labels = match output {
-            SampleOutput::Classes(labels) => labels,
-            SampleOutput::Value { target } => {
-                let values: Vec<f32> = (logits.into_data().convert::<f32>())
-                    .to_vec()
-                    .map_err(data_err)?;
+        match (forward_samples(loaded, x, chunk.len(), device)?, output) {
+            (Outputs::Values(values), SampleOutput::Value { target }) => {
                 for (r, v) in chunk.iter().zip(values) {
                     let mut line = json!({ "input": r.origin });
                     line[target.as_str()] = json!(v);
                     writeln!(out, "{line}")?;
                 }
-                continue;
             }
-        };
-        let probs = softmax(logits.clone(), 1);
-        let logits: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(data_err)?;
-        let probs: Vec<f32> = probs
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(data_err)?;
-        let classes = labels.len();
-        for (i, r) in chunk.iter().enumerate() {
-            let p = &probs[i * classes..(i + 1) * classes];
-            let best = p
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(k, _)| k);
-            let mut line = json!({
-                "input": r.origin, "class": best, "label": labels[best], "probabilities": p,
-            });
-            if with_logits {
-                line["logits"] = json!(&logits[i * classes..(i + 1) * classes]);
+            (
+                Outputs::Classes {
+                    logits,
+                    probabilities,
+                },
+                SampleOutput::Classes(labels),
+            ) => {
+                let classes = labels.len();
+                for (i, r) in chunk.iter().enumerate() {
+                    let p = &probabilities[i * classes..(i + 1) * classes];
+                    let best = argmax(p);
+                    let mut line = json!({
+                        "input": r.origin, "class": best, "label": labels[best], "probabilities": p,
+                    });
+                    if with_logits {
+                        line["logits"] = json!(&logits[i * classes..(i + 1) * classes]);
+                    }
+                    writeln!(out, "{line}")?;
+                }
             }
-            writeln!(out, "{line}")?;
+            _ => bail!("the model's output does not match its manifest"),
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod launch;
 pub mod plot;
 pub mod predict;
 pub mod runs;
+pub mod serve;
 pub mod sweep;
 pub mod sync;
 pub mod tokenize;

@@ -1,0 +1,237 @@
+//! One thread per served model owns the model on its device and runs what the HTTP side
+//! queues: requests for samples are batched (dynamic batching), generations run one at a time.
+//!
+//! The worker takes the first queued job, then waits up to `max_delay` for more until the batch
+//! holds `max_batch` samples; one forward pass runs them all and each request gets its own rows
+//! back. A request that already waited past its deadline (its caller gave up) is skipped.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use kiln_export::predict::{self, forward_samples, Loaded, Outputs};
+use kiln_infer::generate::{generate_with, Generation};
+use kiln_models::Model;
+use tokio::sync::oneshot;
+
+use crate::endpoint::{Endpoint, Work};
+use crate::metrics::Metrics;
+
+/// A request waiting for the worker.
+pub struct Job {
+    /// What to run.
+    pub work: Work,
+    /// When it was queued (for the queue-time histogram).
+    pub queued: Instant,
+    /// Where the answer goes; a closed channel means the caller gave up.
+    pub reply: oneshot::Sender<Result<Done, String>>,
+}
+
+/// A finished job.
+pub enum Done {
+    /// The job's rows of the batch's outputs.
+    Samples(Outputs),
+    /// The generated text.
+    Generation(Generation),
+}
+
+/// How the worker batches.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    /// The most samples in one forward pass (1: no batching).
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others.
+    pub max_delay: Duration,
+}
+
+/// Loads the export in `dir` on `device` and serves `jobs` until every sender is dropped.
+/// `loaded` receives the model's endpoint, or why it could not load, before the first job runs.
+pub fn run<B: Backend>(
+    name: String,
+    dir: PathBuf,
+    device: B::Device,
+    jobs: Receiver<Job>,
+    batching: Batching,
+    metrics: Arc<Metrics>,
+    loaded: std::sync::mpsc::Sender<anyhow::Result<Endpoint>>,
+) {
+    let model = match predict::load::<B>(&dir, &device) {
+        Ok(model) => model,
+        Err(e) => {
+            let _ = loaded.send(Err(e.context(format!("model `{name}`"))));
+            return;
+        }
+    };
+    let _ = loaded.send(Ok(Endpoint::of(&name, &model)));
+    let worker = Worker {
+        name,
+        model,
+        device,
+        metrics,
+    };
+    let mut carried: Option<Job> = None;
+    while let Some(first) = carried.take().or_else(|| jobs.recv().ok()) {
+        if first.reply.is_closed() {
+            continue;
+        }
+        match first.work {
+            Work::Generate(_) => worker.generate(first),
+            Work::Samples { rows, .. } => {
+                let mut batch = vec![first];
+                let mut samples = rows;
+                let deadline = Instant::now() + batching.max_delay;
+                while samples < batching.max_batch {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    let next = match jobs.recv_timeout(wait) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    };
+                    match next.work {
+                        Work::Samples { rows, .. } if samples + rows <= batching.max_batch => {
+                            samples += rows;
+                            batch.push(next);
+                        }
+                        _ => {
+                            carried = Some(next);
+                            break;
+                        }
+                    }
+                }
+                worker.samples(batch);
+            }
+        }
+    }
+}
+
+struct Worker<B: Backend> {
+    name: String,
+    model: Loaded<B>,
+    device: B::Device,
+    metrics: Arc<Metrics>,
+}
+
+impl<B: Backend> Worker<B> {
+    /// One forward pass over the samples of `batch` (requests whose callers gave up left out).
+    fn samples(&self, mut batch: Vec<Job>) {
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut x = Vec::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        for job in &mut batch {
+            self.metrics.observe_queue(&self.name, started - job.queued);
+            if let Work::Samples { x: values, rows: n } = &mut job.work {
+                x.append(values);
+                rows.push(*n);
+            }
+        }
+        let total: usize = rows.iter().sum();
+        let result = forward_samples(&self.model, x, total, &self.device);
+        self.metrics
+            .observe_batch(&self.name, total, started.elapsed());
+        match result {
+            Ok(outputs) => {
+                for (job, part) in batch.into_iter().zip(split(outputs, &rows)) {
+                    let _ = job.reply.send(Ok(Done::Samples(part)));
+                }
+            }
+            Err(e) => {
+                tracing::error!("model `{}`: inference failed: {e:#}", self.name);
+                for job in batch {
+                    let _ = job.reply.send(Err(format!("inference failed: {e:#}")));
+                }
+            }
+        }
+    }
+
+    /// One generation.
+    fn generate(&self, job: Job) {
+        let started = Instant::now();
+        self.metrics.observe_queue(&self.name, started - job.queued);
+        let Work::Generate(sampling) = &job.work else {
+            return;
+        };
+        let Model::Gpt(gpt) = &self.model.model else {
+            let _ = job.reply.send(Err("not a language model".into()));
+            return;
+        };
+        let result = match &self.model.task {
+            predict::Task::Language { tokenizer } => {
+                generate_with(gpt, tokenizer, sampling, &self.device, &mut std::io::sink())
+            }
+            predict::Task::Samples { .. } => Err(anyhow::anyhow!("not a language model")),
+        };
+        self.metrics.observe_batch(&self.name, 1, started.elapsed());
+        let reply = match result {
+            Ok(generation) => {
+                self.metrics
+                    .generated_tokens(&self.name, generation.tokens.len());
+                Ok(Done::Generation(generation))
+            }
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// Cuts a batch's outputs into the parts of requests of `rows` samples each.
+fn split(outputs: Outputs, rows: &[usize]) -> Vec<Outputs> {
+    let total: usize = rows.iter().sum();
+    let cut = |values: &[f32]| -> Vec<Vec<f32>> {
+        let width = values.len() / total.max(1);
+        let mut at = 0;
+        rows.iter()
+            .map(|&n| {
+                let part = values[at * width..(at + n) * width].to_vec();
+                at += n;
+                part
+            })
+            .collect()
+    };
+    match outputs {
+        Outputs::Values(v) => cut(&v).into_iter().map(Outputs::Values).collect(),
+        Outputs::Classes {
+            logits,
+            probabilities,
+        } => cut(&logits)
+            .into_iter()
+            .zip(cut(&probabilities))
+            .map(|(logits, probabilities)| Outputs::Classes {
+                logits,
+                probabilities,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_back_into_its_requests() {
+        let outputs = Outputs::Classes {
+            logits: (0..12).map(|v| v as f32).collect(),
+            probabilities: (12..24).map(|v| v as f32).collect(),
+        };
+        let parts = split(outputs, &[1, 3, 2]);
+        let Outputs::Classes {
+            logits,
+            probabilities,
+        } = &parts[1]
+        else {
+            panic!("classes")
+        };
+        assert_eq!(logits, &[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(probabilities, &[14.0, 15.0, 16.0, 17.0, 18.0, 19.0]);
+        let parts = split(Outputs::Values(vec![1.0, 2.0, 3.0]), &[2, 1]);
+        let Outputs::Values(v) = &parts[1] else {
+            panic!("values")
+        };
+        assert_eq!(v, &[3.0]);
+    }
+}
