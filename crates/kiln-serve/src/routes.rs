@@ -7,14 +7,14 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
@@ -125,7 +125,6 @@ impl Drop for InFlight<'_> {
 
 /// The router of a server.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.limits.max_body_bytes;
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -137,7 +136,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -223,8 +221,9 @@ async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    let body = read_body(body, &state.limits).await;
     let answer = answer_infer(&state, &name, body).await;
     about(&state, &name, answer)
 }
@@ -232,11 +231,11 @@ async fn infer(
 async fn answer_infer(
     state: &AppState,
     name: &str,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Json<InferResponse>, ApiError> {
     let (endpoint, served) = state.endpoint(name)?;
     let _in_flight = InFlight::enter(state, name)?;
-    let request: InferRequest = parse_json(&read_body(body, state)?)?;
+    let request: InferRequest = parse_json(&body?)?;
     let work = endpoint.decode(&request)?;
     let rows = match &work {
         Work::Samples { rows, .. } => *rows,
@@ -265,8 +264,9 @@ async fn answer_infer(
 async fn generate(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    let body = read_body(body, &state.limits).await;
     let answer = answer_generate(&state, &name, body).await;
     about(&state, &name, answer)
 }
@@ -274,11 +274,11 @@ async fn generate(
 async fn answer_generate(
     state: &AppState,
     name: &str,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let (endpoint, served) = state.endpoint(name)?;
     let _in_flight = InFlight::enter(state, name)?;
-    let mut request: Map<String, Value> = parse_json(&read_body(body, state)?)?;
+    let mut request: Map<String, Value> = parse_json(&body?)?;
     let prompt = match request.remove(TEXT_INPUT) {
         Some(Value::String(prompt)) => prompt,
         Some(other) => {
@@ -322,22 +322,44 @@ async fn answer_generate(
     Ok(Json(answer))
 }
 
-/// The body, or the status its extraction failed with (413 over the limit).
-fn read_body(body: Result<Bytes, BytesRejection>, state: &AppState) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!(
-                    "the request body is over the server's limit of {} bytes (--max-body-mb); send fewer samples per request",
-                    state.limits.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::new(status, format!("cannot read the request body: {}", rejection.body_text()))
+/// Reads a request body of at most `limits.max_body_bytes` (413 above). The whole body is read
+/// even when it is too large (and discarded), within the request timeout, so that the client
+/// gets its answer instead of a connection reset while it is still sending.
+async fn read_body(mut body: Body, limits: &Limits) -> Result<Bytes, ApiError> {
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                total += data.len();
+                if total <= limits.max_body_bytes {
+                    bytes.extend_from_slice(&data);
+                }
+            }
         }
-    })
+        if total > limits.max_body_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body has {total} bytes, over the server's limit of {} (--max-body-mb); send fewer samples per request",
+                    limits.max_body_bytes
+                ),
+            ));
+        }
+        Ok(Bytes::from(bytes))
+    };
+    match tokio::time::timeout(limits.timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (--timeout-ms)",
+                limits.timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 /// Queues `work` for the model's worker and waits for it, up to the request timeout.
@@ -385,14 +407,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 const ROUTES: &str = "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready, /metrics; POST /v2/models/{name}/infer, /v2/models/{name}/generate";
 
-async fn no_route(method: Method, uri: Uri) -> ApiError {
+async fn no_route(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> ApiError {
+    let _ = read_body(body, &state.limits).await;
     ApiError::not_found(format!(
         "no route {method} {}; the routes are {ROUTES}",
         uri.path()
     ))
 }
 
-async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+async fn wrong_method(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> ApiError {
+    let _ = read_body(body, &state.limits).await;
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
