@@ -1,9 +1,10 @@
 //! One thread per served model owns the model on its device and runs what the HTTP side
 //! queues: requests for samples are batched (dynamic batching), generations run one at a time.
 //!
-//! The worker takes the first queued job, then waits up to `max_delay` for more until the batch
-//! holds `max_batch` samples; one forward pass runs them all and each request gets its own rows
-//! back. A request that already waited past its deadline (its caller gave up) is skipped.
+//! The worker takes the first queued job, then, while other requests for the model are in flight,
+//! waits up to `max_delay` for more until the batch holds `max_batch` samples (a request alone
+//! runs at once: waiting could not fill its batch); one forward pass runs them all and each
+//! request gets its own rows back. A request whose caller gave up (timed out) is skipped.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -71,6 +72,7 @@ pub fn run<B: Backend>(
         device,
         metrics,
     };
+    let in_flight = worker.metrics.in_flight(&worker.name);
     let mut carried: Option<Job> = None;
     while let Some(first) = carried.take().or_else(|| jobs.recv().ok()) {
         if first.reply.is_closed() {
@@ -83,7 +85,14 @@ pub fn run<B: Backend>(
                 let mut samples = rows;
                 let deadline = Instant::now() + batching.max_delay;
                 while samples < batching.max_batch {
-                    let wait = deadline.saturating_duration_since(Instant::now());
+                    // Wait for more only while other requests for this model are in flight
+                    // (being read or queued): alone, a request runs at once.
+                    let others = in_flight.get() > batch.len() as i64;
+                    let wait = if others {
+                        deadline.saturating_duration_since(Instant::now())
+                    } else {
+                        Duration::ZERO
+                    };
                     let next = match jobs.recv_timeout(wait) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,

@@ -1,0 +1,114 @@
+//! A bounded load generator for `kiln serve` (benches/run_serve.py drives it): `CONCURRENCY`
+//! clients, each with its own keep-alive connection, send `REQUESTS` infer requests in all (one
+//! Fashion-MNIST test image each, cycling through the first 1,000) to one model, and it prints one
+//! JSON line: throughput, latency percentiles, errors, and the CPU time this generator itself
+//! used (it shares the machine's cores with the server).
+//!
+//! `kiln-serve-load URL MODEL IDX_IMAGES CONCURRENCY REQUESTS`
+
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, model, images, concurrency, requests] = args.as_slice() else {
+        bail!("usage: kiln-serve-load URL MODEL IDX_IMAGES CONCURRENCY REQUESTS");
+    };
+    let concurrency: usize = concurrency.parse().context("CONCURRENCY")?;
+    let requests: usize = requests.parse().context("REQUESTS")?;
+    let bodies = bodies(images, 1000)?;
+    let endpoint = format!("{url}/v2/models/{model}/infer");
+
+    let next = AtomicUsize::new(0);
+    let latencies = Mutex::new(Vec::with_capacity(requests));
+    let errors = AtomicUsize::new(0);
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..concurrency {
+            s.spawn(|| {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(60))
+                    .build();
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let ok = agent
+                        .post(&endpoint)
+                        .set("Content-Type", "application/json")
+                        .send_string(&bodies[i % bodies.len()])
+                        .and_then(|r| Ok(r.into_string()?))
+                        .is_ok();
+                    mine.push(t.elapsed().as_secs_f64());
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    let mut l = latencies.into_inner().unwrap();
+    l.sort_by(f64::total_cmp);
+    let pct = |p: f64| l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1] * 1e3;
+    println!(
+        "{}",
+        json!({
+            "concurrency": concurrency,
+            "requests": requests,
+            "errors": errors.load(Ordering::Relaxed),
+            "seconds": seconds,
+            "throughput": requests as f64 / seconds,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "generator_cpu_seconds": cpu,
+        })
+    );
+    Ok(())
+}
+
+/// Infer request bodies for the first `n` images of an IDX image file: `[1, 1, 28, 28]`,
+/// pixels / 255.
+fn bodies(path: &str, n: usize) -> Result<Vec<String>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+    let mut bytes = Vec::new();
+    if path.ends_with(".gz") {
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut bytes)?;
+    } else {
+        bytes = raw;
+    }
+    Ok(bytes[16..]
+        .chunks_exact(784)
+        .take(n)
+        .map(|img| {
+            let pixels: Vec<f32> = img.iter().map(|&p| f32::from(p) / 255.0).collect();
+            json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": pixels}]})
+                .to_string()
+        })
+        .collect())
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
