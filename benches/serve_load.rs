@@ -46,8 +46,7 @@ fn main() -> Result<()> {
                         .post(&endpoint)
                         .set("Content-Type", "application/json")
                         .send_string(&bodies[i % bodies.len()])
-                        .and_then(|r| Ok(r.into_string()?))
-                        .is_ok();
+                        .is_ok_and(|r| r.into_string().is_ok());
                     mine.push(t.elapsed().as_secs_f64());
                     if !ok {
                         errors.fetch_add(1, Ordering::Relaxed);

@@ -153,7 +153,8 @@ fn ten_thousand_mixed_requests_get_the_right_answers_metrics_count_them_memory_s
         samples(family, name)
             .iter()
             .filter(|s| {
-                s["labels"]["route"] == route && s["labels"]["status"] == status.to_string()
+                s["labels"]["route"] == route
+                    && s["labels"]["status"].as_str() == Some(status.to_string().as_str())
             })
             .map(|s| s["value"].as_f64().unwrap())
             .sum()

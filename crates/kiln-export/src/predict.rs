@@ -368,7 +368,10 @@ pub fn forward_samples<B: Backend>(
     else {
         bail!("this export is a language model; give it a prompt");
     };
-    ensure!(rows > 0 && x.len() % rows == 0, "no samples to run");
+    ensure!(
+        rows > 0 && x.len().is_multiple_of(rows),
+        "no samples to run"
+    );
     let features = x.len() / rows;
     if let Some(st) = standardize {
         st.apply_rows(&mut x, features);

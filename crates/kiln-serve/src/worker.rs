@@ -139,7 +139,7 @@ impl<B: Backend> Worker<B> {
             }
         }
         let total: usize = rows.iter().sum();
-        let result = forward_samples(&self.model, x, total, &self.device);
+        let result = guarded(|| forward_samples(&self.model, x, total, &self.device));
         self.metrics
             .observe_batch(&self.name, total, started.elapsed());
         match result {
@@ -169,9 +169,9 @@ impl<B: Backend> Worker<B> {
             return;
         };
         let result = match &self.model.task {
-            predict::Task::Language { tokenizer } => {
+            predict::Task::Language { tokenizer } => guarded(|| {
                 generate_with(gpt, tokenizer, sampling, &self.device, &mut std::io::sink())
-            }
+            }),
             predict::Task::Samples { .. } => Err(anyhow::anyhow!("not a language model")),
         };
         self.metrics.observe_batch(&self.name, 1, started.elapsed());
@@ -185,6 +185,17 @@ impl<B: Backend> Worker<B> {
         };
         let _ = job.reply.send(reply);
     }
+}
+
+/// Runs `f`, a panic in it (a backend's) becoming an error: the worker, and with it the
+/// model, keeps serving the requests after it.
+fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = (panic.downcast_ref::<String>().map(String::as_str))
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(anyhow::anyhow!("the backend failed: {message}"))
+    })
 }
 
 /// Cuts a batch's outputs into the parts of requests of `rows` samples each.
