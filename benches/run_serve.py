@@ -52,17 +52,26 @@ def cpu_of(pid):
 
 
 def export(tmp, train_steps):
-    ckpt = os.path.join(ROOT, "checkpoints/fashion-mnist-cnn")
-    if not os.path.isdir(ckpt):
+    run_dir = os.path.join(ROOT, "checkpoints/fashion-mnist-cnn")
+    what = "checkpoints/fashion-mnist-cnn"
+    if not os.path.isdir(run_dir):
         out = json.loads(run([KILN, "train", "configs/fashion-mnist-cnn.toml", "--backend", "flex",
                               "--set", f'run.output_dir="{tmp}"',
                               "--set", f"train.max_steps={train_steps}"]).stdout)
-        ckpt = out["run_dir"]
+        run_dir = out["run_dir"]
+        what = f"configs/fashion-mnist-cnn.toml trained here for {train_steps} steps"
     dirs = {}
     for fmt in ["kiln", "onnx"]:
         dirs[fmt] = os.path.join(tmp, f"export-{fmt}")
-        run([KILN, "export", ckpt, "--format", fmt, "--out", dirs[fmt], "--backend", "flex"])
-    return ckpt, dirs
+        run([KILN, "export", run_dir, "--format", fmt, "--out", dirs[fmt], "--backend", "flex"])
+    return what, dirs
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def serve_rows(export_dir, requests):
@@ -171,7 +180,7 @@ def main():
         ort = run([args.python, __file__, "--ort-worker", os.path.join(dirs["onnx"], "model.onnx"),
                    str(args.requests)]).stdout
         rows += [json.loads(l) for l in ort.splitlines() if l.startswith("{")]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()}"
     result = {"date": datetime.date.today().isoformat(), "machine": machine, "checkpoint": ckpt,
               "requests": args.requests, "rows": rows}
     os.makedirs(os.path.join(ROOT, "benches/results"), exist_ok=True)
@@ -179,7 +188,7 @@ def main():
         json.dump(result, f, indent=1)
     md = [f"# `kiln serve` under load vs onnxruntime in-process ({result['date']})", "",
           f"Machine: {machine}. `python3 benches/run_serve.py --requests {args.requests}`; "
-          "Fashion-MNIST CNN (configs/fashion-mnist-cnn.toml), one 28x28 image per request; "
+          f"Fashion-MNIST CNN ({ckpt}), one 28x28 image per request; "
           "kiln serve on the flex backend over HTTP/1.1 on 127.0.0.1 (JSON bodies), "
           "onnxruntime (CPUExecutionProvider) on the ONNX export of the same checkpoint, in-process. "
           "The load generator (benches/serve_load.rs) shares the cores with the server; "

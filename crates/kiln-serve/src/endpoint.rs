@@ -17,6 +17,19 @@ pub const INPUT: &str = "input";
 pub const TEXT_INPUT: &str = "text_input";
 /// See [`TEXT_INPUT`].
 pub const TEXT_OUTPUT: &str = "text_output";
+/// Request parameters that the protocol and its clients (tritonclient, KServe) send and that a
+/// generation ignores.
+const PROTOCOL_PARAMETERS: &[&str] = &[
+    "binary_data_output",
+    "priority",
+    "timeout",
+    "content_type",
+    "headers",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+];
+
 /// The most tokens one generation request may ask for.
 pub const MAX_NEW_TOKENS: usize = 4096;
 
@@ -125,7 +138,6 @@ impl Endpoint {
     pub fn metadata(&self) -> Value {
         json!({
             "name": self.name,
-            "versions": ["1"],
             "platform": "kiln",
             "inputs": self.inputs,
             "outputs": self.outputs,
@@ -169,9 +181,10 @@ impl Endpoint {
                         p.len()
                     ))
                 })?;
-                let empty = Map::new();
-                self.sampling(prompt, request.parameters.as_ref().unwrap_or(&empty))
-                    .map(Work::Generate)
+                // Request parameters of the protocol and its clients are not sampling's.
+                let mut parameters = request.parameters.clone().unwrap_or_default();
+                parameters.retain(|key, _| !PROTOCOL_PARAMETERS.contains(&key.as_str()));
+                self.sampling(prompt, &parameters).map(Work::Generate)
             }
         }
     }

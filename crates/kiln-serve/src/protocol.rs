@@ -156,7 +156,14 @@ impl InputTensor {
                 accepted.join(" or ")
             )));
         }
-        let expected = self.shape.iter().product::<u64>();
+        let expected = (self.shape.iter())
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "input `{name}`: shape {:?} holds more elements than any request can",
+                    self.shape
+                ))
+            })?;
         let mut flat = Vec::new();
         flatten(&self.data, &mut flat);
         if flat.len() as u64 != expected {
@@ -216,8 +223,15 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
 /// message that says so.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
+        // The error's position (line, column) is where a NaN or Infinity literal would start.
         let text = String::from_utf8_lossy(body);
-        let hint = if ["NaN", "Infinity"].iter().any(|t| text.contains(t)) {
+        let at = (text.lines().nth(e.line().saturating_sub(1)))
+            .and_then(|line| line.get(e.column().saturating_sub(1)..))
+            .unwrap_or("");
+        let literal = ["NaN", "Infinity", "-Infinity"]
+            .iter()
+            .any(|t| at.starts_with(t));
+        let hint = if e.is_syntax() && literal {
             " (JSON has no NaN or Infinity, and the model takes finite values only)"
         } else {
             ""
@@ -284,6 +298,14 @@ mod tests {
             .unwrap_err()
             .message
             .contains("not a finite FP32 value"));
+        let t = tensor(
+            json!({"name": "x", "shape": [1152921504606846976u64, 1, 28, 28], "datatype": "FP32", "data": []}),
+        );
+        assert!(t
+            .elements(&["FP32"])
+            .unwrap_err()
+            .message
+            .contains("more elements than any request can"));
         let t = tensor(json!({"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]}));
         assert!(t
             .elements(&["BYTES"])
@@ -300,6 +322,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("JSON has no NaN"), "{}", e.message);
+        let e = parse_json::<InferRequest>(br#"{"id": "NaN" "inputs": []}"#).unwrap_err();
+        assert!(!e.message.contains("NaN"), "{}", e.message);
         let e = parse_json::<InferRequest>(b"{\"inputs\": 3}").unwrap_err();
         assert!(
             e.message

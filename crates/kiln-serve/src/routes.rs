@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every model loaded, and not draining.
     pub ready: AtomicBool,
+    /// SIGTERM (or a failed load) asked the server to stop.
+    pub stopping: AtomicBool,
     /// Inference requests being answered.
     in_flight: AtomicUsize,
     limits: Limits,
@@ -54,6 +57,25 @@ pub struct Served {
     pub queue: Mutex<Option<Sender<Job>>>,
     /// Set when the worker has loaded the model.
     pub endpoint: OnceLock<Endpoint>,
+    /// Requests for the model being decoded or queued (the worker's batching waits only while
+    /// there are some).
+    pub pending: Arc<AtomicUsize>,
+}
+
+/// Counts a request in its model's `pending` until the worker takes it (or it fails first).
+pub struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl AppState {
@@ -63,6 +85,7 @@ impl AppState {
             models,
             metrics,
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             limits,
         }
@@ -194,12 +217,26 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
-async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match model_name(path) {
+        Ok(name) => name,
+        Err(e) => return e.into_response(),
+    };
     let answer = state.endpoint(&name).map(|(e, _)| Json(e.metadata()));
     about(&state, &name, answer)
 }
 
-async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match model_name(path) {
+        Ok(name) => name,
+        Err(e) => return e.into_response(),
+    };
     let answer = match state.endpoint(&name) {
         Ok(_) if state.ready.load(Ordering::SeqCst) => {
             Ok(Json(json!({"name": name, "ready": true})).into_response())
@@ -220,41 +257,77 @@ async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String
 
 async fn infer(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = read_body(body, &state.limits).await;
-    let answer = answer_infer(&state, &name, body).await;
+    let deadline = Instant::now() + state.limits.timeout;
+    let name = match model_name(path) {
+        Ok(name) => name,
+        Err(e) => return refuse(body, deadline, e).await,
+    };
+    let (endpoint, served, _in_flight) = match admit(&state, &name, &headers) {
+        Ok(admitted) => admitted,
+        Err(e) => return about(&state, &name, refuse(body, deadline, e).await),
+    };
+    let pending = Pending::new(&served.pending);
+    let answer = async {
+        let body = read_body(body, state.limits.max_body_bytes, deadline).await?;
+        let request: InferRequest = parse_json(&body)?;
+        let work = endpoint.decode(&request)?;
+        let rows = match &work {
+            Work::Samples { rows, .. } => *rows,
+            Work::Generate(_) => 1,
+        };
+        let outputs = match submit(served, work, pending, deadline, &state.limits).await? {
+            Done::Samples(outputs) => endpoint.encode(outputs, rows, &request),
+            Done::Generation(generation) => vec![crate::protocol::OutputTensor {
+                name: crate::endpoint::TEXT_OUTPUT.into(),
+                datatype: "BYTES",
+                shape: vec![1],
+                data: crate::protocol::Data::Bytes(vec![generation.text]),
+            }],
+        };
+        Ok::<_, ApiError>(Json(InferResponse {
+            model_name: name.clone(),
+            id: request.id,
+            outputs,
+        }))
+    }
+    .await;
     about(&state, &name, answer)
 }
 
-async fn answer_infer(
-    state: &AppState,
+/// The model named in the path (a name that is not UTF-8 is a 400).
+fn model_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(name)| name).map_err(|e| {
+        ApiError::bad_request(format!("the model name in the path: {}", e.body_text()))
+    })
+}
+
+/// Admits a request for model `name`: its loaded endpoint (404, 503 while loading), a place
+/// under the in-flight bound (503), and a body in JSON (Triton's binary tensor extension is a
+/// 400 that says so).
+fn admit<'a>(
+    state: &'a AppState,
     name: &str,
-    body: Result<Bytes, ApiError>,
-) -> Result<Json<InferResponse>, ApiError> {
+    headers: &HeaderMap,
+) -> Result<(&'a Endpoint, &'a Served, InFlight<'a>), ApiError> {
     let (endpoint, served) = state.endpoint(name)?;
-    let _in_flight = InFlight::enter(state, name)?;
-    let request: InferRequest = parse_json(&body?)?;
-    let work = endpoint.decode(&request)?;
-    let rows = match &work {
-        Work::Samples { rows, .. } => *rows,
-        Work::Generate(_) => 1,
-    };
-    let outputs = match submit(state, served, work).await? {
-        Done::Samples(outputs) => endpoint.encode(outputs, rows, &request),
-        Done::Generation(generation) => vec![crate::protocol::OutputTensor {
-            name: crate::endpoint::TEXT_OUTPUT.into(),
-            datatype: "BYTES",
-            shape: vec![1],
-            data: crate::protocol::Data::Bytes(vec![generation.text]),
-        }],
-    };
-    Ok(Json(InferResponse {
-        model_name: name.to_string(),
-        id: request.id,
-        outputs,
-    }))
+    if headers.contains_key("inference-header-content-length") {
+        return Err(ApiError::bad_request(
+            "binary tensor data (Inference-Header-Content-Length) is not supported; send the tensors as JSON (tritonclient: binary_data=False)",
+        ));
+    }
+    let in_flight = InFlight::enter(state, name)?;
+    Ok((endpoint, served, in_flight))
+}
+
+/// Answers a refused request with `error` once its body has been read (and dropped), so that
+/// the client gets the answer instead of a reset connection.
+async fn refuse(body: Body, deadline: Instant, error: ApiError) -> Response {
+    let _ = read_body(body, 0, deadline).await;
+    error.into_response()
 }
 
 /// `POST /v2/models/{name}/generate`, Triton's generate extension: `{"text_input": "...",
@@ -263,69 +336,75 @@ async fn answer_infer(
 /// "tokens"}`.
 async fn generate(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = read_body(body, &state.limits).await;
-    let answer = answer_generate(&state, &name, body).await;
+    let deadline = Instant::now() + state.limits.timeout;
+    let name = match model_name(path) {
+        Ok(name) => name,
+        Err(e) => return refuse(body, deadline, e).await,
+    };
+    let (endpoint, served, _in_flight) = match admit(&state, &name, &headers) {
+        Ok(admitted) => admitted,
+        Err(e) => return about(&state, &name, refuse(body, deadline, e).await),
+    };
+    let pending = Pending::new(&served.pending);
+    let answer = async {
+        let body = read_body(body, state.limits.max_body_bytes, deadline).await?;
+        let mut request: Map<String, Value> = parse_json(&body)?;
+        let prompt = match request.remove(TEXT_INPUT) {
+            Some(Value::String(prompt)) => prompt,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "`{TEXT_INPUT}` is {other}; it is the prompt, a string"
+                )))
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "the request has no `{TEXT_INPUT}` (the prompt)"
+                )))
+            }
+        };
+        let id = request.remove("id");
+        let mut parameters = match request.remove("parameters") {
+            None => Map::new(),
+            Some(Value::Object(p)) => p,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "`parameters` is {other}; it is an object"
+                )))
+            }
+        };
+        parameters.extend(request);
+        let sampling = endpoint.sampling(prompt, &parameters)?;
+        let work = Work::Generate(sampling);
+        let Done::Generation(generation) =
+            submit(served, work, pending, deadline, &state.limits).await?
+        else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the worker answered samples",
+            ));
+        };
+        let mut answer = json!({
+            "model_name": name,
+            "text_output": generation.text,
+            "tokens": generation.tokens,
+        });
+        if let Some(id) = id {
+            answer["id"] = id;
+        }
+        Ok(Json(answer))
+    }
+    .await;
     about(&state, &name, answer)
 }
 
-async fn answer_generate(
-    state: &AppState,
-    name: &str,
-    body: Result<Bytes, ApiError>,
-) -> Result<Json<Value>, ApiError> {
-    let (endpoint, served) = state.endpoint(name)?;
-    let _in_flight = InFlight::enter(state, name)?;
-    let mut request: Map<String, Value> = parse_json(&body?)?;
-    let prompt = match request.remove(TEXT_INPUT) {
-        Some(Value::String(prompt)) => prompt,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "`{TEXT_INPUT}` is {other}; it is the prompt, a string"
-            )))
-        }
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "the request has no `{TEXT_INPUT}` (the prompt)"
-            )))
-        }
-    };
-    let id = request.remove("id");
-    let mut parameters = match request.remove("parameters") {
-        None => Map::new(),
-        Some(Value::Object(p)) => p,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "`parameters` is {other}; it is an object"
-            )))
-        }
-    };
-    parameters.extend(request);
-    let sampling = endpoint.sampling(prompt, &parameters)?;
-    let Done::Generation(generation) = submit(state, served, Work::Generate(sampling)).await?
-    else {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the worker answered samples",
-        ));
-    };
-    let mut answer = json!({
-        "model_name": name,
-        "text_output": generation.text,
-        "tokens": generation.tokens,
-    });
-    if let Some(id) = id {
-        answer["id"] = id;
-    }
-    Ok(Json(answer))
-}
-
-/// Reads a request body of at most `limits.max_body_bytes` (413 above). The whole body is read
-/// even when it is too large (and discarded), within the request timeout, so that the client
-/// gets its answer instead of a connection reset while it is still sending.
-async fn read_body(mut body: Body, limits: &Limits) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limit` bytes (413 above). The whole body is read even when it
+/// is too large (and discarded), until the request's deadline, so that the client gets its answer
+/// instead of a connection reset while it is still sending.
+async fn read_body(mut body: Body, limit: usize, deadline: Instant) -> Result<Bytes, ApiError> {
     let read = async {
         let mut bytes = Vec::new();
         let mut total = 0usize;
@@ -334,41 +413,44 @@ async fn read_body(mut body: Body, limits: &Limits) -> Result<Bytes, ApiError> {
                 .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 total += data.len();
-                if total <= limits.max_body_bytes {
+                if total <= limit {
                     bytes.extend_from_slice(&data);
                 }
             }
         }
-        if total > limits.max_body_bytes {
+        if total > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "the request body has {total} bytes, over the server's limit of {} (--max-body-mb); send fewer samples per request",
-                    limits.max_body_bytes
+                    "the request body has {total} bytes, over the server's limit of {limit} (--max-body-mb); send fewer samples per request",
                 ),
             ));
         }
         Ok(Bytes::from(bytes))
     };
-    match tokio::time::timeout(limits.timeout, read).await {
+    match tokio::time::timeout_at(deadline.into(), read).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request body did not arrive within {} ms (--timeout-ms)",
-                limits.timeout.as_millis()
-            ),
+            "the request body did not arrive before the request's timeout (--timeout-ms)",
         )),
     }
 }
 
-/// Queues `work` for the model's worker and waits for it, up to the request timeout.
-async fn submit(state: &AppState, served: &Served, work: Work) -> Result<Done, ApiError> {
+/// Queues `work` for the model's worker and waits for it until the request's deadline.
+async fn submit(
+    served: &Served,
+    work: Work,
+    pending: Pending,
+    deadline: Instant,
+    limits: &Limits,
+) -> Result<Done, ApiError> {
     let (reply, answer) = oneshot::channel();
     let job = Job {
         work,
         queued: Instant::now(),
         reply,
+        pending: Some(pending),
     };
     let sent = match &*served.queue.lock().unwrap_or_else(|p| p.into_inner()) {
         Some(queue) => queue.send(job).is_ok(),
@@ -377,12 +459,12 @@ async fn submit(state: &AppState, served: &Served, work: Work) -> Result<Done, A
     if !sent {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    match tokio::time::timeout(state.limits.timeout, answer).await {
+    match tokio::time::timeout_at(deadline.into(), answer).await {
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "no answer within {} ms (--timeout-ms): the server is overloaded or the request too large",
-                state.limits.timeout.as_millis()
+                limits.timeout.as_millis()
             ),
         )),
         Ok(Err(_)) => Err(ApiError::new(
@@ -413,7 +495,7 @@ async fn no_route(
     uri: Uri,
     body: Body,
 ) -> ApiError {
-    let _ = read_body(body, &state.limits).await;
+    let _ = read_body(body, 0, Instant::now() + state.limits.timeout).await;
     ApiError::not_found(format!(
         "no route {method} {}; the routes are {ROUTES}",
         uri.path()
@@ -426,7 +508,7 @@ async fn wrong_method(
     uri: Uri,
     body: Body,
 ) -> ApiError {
-    let _ = read_body(body, &state.limits).await;
+    let _ = read_body(body, 0, Instant::now() + state.limits.timeout).await;
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(

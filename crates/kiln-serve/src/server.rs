@@ -90,6 +90,8 @@ async fn run<B: Backend>(
     let mut loads = Vec::new();
     for m in &models {
         let (queue, jobs) = mpsc::channel();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let worker_pending = pending.clone();
         let (loaded_tx, loaded_rx) = mpsc::channel();
         let (name, dir, device, metrics) = (
             m.name.clone(),
@@ -100,7 +102,20 @@ async fn run<B: Backend>(
         let batching = options.batching;
         let handle = std::thread::Builder::new()
             .name(format!("kiln-serve-{}", m.name))
-            .spawn(move || worker::run::<B>(name, dir, device, jobs, batching, metrics, loaded_tx))
+            .spawn(move || {
+                worker::run::<B>(
+                    name,
+                    dir,
+                    device,
+                    worker::Queue {
+                        jobs,
+                        pending: worker_pending,
+                    },
+                    batching,
+                    metrics,
+                    loaded_tx,
+                )
+            })
             .context("cannot start a worker thread")?;
         workers.push(handle);
         loads.push((m.name.clone(), loaded_rx));
@@ -109,6 +124,7 @@ async fn run<B: Backend>(
             Served {
                 queue: Mutex::new(Some(queue)),
                 endpoint: OnceLock::new(),
+                pending,
             },
         );
     }
@@ -119,13 +135,16 @@ async fn run<B: Backend>(
     ));
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (drain_tx, mut drain_rx) = watch::channel(false);
     let draining = state.clone();
     let shutdown = async move {
         tokio::select! {
             _ = termination() => tracing::info!("stopping: no new connections; answering the requests in flight"),
             _ = stop_rx.changed() => {}
         }
+        draining.stopping.store(true, Ordering::SeqCst);
         draining.ready.store(false, Ordering::SeqCst);
+        let _ = drain_tx.send(true);
     };
     let app = router(state.clone());
     let server = tokio::spawn(async move {
@@ -172,8 +191,11 @@ async fn run<B: Backend>(
             }
         }
     }
-    if failure.is_none() {
+    if failure.is_none() && !state.stopping.load(Ordering::SeqCst) {
         state.ready.store(true, Ordering::SeqCst);
+        if state.stopping.load(Ordering::SeqCst) {
+            state.ready.store(false, Ordering::SeqCst);
+        }
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         tracing::info!(
             "serving {} on http://{address} ({}; batches of up to {} samples within {} ms)",
@@ -190,7 +212,26 @@ async fn run<B: Backend>(
         let _ = stop_tx.send(true);
     }
 
-    let served = server.await.context("the HTTP server task failed")?;
+    // Draining ends when every connection is closed; a client that never finishes its request
+    // must not keep the process alive past the requests' own timeout.
+    let mut server = server;
+    let drain_limit = options.limits.timeout + Duration::from_secs(5);
+    let served = tokio::select! {
+        served = &mut server => served.context("the HTTP server task failed")?,
+        _ = async {
+            if drain_rx.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(drain_limit).await;
+        } => {
+            tracing::warn!(
+                "connections still open {} s after the stop; closing them",
+                drain_limit.as_secs()
+            );
+            server.abort();
+            Ok(())
+        }
+    };
     // Close every queue: each worker answers what is left and returns.
     for m in state.models.values() {
         m.queue.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -7,6 +7,7 @@
 //! request gets its own rows back. A request whose caller gave up (timed out) is skipped.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::endpoint::{Endpoint, Work};
 use crate::metrics::Metrics;
+use crate::routes::Pending;
 
 /// A request waiting for the worker.
 pub struct Job {
@@ -28,6 +30,8 @@ pub struct Job {
     pub queued: Instant,
     /// Where the answer goes; a closed channel means the caller gave up.
     pub reply: oneshot::Sender<Result<Done, String>>,
+    /// Counts the request as pending until the worker takes it.
+    pub pending: Option<Pending>,
 }
 
 /// A finished job.
@@ -47,13 +51,21 @@ pub struct Batching {
     pub max_delay: Duration,
 }
 
-/// Loads the export in `dir` on `device` and serves `jobs` until every sender is dropped.
+/// What a worker takes its jobs from.
+pub struct Queue {
+    /// The jobs, in arrival order.
+    pub jobs: Receiver<Job>,
+    /// Requests for the model being read or queued ([`Job::pending`]).
+    pub pending: Arc<AtomicUsize>,
+}
+
+/// Loads the export in `dir` on `device` and serves `queue` until every sender is dropped.
 /// `loaded` receives the model's endpoint, or why it could not load, before the first job runs.
 pub fn run<B: Backend>(
     name: String,
     dir: PathBuf,
     device: B::Device,
-    jobs: Receiver<Job>,
+    queue: Queue,
     batching: Batching,
     metrics: Arc<Metrics>,
     loaded: std::sync::mpsc::Sender<anyhow::Result<Endpoint>>,
@@ -72,9 +84,10 @@ pub fn run<B: Backend>(
         device,
         metrics,
     };
-    let in_flight = worker.metrics.in_flight(&worker.name);
+    let Queue { jobs, pending } = queue;
     let mut carried: Option<Job> = None;
-    while let Some(first) = carried.take().or_else(|| jobs.recv().ok()) {
+    while let Some(mut first) = carried.take().or_else(|| jobs.recv().ok()) {
+        first.pending = None;
         if first.reply.is_closed() {
             continue;
         }
@@ -85,18 +98,19 @@ pub fn run<B: Backend>(
                 let mut samples = rows;
                 let deadline = Instant::now() + batching.max_delay;
                 while samples < batching.max_batch {
-                    // Wait for more only while other requests for this model are in flight
-                    // (being read or queued): alone, a request runs at once.
-                    let others = in_flight.get() > batch.len() as i64;
+                    // Wait for more only while other requests for this model are being read or
+                    // are queued: alone, a request runs at once.
+                    let others = pending.load(Ordering::SeqCst) > 0;
                     let wait = if others {
                         deadline.saturating_duration_since(Instant::now())
                     } else {
                         Duration::ZERO
                     };
-                    let next = match jobs.recv_timeout(wait) {
+                    let mut next = match jobs.recv_timeout(wait) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     };
+                    next.pending = None;
                     match next.work {
                         Work::Samples { rows, .. } if samples + rows <= batching.max_batch => {
                             samples += rows;
@@ -170,7 +184,8 @@ impl<B: Backend> Worker<B> {
         };
         let result = match &self.model.task {
             predict::Task::Language { tokenizer } => guarded(|| {
-                generate_with(gpt, tokenizer, sampling, &self.device, &mut std::io::sink())
+                let mut out = UntilAbandoned(&job.reply);
+                generate_with(gpt, tokenizer, sampling, &self.device, &mut out)
             }),
             predict::Task::Samples { .. } => Err(anyhow::anyhow!("not a language model")),
         };
@@ -184,6 +199,23 @@ impl<B: Backend> Worker<B> {
             Err(e) => Err(format!("{e:#}")),
         };
         let _ = job.reply.send(reply);
+    }
+}
+
+/// Where a generation writes its text: an error as soon as the request is abandoned (its
+/// caller timed out or went away), which stops the generation at its next token.
+struct UntilAbandoned<'a>(&'a oneshot::Sender<Result<Done, String>>);
+
+impl std::io::Write for UntilAbandoned<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.is_closed() {
+            return Err(std::io::Error::other("the request was abandoned"));
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
