@@ -411,6 +411,33 @@ fn a_language_model_generates_what_kiln_predict_generates_for_the_same_seed() {
         assert_eq!(a.status, 200, "{:?}", a.body);
         assert_eq!(*output(&a.body, "text_output"), json!([want["completion"]]));
     }
+    // Streamed as server-sent events: the pieces make the same text, the last event has the
+    // tokens.
+    let want = &predict(&[e, "ROMEO:", "--max-tokens", "48", "--seed", "3"])[0];
+    let body = json!({"text_input": "ROMEO:", "parameters": {"max_tokens": 48, "seed": 3}});
+    let response = ureq::post(&format!("{}/v2/models/bard/generate_stream", server.url))
+        .send_string(&body.to_string())
+        .unwrap();
+    assert_eq!(response.content_type(), "text/event-stream");
+    let events: Vec<Value> = response
+        .into_string()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(events.len() > 2, "{events:?}");
+    let text: String = events
+        .iter()
+        .map(|e| e["text_output"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, want["completion"].as_str().unwrap());
+    let last = events.last().unwrap();
+    assert_eq!(
+        (&last["finished"], &last["tokens"]),
+        (&json!(true), &want["tokens"])
+    );
+
     let bad = [
         (
             json!({"text_input": "ROMEO:", "max_tokens": 0}),

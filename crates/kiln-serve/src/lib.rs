@@ -6,6 +6,7 @@
 //! - [`endpoint`]: what one served model takes and gives, in the protocol's terms;
 //! - [`worker`]: the thread that owns a model on its device and batches its requests;
 //! - [`routes`]: the HTTP routes and the middleware that measures them;
+//! - [`generate`]: the generation routes of language models (whole, or streamed as events);
 //! - [`metrics`]: what `/metrics` exposes;
 //! - [`serve`]: a server's life: bind, load, serve, drain on SIGTERM.
 
@@ -13,6 +14,7 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod generate;
 pub mod metrics;
 pub mod protocol;
 pub mod routes;

@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
+mod leaves;
+
+pub use leaves::Leaves;
+
 /// `POST /v2/models/{name}/infer`.
 #[derive(Debug, Deserialize)]
 pub struct InferRequest {
@@ -38,7 +42,7 @@ pub struct InputTensor {
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
     /// The elements, flat or nested.
-    pub data: Value,
+    pub data: Leaves,
 }
 
 /// An output a request asks for.
@@ -164,57 +168,46 @@ impl InputTensor {
                     self.shape
                 ))
             })?;
-        let mut flat = Vec::new();
-        flatten(&self.data, &mut flat);
-        if flat.len() as u64 != expected {
+        let data = &self.data;
+        if data.len() as u64 != expected {
             return Err(ApiError::bad_request(format!(
                 "input `{name}`: shape {:?} holds {expected} elements, the data has {}",
                 self.shape,
-                flat.len()
+                data.len()
             )));
         }
-        if self.datatype == "BYTES" {
-            let strings = flat
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(ApiError::bad_request(format!(
-                        "input `{name}`: element {i} is {other}, a BYTES tensor holds strings"
-                    ))),
-                })
-                .collect::<Result<_, _>>()?;
-            return Ok(Elements::Strings(strings));
-        }
-        let numbers = flat
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let x = v.as_f64().ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "input `{name}`: element {i} is {v}, not a number ({})",
-                        self.datatype
-                    ))
-                })? as f32;
-                if x.is_finite() {
-                    Ok(x)
-                } else {
-                    Err(ApiError::bad_request(format!(
-                        "input `{name}`: element {i} ({v}) is not a finite {} value",
-                        self.datatype
-                    )))
-                }
+        let bytes = self.datatype == "BYTES";
+        let wrong = if bytes { data.numbers.first() } else { None }
+            .map(|v| (0, v.to_string()))
+            .or_else(|| {
+                (!bytes && !data.strings.is_empty()).then(|| (0, format!("{:?}", data.strings[0])))
             })
-            .collect::<Result<_, _>>()?;
+            .or_else(|| data.odd.clone());
+        if let Some((i, what)) = wrong {
+            let want = if bytes {
+                "a BYTES tensor holds strings".to_string()
+            } else {
+                format!("not a number ({})", self.datatype)
+            };
+            return Err(ApiError::bad_request(format!(
+                "input `{name}`: element {i} is {what}, {want}"
+            )));
+        }
+        if bytes {
+            return Ok(Elements::Strings(data.strings.clone()));
+        }
+        let mut numbers = Vec::with_capacity(data.numbers.len());
+        for (i, &v) in data.numbers.iter().enumerate() {
+            let x = v as f32;
+            if !x.is_finite() {
+                return Err(ApiError::bad_request(format!(
+                    "input `{name}`: element {i} ({v}) is not a finite {} value",
+                    self.datatype
+                )));
+            }
+            numbers.push(x);
+        }
         Ok(Elements::Numbers(numbers))
-    }
-}
-
-/// Appends the leaves of `value`'s nested arrays, in order.
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        leaf => out.push(leaf),
     }
 }
 

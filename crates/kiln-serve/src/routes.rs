@@ -16,14 +16,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::endpoint::{Endpoint, Work, TEXT_INPUT};
+use crate::endpoint::{Endpoint, Work};
 use crate::error::ApiError;
+use crate::generate;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::protocol::{parse_json, InferRequest, InferResponse};
 use crate::worker::{Done, Job};
+
+/// Bodies up to this size are parsed where they arrive; larger ones on a blocking thread.
+const PARSE_INLINE_BYTES: usize = 256 << 10;
 
 /// The limits a server enforces.
 #[derive(Clone, Debug)]
@@ -47,7 +51,7 @@ pub struct AppState {
     /// SIGTERM (or a failed load) asked the server to stop.
     pub stopping: AtomicBool,
     /// Inference requests being answered.
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     limits: Limits,
 }
 
@@ -56,7 +60,7 @@ pub struct Served {
     /// The worker's queue; taken (closed) when the server stops.
     pub queue: Mutex<Option<Sender<Job>>>,
     /// Set when the worker has loaded the model.
-    pub endpoint: OnceLock<Endpoint>,
+    pub endpoint: OnceLock<Arc<Endpoint>>,
     /// Requests for the model being decoded or queued (the worker's batching waits only while
     /// there are some).
     pub pending: Arc<AtomicUsize>,
@@ -66,7 +70,7 @@ pub struct Served {
 pub struct Pending(Arc<AtomicUsize>);
 
 impl Pending {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         Self(counter.clone())
     }
@@ -86,13 +90,18 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             limits,
         }
     }
 
+    /// The server's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The loaded endpoint of `name`: 404 for a model that is not served, 503 while loading.
-    fn endpoint(&self, name: &str) -> Result<(&Endpoint, &Served), ApiError> {
+    fn endpoint(&self, name: &str) -> Result<(&Arc<Endpoint>, &Served), ApiError> {
         let served = self.models.get(name).ok_or_else(|| {
             let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
             names.sort_unstable();
@@ -114,13 +123,13 @@ impl AppState {
 struct ModelName(String);
 
 /// Counts a request toward the in-flight bound (and the model's gauge) until dropped.
-struct InFlight<'a> {
-    state: &'a AppState,
+pub(crate) struct InFlight {
+    counter: Arc<AtomicUsize>,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
-impl<'a> InFlight<'a> {
-    fn enter(state: &'a AppState, model: &str) -> Result<Self, ApiError> {
+impl InFlight {
+    fn enter(state: &AppState, model: &str) -> Result<Self, ApiError> {
         if !state.ready.load(Ordering::SeqCst) {
             return Err(ApiError::unavailable(
                 "the server is not ready (loading its models, or shutting down)",
@@ -135,14 +144,17 @@ impl<'a> InFlight<'a> {
         }
         let gauge = state.metrics.in_flight(model);
         gauge.inc();
-        Ok(Self { state, gauge })
+        Ok(Self {
+            counter: state.in_flight.clone(),
+            gauge,
+        })
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.gauge.dec();
-        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.counter.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -155,7 +167,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/generate", post(generate))
+        .route("/v2/models/{name}/generate", post(generate::generate))
+        .route(
+            "/v2/models/{name}/generate_stream",
+            post(generate::generate_stream),
+        )
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -185,7 +201,7 @@ async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next)
 }
 
 /// A response about `name`: labelled with it when it is a served model.
-fn about(state: &AppState, name: &str, response: impl IntoResponse) -> Response {
+pub(crate) fn about(state: &AppState, name: &str, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
     if state.models.contains_key(name) {
         response
@@ -261,25 +277,39 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let deadline = Instant::now() + state.limits.timeout;
-    let name = match model_name(path) {
-        Ok(name) => name,
-        Err(e) => return refuse(body, deadline, e).await,
-    };
-    let (endpoint, served, _in_flight) = match admit(&state, &name, &headers) {
+    let (a, body) = match admit(&state, path, &headers, body).await {
         Ok(admitted) => admitted,
-        Err(e) => return about(&state, &name, refuse(body, deadline, e).await),
+        Err(refused) => return refused,
     };
-    let pending = Pending::new(&served.pending);
+    let (endpoint, served, deadline) = (a.endpoint, a.served, a.deadline);
     let answer = async {
         let body = read_body(body, state.limits.max_body_bytes, deadline).await?;
-        let request: InferRequest = parse_json(&body)?;
-        let work = endpoint.decode(&request)?;
+        let body_len = body.len();
+        let decode = {
+            let endpoint = endpoint.clone();
+            move || -> Result<(InferRequest, Work), ApiError> {
+                let request: InferRequest = parse_json(&body)?;
+                let work = endpoint.decode(&request)?;
+                Ok((request, work))
+            }
+        };
+        // A large body is parsed on a blocking thread, not on the threads that answer the
+        // other connections (health probes among them).
+        let (request, work) = if body_len > PARSE_INLINE_BYTES {
+            tokio::task::spawn_blocking(decode).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("decoding failed: {e}"),
+                )
+            })??
+        } else {
+            decode()?
+        };
         let rows = match &work {
             Work::Samples { rows, .. } => *rows,
             Work::Generate(_) => 1,
         };
-        let outputs = match submit(served, work, pending, deadline, &state.limits).await? {
+        let outputs = match submit(served, work, a.pending, deadline, &state.limits).await? {
             Done::Samples(outputs) => endpoint.encode(outputs, rows, &request),
             Done::Generation(generation) => vec![crate::protocol::OutputTensor {
                 name: crate::endpoint::TEXT_OUTPUT.into(),
@@ -289,13 +319,13 @@ async fn infer(
             }],
         };
         Ok::<_, ApiError>(Json(InferResponse {
-            model_name: name.clone(),
+            model_name: a.name.clone(),
             id: request.id,
             outputs,
         }))
     }
     .await;
-    about(&state, &name, answer)
+    about(&state, &a.name, answer)
 }
 
 /// The model named in the path (a name that is not UTF-8 is a 400).
@@ -305,22 +335,60 @@ fn model_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
     })
 }
 
-/// Admits a request for model `name`: its loaded endpoint (404, 503 while loading), a place
-/// under the in-flight bound (503), and a body in JSON (Triton's binary tensor extension is a
-/// 400 that says so).
-fn admit<'a>(
+/// A request admitted for a served model.
+pub(crate) struct Admitted<'a> {
+    /// The model's name.
+    pub name: String,
+    /// What it takes and gives.
+    pub endpoint: &'a Arc<Endpoint>,
+    /// Its worker's queue.
+    pub served: &'a Served,
+    /// The request's place under the in-flight bound.
+    pub in_flight: InFlight,
+    /// The request, counted as pending for the model's batching.
+    pub pending: Pending,
+    /// When the request must be answered (`--timeout-ms` after its arrival).
+    pub deadline: Instant,
+}
+
+/// Admits a request for the model the path names: its loaded endpoint (404, 503 while loading),
+/// a place under the in-flight bound (503), and a body in JSON (Triton's binary tensor
+/// extension is a 400 that says so). A refused request is answered here (its body drained),
+/// labelled with its model.
+pub(crate) async fn admit<'a>(
     state: &'a AppState,
-    name: &str,
+    path: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
-) -> Result<(&'a Endpoint, &'a Served, InFlight<'a>), ApiError> {
-    let (endpoint, served) = state.endpoint(name)?;
-    if headers.contains_key("inference-header-content-length") {
-        return Err(ApiError::bad_request(
-            "binary tensor data (Inference-Header-Content-Length) is not supported; send the tensors as JSON (tritonclient: binary_data=False)",
-        ));
+    body: Body,
+) -> Result<(Admitted<'a>, Body), Response> {
+    let deadline = Instant::now() + state.limits.timeout;
+    let name = match model_name(path) {
+        Ok(name) => name,
+        Err(e) => return Err(refuse(body, deadline, e).await),
+    };
+    let admitted = state.endpoint(&name).and_then(|(endpoint, served)| {
+        if headers.contains_key("inference-header-content-length") {
+            return Err(ApiError::bad_request(
+                "binary tensor data (Inference-Header-Content-Length) is not supported; send the tensors as JSON (tritonclient: binary_data=False)",
+            ));
+        }
+        let in_flight = InFlight::enter(state, &name)?;
+        Ok((endpoint, served, in_flight))
+    });
+    match admitted {
+        Ok((endpoint, served, in_flight)) => Ok((
+            Admitted {
+                pending: Pending::new(&served.pending),
+                name,
+                endpoint,
+                served,
+                in_flight,
+                deadline,
+            },
+            body,
+        )),
+        Err(e) => Err(about(state, &name, refuse(body, deadline, e).await)),
     }
-    let in_flight = InFlight::enter(state, name)?;
-    Ok((endpoint, served, in_flight))
 }
 
 /// Answers a refused request with `error` once its body has been read (and dropped), so that
@@ -330,81 +398,14 @@ async fn refuse(body: Body, deadline: Instant, error: ApiError) -> Response {
     error.into_response()
 }
 
-/// `POST /v2/models/{name}/generate`, Triton's generate extension: `{"text_input": "...",
-/// "parameters": {"max_tokens": .., "temperature": .., "top_k": .., "seed": ..}}` (the
-/// parameters may also stand beside `text_input`) gives `{"model_name", "text_output",
-/// "tokens"}`.
-async fn generate(
-    State(state): State<Arc<AppState>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let deadline = Instant::now() + state.limits.timeout;
-    let name = match model_name(path) {
-        Ok(name) => name,
-        Err(e) => return refuse(body, deadline, e).await,
-    };
-    let (endpoint, served, _in_flight) = match admit(&state, &name, &headers) {
-        Ok(admitted) => admitted,
-        Err(e) => return about(&state, &name, refuse(body, deadline, e).await),
-    };
-    let pending = Pending::new(&served.pending);
-    let answer = async {
-        let body = read_body(body, state.limits.max_body_bytes, deadline).await?;
-        let mut request: Map<String, Value> = parse_json(&body)?;
-        let prompt = match request.remove(TEXT_INPUT) {
-            Some(Value::String(prompt)) => prompt,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "`{TEXT_INPUT}` is {other}; it is the prompt, a string"
-                )))
-            }
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "the request has no `{TEXT_INPUT}` (the prompt)"
-                )))
-            }
-        };
-        let id = request.remove("id");
-        let mut parameters = match request.remove("parameters") {
-            None => Map::new(),
-            Some(Value::Object(p)) => p,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "`parameters` is {other}; it is an object"
-                )))
-            }
-        };
-        parameters.extend(request);
-        let sampling = endpoint.sampling(prompt, &parameters)?;
-        let work = Work::Generate(sampling);
-        let Done::Generation(generation) =
-            submit(served, work, pending, deadline, &state.limits).await?
-        else {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the worker answered samples",
-            ));
-        };
-        let mut answer = json!({
-            "model_name": name,
-            "text_output": generation.text,
-            "tokens": generation.tokens,
-        });
-        if let Some(id) = id {
-            answer["id"] = id;
-        }
-        Ok(Json(answer))
-    }
-    .await;
-    about(&state, &name, answer)
-}
-
 /// Reads a request body of at most `limit` bytes (413 above). The whole body is read even when it
 /// is too large (and discarded), until the request's deadline, so that the client gets its answer
 /// instead of a connection reset while it is still sending.
-async fn read_body(mut body: Body, limit: usize, deadline: Instant) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    mut body: Body,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, ApiError> {
     let read = async {
         let mut bytes = Vec::new();
         let mut total = 0usize;
@@ -438,7 +439,7 @@ async fn read_body(mut body: Body, limit: usize, deadline: Instant) -> Result<By
 }
 
 /// Queues `work` for the model's worker and waits for it until the request's deadline.
-async fn submit(
+pub(crate) async fn submit(
     served: &Served,
     work: Work,
     pending: Pending,
@@ -451,7 +452,14 @@ async fn submit(
         queued: Instant::now(),
         reply,
         pending: Some(pending),
+        stream: None,
     };
+    queue(served, job)?;
+    wait(answer, deadline, limits).await
+}
+
+/// Puts `job` in the worker's queue (503 once the server is stopping).
+pub(crate) fn queue(served: &Served, job: Job) -> Result<(), ApiError> {
     let sent = match &*served.queue.lock().unwrap_or_else(|p| p.into_inner()) {
         Some(queue) => queue.send(job).is_ok(),
         None => false,
@@ -459,6 +467,15 @@ async fn submit(
     if !sent {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
+    Ok(())
+}
+
+/// The worker's answer, or 504 at the deadline (the worker then skips or stops the job).
+pub(crate) async fn wait(
+    answer: oneshot::Receiver<Result<Done, String>>,
+    deadline: Instant,
+    limits: &Limits,
+) -> Result<Done, ApiError> {
     match tokio::time::timeout_at(deadline.into(), answer).await {
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -487,7 +504,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-const ROUTES: &str = "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready, /metrics; POST /v2/models/{name}/infer, /v2/models/{name}/generate";
+const ROUTES: &str = "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready, /metrics; POST /v2/models/{name}/infer, /v2/models/{name}/generate, /v2/models/{name}/generate_stream";
 
 async fn no_route(
     State(state): State<Arc<AppState>>,

@@ -177,7 +177,7 @@ async fn run<B: Backend>(
                     format_version: endpoint.format_version.to_string(),
                     backend: options.backend.clone(),
                 });
-                let _ = state.models[&name].endpoint.set(endpoint);
+                let _ = state.models[&name].endpoint.set(Arc::new(endpoint));
             }
             Ok(Err(e)) => {
                 failure = Some(e);

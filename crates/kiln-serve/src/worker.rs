@@ -32,6 +32,8 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Done, String>>,
     /// Counts the request as pending until the worker takes it.
     pub pending: Option<Pending>,
+    /// A streamed generation: where each piece of text goes as it is generated.
+    pub stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// A finished job.
@@ -184,7 +186,12 @@ impl<B: Backend> Worker<B> {
         };
         let result = match &self.model.task {
             predict::Task::Language { tokenizer } => guarded(|| {
-                let mut out = UntilAbandoned(&job.reply);
+                let mut out = Pieces {
+                    reply: &job.reply,
+                    stream: job.stream.as_ref(),
+                    prompt: sampling.prompt.len(),
+                    bytes: Vec::new(),
+                };
                 generate_with(gpt, tokenizer, sampling, &self.device, &mut out)
             }),
             predict::Task::Samples { .. } => Err(anyhow::anyhow!("not a language model")),
@@ -202,19 +209,47 @@ impl<B: Backend> Worker<B> {
     }
 }
 
-/// Where a generation writes its text: an error as soon as the request is abandoned (its
-/// caller timed out or went away), which stops the generation at its next token.
-struct UntilAbandoned<'a>(&'a oneshot::Sender<Result<Done, String>>);
+/// Where a generation writes its text (the prompt first, then each token's): pieces of text for
+/// a streamed request, and an error as soon as the request is abandoned (its caller timed out or
+/// went away), which stops the generation at its next token.
+struct Pieces<'a> {
+    reply: &'a oneshot::Sender<Result<Done, String>>,
+    stream: Option<&'a tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Bytes of the prompt still to skip.
+    prompt: usize,
+    /// Bytes not yet sent: the end of a character cut between writes.
+    bytes: Vec<u8>,
+}
 
-impl std::io::Write for UntilAbandoned<'_> {
+impl std::io::Write for Pieces<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if self.0.is_closed() {
+        let gone = self.stream.is_some_and(|s| s.is_closed());
+        if self.reply.is_closed() || gone {
             return Err(std::io::Error::other("the request was abandoned"));
+        }
+        if self.stream.is_some() {
+            let skip = self.prompt.min(bytes.len());
+            self.prompt -= skip;
+            self.bytes.extend_from_slice(&bytes[skip..]);
         }
         Ok(bytes.len())
     }
 
+    /// The generation flushes after each token's text: send what is whole of it (the final
+    /// remainder and newline, written without a flush, reach the client with the last event).
     fn flush(&mut self) -> std::io::Result<()> {
+        let Some(stream) = self.stream else {
+            return Ok(());
+        };
+        let valid = match std::str::from_utf8(&self.bytes) {
+            Ok(text) => text.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        if valid > 0 {
+            let text = String::from_utf8_lossy(&self.bytes[..valid]).into_owned();
+            self.bytes.drain(..valid);
+            let _ = stream.send(text);
+        }
         Ok(())
     }
 }
