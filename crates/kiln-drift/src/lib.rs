@@ -1,0 +1,19 @@
+//! Drift detection: how far what a served model sees has moved from the data it was trained on.
+//!
+//! - [`stats`]: the tests and distances, each as the tools engineers already read define it
+//!   (scipy's, which Evidently uses): the two-sample Kolmogorov-Smirnov test, Pearson's
+//!   chi-square goodness-of-fit test, the population stability index, the Jensen-Shannon
+//!   distance;
+//! - [`reservoir`]: a bounded, seeded uniform sample of a stream (the reference rows that
+//!   two-sample tests compare against).
+//!
+//! No burn and no other Kiln crate: exports record references with it, `kiln serve` and
+//! `kiln drift` compare against them.
+
+#![warn(missing_docs)]
+
+pub mod reservoir;
+pub mod stats;
+
+pub use reservoir::Reservoir;
+pub use stats::{chi_square, jensen_shannon, ks_two_sample, psi, Test};
