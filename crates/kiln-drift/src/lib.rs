@@ -5,15 +5,19 @@
 //!   chi-square goodness-of-fit test, the population stability index, the Jensen-Shannon
 //!   distance;
 //! - [`reservoir`]: a bounded, seeded uniform sample of a stream (the reference rows that
-//!   two-sample tests compare against).
+//!   two-sample tests compare against);
+//! - [`reference`]: what an export keeps of each training feature, and the comparison of new
+//!   values with it.
 //!
 //! No burn and no other Kiln crate: exports record references with it, `kiln serve` and
 //! `kiln drift` compare against them.
 
 #![warn(missing_docs)]
 
+pub mod reference;
 pub mod reservoir;
 pub mod stats;
 
+pub use reference::{Current, FeatureDrift, FeatureKind, FeatureReference};
 pub use reservoir::Reservoir;
 pub use stats::{chi_square, jensen_shannon, ks_two_sample, psi, Test};
