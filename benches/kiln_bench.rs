@@ -29,6 +29,9 @@ use kiln_train::scaler::LossScale;
 use kiln_train::step::train_step;
 
 mod burn_loop;
+mod cpu_time;
+
+use cpu_time::process_cpu_seconds;
 
 struct Bench {
     /// `kiln` (Kiln's train_step) or `burn` (the bare burn loop).
@@ -338,21 +341,6 @@ fn training_batches(
             }
         })
         .collect()
-}
-
-/// CPU time of the whole process (every thread) so far, in seconds: over the timed steps'
-/// wall time, how many cores the steps kept busy.
-fn process_cpu_seconds() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec to write to.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 impl Bench {

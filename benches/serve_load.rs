@@ -6,13 +6,16 @@
 //!
 //! `kiln-serve-load URL MODEL IDX_IMAGES CONCURRENCY REQUESTS`
 
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+
+mod cpu_time;
+
+use cpu_time::process_cpu_seconds;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +30,7 @@ fn main() -> Result<()> {
     let next = AtomicUsize::new(0);
     let latencies = Mutex::new(Vec::with_capacity(requests));
     let errors = AtomicUsize::new(0);
-    let cpu_before = cpu_seconds();
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..concurrency {
@@ -57,7 +60,7 @@ fn main() -> Result<()> {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = process_cpu_seconds() - cpu_before;
     let mut l = latencies.into_inner().unwrap();
     l.sort_by(f64::total_cmp);
     let pct = |p: f64| l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1] * 1e3;
@@ -77,37 +80,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Infer request bodies for the first `n` images of an IDX image file: `[1, 1, 28, 28]`,
-/// pixels / 255.
+/// Infer request bodies for the first `n` images of an IDX image file: `[1, c, h, w]`, pixels /
+/// 255 (as Kiln's IDX reader gives them).
 fn bodies(path: &str, n: usize) -> Result<Vec<String>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-    let mut bytes = Vec::new();
-    if path.ends_with(".gz") {
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut bytes)?;
-    } else {
-        bytes = raw;
-    }
-    Ok(bytes[16..]
-        .chunks_exact(784)
+    let (pixels, shape) = kiln_data::load_idx_images(std::path::Path::new(path))?;
+    let [c, h, w] = shape;
+    Ok(pixels
+        .chunks_exact(c * h * w)
         .take(n)
         .map(|img| {
-            let pixels: Vec<f32> = img.iter().map(|&p| f32::from(p) / 255.0).collect();
-            json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": pixels}]})
+            json!({"inputs": [{"name": "input", "shape": [1, c, h, w], "datatype": "FP32", "data": img}]})
                 .to_string()
         })
         .collect())
-}
-
-/// CPU time (user + system) this process has used, in seconds.
-fn cpu_seconds() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }

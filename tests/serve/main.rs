@@ -111,23 +111,14 @@ pub fn predict(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// The first `n` images of an IDX image file (gzip or not), pixels / 255, as the model takes
-/// them.
+/// The first `n` images of an IDX image file, pixels / 255, as Kiln's IDX reader gives them.
 pub fn idx_images(path: &str, n: usize) -> Vec<Vec<f32>> {
-    use std::io::Read;
-    let raw = std::fs::read(repo_root().join(path)).unwrap();
-    let mut bytes = Vec::new();
-    if path.ends_with(".gz") {
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut bytes)
-            .unwrap();
-    } else {
-        bytes = raw;
-    }
-    bytes[16..]
-        .chunks_exact(784)
+    let (pixels, shape) = kiln_data::load_idx_images(&repo_root().join(path)).unwrap();
+    let len = shape.iter().product();
+    pixels
+        .chunks_exact(len)
         .take(n)
-        .map(|img| img.iter().map(|&p| f32::from(p) / 255.0).collect())
+        .map(<[f32]>::to_vec)
         .collect()
 }
 
@@ -514,5 +505,56 @@ fn exports_written_by_kiln_before_serving_existed_serve_what_they_predicted() {
     assert_eq!(
         meta["parameters"],
         json!({"architecture": "mlp", "quantization": "int8", "format_version": 1})
+    );
+}
+
+#[test]
+fn bad_serve_flags_and_requests_are_errors_that_say_what_to_do() {
+    let wine = "tests/fixtures/v1/exports/wine-mlp";
+    common::fails_with(
+        &["serve", wine, wine, "--name", "a"],
+        &["--name is given 1 times for 2 exports; name every export, in order, or none"],
+    );
+    common::fails_with(
+        &["serve", wine, wine],
+        &["two exports are served as `wine-mlp`; give each its own --name"],
+    );
+    common::fails_with(
+        &["serve", "no/such/export", "--port", "0"],
+        &["no/such/export: no such export directory"],
+    );
+    let server = Server::start(&[repo_root().join(wine).as_path()], &[]);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    common::fails_with(
+        &["serve", wine, "--port", &port],
+        &[
+            &format!("cannot listen on 127.0.0.1:{port}"),
+            "choose one with --port",
+        ],
+    );
+    // Triton's binary tensor extension, and a model name that is not UTF-8.
+    let refused = ureq::post(&format!("{}/v2/models/wine-mlp/infer", server.url))
+        .set("Inference-Header-Content-Length", "10")
+        .send_string("{\"inputs\": []}");
+    let Err(ureq::Error::Status(400, response)) = refused else {
+        panic!("{refused:?}")
+    };
+    let body: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("binary_data=False"),
+        "{body}"
+    );
+    let a = server.get("/v2/models/%FF");
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the model name in the path"),
+        "{}",
+        a.body
     );
 }

@@ -44,6 +44,7 @@ pub enum Task {
 }
 
 /// What a model of samples gives.
+#[derive(Clone, Debug)]
 pub enum SampleOutput {
     /// Class probabilities; the class names, by class index.
     Classes(Vec<String>),

@@ -62,22 +62,13 @@ pub enum Kind {
         /// A model trained on a table with column names: one input per column.
         table: Option<TableSchema>,
         /// Class names, or the regression target's name.
-        output: Output,
+        output: SampleOutput,
     },
     /// Text in, text out.
     Language {
         /// The run's tokenizer (a prompt is checked before it is queued).
         tokenizer: Tokenizer,
     },
-}
-
-/// What a model of samples gives.
-#[derive(Clone, Debug)]
-pub enum Output {
-    /// Class names by index.
-    Classes(Vec<String>),
-    /// A value; the target's name names the output.
-    Value(String),
 }
 
 /// What a request asks the worker to do.
@@ -113,10 +104,7 @@ impl Endpoint {
             } => Kind::Samples {
                 sample_shape: sample_shape.clone(),
                 table: table.clone(),
-                output: match output {
-                    SampleOutput::Classes(labels) => Output::Classes(labels.clone()),
-                    SampleOutput::Value { target } => Output::Value(target.clone()),
-                },
+                output: output.clone(),
             },
             Task::Language { tokenizer } => Kind::Language {
                 tokenizer: tokenizer.clone(),
@@ -267,7 +255,7 @@ impl Endpoint {
             (
                 Outputs::Values(values),
                 Kind::Samples {
-                    output: Output::Value(target),
+                    output: SampleOutput::Value { target },
                     ..
                 },
             ) => vec![OutputTensor {
@@ -282,7 +270,7 @@ impl Endpoint {
                     probabilities,
                 },
                 Kind::Samples {
-                    output: Output::Classes(labels),
+                    output: SampleOutput::Classes(labels),
                     ..
                 },
             ) => {
@@ -360,8 +348,8 @@ fn metadata(kind: &Kind) -> (Vec<TensorMeta>, Vec<TensorMeta>) {
                     .collect(),
             };
             let outputs = match output {
-                Output::Value(target) => vec![TensorMeta::batched(target, "FP32", &[])],
-                Output::Classes(labels) => vec![
+                SampleOutput::Value { target } => vec![TensorMeta::batched(target, "FP32", &[])],
+                SampleOutput::Classes(labels) => vec![
                     TensorMeta::batched("label", "BYTES", &[]),
                     TensorMeta::batched("class", "INT64", &[]),
                     TensorMeta::batched("probabilities", "FP32", &[labels.len()]),

@@ -163,7 +163,7 @@ async fn run<B: Backend>(
             Ok(Ok(endpoint)) => {
                 let task = match &endpoint.kind {
                     Kind::Samples {
-                        output: crate::endpoint::Output::Classes(_),
+                        output: kiln_export::predict::SampleOutput::Classes(_),
                         ..
                     } => "classifier",
                     Kind::Samples { .. } => "regression",
