@@ -176,7 +176,7 @@ fn an_export_predicts_rows_of_the_table_by_column_name() {
     assert!(o.status.success(), "{}", stderr(&o));
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(export.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format_version"], 3);
+    assert_eq!(manifest["format_version"], 4);
     assert_eq!(manifest["input"]["names"][0], "island=Biscoe");
 
     // Rows as a user has them: other column order, no label, a missing value (filled as in

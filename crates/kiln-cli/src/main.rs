@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    eval, export, generate, launch, plot, predict, runs, serve, sweep, sync, tokenize, train,
+    drift, eval, export, generate, launch, plot, predict, runs, serve, sweep, sync, tokenize, train,
 };
 
 #[derive(Parser)]
@@ -31,6 +31,7 @@ enum Command {
     Generate(generate::Args),
     Export(export::Args),
     Predict(predict::Args),
+    Drift(drift::Args),
     Serve(serve::Args),
     Tokenize(tokenize::Args),
     Sync(sync::Args),
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::exec(args),
         Command::Export(args) => export::exec(args),
         Command::Predict(args) => predict::exec(args),
+        Command::Drift(args) => drift::exec(args),
         Command::Serve(args) => serve::exec(args),
         Command::Tokenize(args) => tokenize::exec(args),
         Command::Sync(args) => sync::exec(args),

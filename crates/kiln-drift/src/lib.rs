@@ -25,6 +25,8 @@ pub mod reservoir;
 pub mod stats;
 
 pub use reference::{Current, FeatureDrift, FeatureKind, FeatureReference};
-pub use report::{report, Options, Report};
+pub use report::{report, report_with, Options, Report, Rule};
 pub use reservoir::Reservoir;
-pub use stats::{chi_square, jensen_shannon, ks_two_sample, psi, Test};
+pub use stats::{
+    binomial_less, chi_square, chi_square_two_sample, jensen_shannon, ks_two_sample, psi, Test,
+};

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::reservoir::Reservoir;
-use crate::stats::{chi_square, jensen_shannon, ks_two_sample, psi, Test};
+use crate::stats::{chi_square, chi_square_two_sample, jensen_shannon, ks_two_sample, psi, Test};
 
 /// Reference values kept per numeric feature for the two-sample test.
 pub const SAMPLE: usize = 1000;
@@ -47,6 +47,10 @@ pub enum FeatureKind {
     },
     /// Categories.
     Categorical {
+        /// Values seen (0 in a reference that kept no count: its proportions are then taken
+        /// as exact).
+        #[serde(default)]
+        count: u64,
         /// The categories, in a fixed order.
         categories: Vec<String>,
         /// Each category's training proportion.
@@ -94,6 +98,7 @@ impl FeatureReference {
         Self {
             name: name.to_string(),
             kind: FeatureKind::Categorical {
+                count: total,
                 categories: counts.keys().map(|c| c.to_string()).collect(),
                 proportions: counts
                     .values()
@@ -132,6 +137,7 @@ impl FeatureReference {
             }
             (
                 FeatureKind::Categorical {
+                    count,
                     categories,
                     proportions: reference,
                 },
@@ -152,6 +158,10 @@ impl FeatureReference {
                         statistic: f64::INFINITY,
                         p_value: 0.0,
                     }
+                } else if *count > 0 {
+                    // Both samples' noise: the reference's counts against the new ones.
+                    let reference: Vec<f64> = reference.iter().map(|p| p * *count as f64).collect();
+                    chi_square_two_sample(&reference, &counts[..categories.len()])
                 } else {
                     chi_square(&counts[..categories.len()], reference)
                 };
@@ -179,6 +189,44 @@ impl FeatureReference {
     }
 }
 
+impl FeatureReference {
+    /// Compares `current` categories by distance alone: the feature drifts when the
+    /// Jensen-Shannon distance of the frequencies reaches `threshold` (Evidently's rule for
+    /// large samples, where a test would flag differences too small to matter; Kiln uses it for
+    /// text, whose tokens are not independent draws). Categories the training data never had
+    /// count in one extra bin. Numeric features are compared by their test
+    /// ([`FeatureReference::compare`]).
+    pub fn compare_distance(&self, current: &Current, threshold: f64) -> FeatureDrift {
+        let (
+            FeatureKind::Categorical {
+                categories,
+                proportions,
+                ..
+            },
+            Current::Categories(values),
+        ) = (&self.kind, current)
+        else {
+            return self.compare(current, threshold);
+        };
+        let mut counts = vec![0.0; categories.len() + 1];
+        for v in values {
+            counts[categories.binary_search(v).unwrap_or(categories.len())] += 1.0;
+        }
+        let mut expected = proportions.clone();
+        expected.push(0.0);
+        let distance = jensen_shannon(&expected, &counts);
+        FeatureDrift {
+            name: self.name.clone(),
+            test: "jensen_shannon",
+            statistic: distance,
+            p_value: f64::NAN,
+            psi: None,
+            jensen_shannon: Some(distance),
+            drifted: distance >= threshold,
+        }
+    }
+}
+
 /// New values of one feature.
 #[derive(Clone, Debug)]
 pub enum Current {
@@ -193,11 +241,11 @@ pub enum Current {
 pub struct FeatureDrift {
     /// The feature.
     pub name: String,
-    /// `ks` (numeric) or `chi_square` (categorical).
+    /// `ks` (numeric), `chi_square` (categorical) or `jensen_shannon` (categorical, by distance).
     pub test: &'static str,
     /// The test's statistic.
     pub statistic: f64,
-    /// The test's p-value.
+    /// The test's p-value (NaN, `null` in JSON, for a comparison by distance).
     pub p_value: f64,
     /// Numeric features: the population stability index over the training deciles.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -276,5 +324,25 @@ mod tests {
         assert!(d.drifted && d.jensen_shannon.unwrap() > 0.1, "{d:?}");
         let unseen = r.compare(&current(&["a", "z"]), 0.05);
         assert!(unseen.drifted && unseen.p_value == 0.0, "{unseen:?}");
+    }
+
+    #[test]
+    fn a_distance_comparison_drifts_at_its_threshold_only() {
+        let train: Vec<&str> = (0..1000).map(|i| ["a", "b", "c", "d"][i % 4]).collect();
+        let r = FeatureReference::categorical("token", train);
+        let current = |v: Vec<&str>| Current::Categories(v.iter().map(|s| s.to_string()).collect());
+        let near: Vec<&str> = (0..1000).map(|i| ["a", "b", "c", "d"][i % 9 % 4]).collect();
+        let d = r.compare_distance(&current(near.clone()), 0.1);
+        assert!(!d.drifted && d.jensen_shannon.unwrap() < 0.1, "{d:?}");
+        // The same small change is significant for the chi-square test on 1,000 draws.
+        assert!(r.compare(&current(near), 0.05).drifted);
+        let far: Vec<&str> = (0..1000).map(|i| ["a", "e"][i % 2]).collect();
+        let d = r.compare_distance(&current(far), 0.1);
+        assert!(
+            d.drifted && d.test == "jensen_shannon" && d.p_value.is_nan(),
+            "{d:?}"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(json["p_value"].is_null(), "{json}");
     }
 }

@@ -49,20 +49,47 @@ pub struct Report {
     pub dataset_drift: bool,
 }
 
+/// How a feature's drift is decided.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// Its test, at the level divided among the tests (Bonferroni).
+    Test,
+    /// Its Jensen-Shannon distance reaching the threshold
+    /// ([`FeatureReference::compare_distance`]); not a test, so it takes no share of the level.
+    Distance(f64),
+}
+
 /// Compares `current` values of each feature (in the order of `features`) and, optionally, of
-/// the predictions with their references.
+/// the predictions with their references, each by its test.
 pub fn report(
     features: &[(&FeatureReference, &Current)],
     prediction: Option<(&FeatureReference, &Current)>,
     options: Options,
 ) -> Report {
-    let tests = features.len() + usize::from(prediction.is_some());
+    let features: Vec<_> = features.iter().map(|&(r, c)| (r, c, Rule::Test)).collect();
+    report_with(
+        &features,
+        prediction.map(|(r, c)| (r, c, Rule::Test)),
+        options,
+    )
+}
+
+/// As [`report`], each feature and the predictions decided by their own [`Rule`].
+pub fn report_with(
+    features: &[(&FeatureReference, &Current, Rule)],
+    prediction: Option<(&FeatureReference, &Current, Rule)>,
+    options: Options,
+) -> Report {
+    let tests = (features.iter().chain(prediction.as_ref()))
+        .filter(|(_, _, rule)| *rule == Rule::Test)
+        .count();
     let corrected_alpha = options.alpha / tests.max(1) as f64;
-    let features: Vec<FeatureDrift> = features
-        .iter()
-        .map(|(r, c)| r.compare(c, corrected_alpha))
-        .collect();
-    let prediction = prediction.map(|(r, c)| r.compare(c, corrected_alpha));
+    let compare = |(r, c, rule): &(&FeatureReference, &Current, Rule)| match rule {
+        Rule::Test => r.compare(c, corrected_alpha),
+        Rule::Distance(threshold) => r.compare_distance(c, *threshold),
+    };
+    let features: Vec<FeatureDrift> = features.iter().map(compare).collect();
+    let prediction = prediction.as_ref().map(compare);
     let drifted_features = features.iter().filter(|f| f.drifted).count();
     let drifted_share = drifted_features as f64 / features.len().max(1) as f64;
     let dataset_drift = (!features.is_empty() && drifted_share >= options.share)

@@ -67,6 +67,54 @@ pub fn chi_square(observed: &[u64], expected: &[f64]) -> Test {
     }
 }
 
+/// Pearson's chi-square test of homogeneity of two samples' category counts (scipy's
+/// `chi2_contingency` of the `2 x categories` table, without Yates' correction): whether both
+/// come from one distribution, the reference's own sampling noise counted. Categories empty in
+/// both are skipped.
+pub fn chi_square_two_sample(reference: &[f64], current: &[u64]) -> Test {
+    let a_total: f64 = reference.iter().sum();
+    let b_total: f64 = current.iter().map(|&c| c as f64).sum();
+    let total = a_total + b_total;
+    let mut statistic = 0.0;
+    let mut categories = 0usize;
+    for (&a, &b) in reference.iter().zip(current) {
+        let b = b as f64;
+        let column = a + b;
+        if column <= 0.0 {
+            continue;
+        }
+        categories += 1;
+        let (ea, eb) = (column * a_total / total, column * b_total / total);
+        statistic += (a - ea).powi(2) / ea + (b - eb).powi(2) / eb;
+    }
+    let dof = categories.saturating_sub(1).max(1) as f64;
+    Test {
+        statistic,
+        p_value: gamma_q(dof / 2.0, statistic / 2.0),
+    }
+}
+
+/// The one-sided exact binomial test of `successes` in `trials` against the success rate `p`:
+/// the chance of at most `successes` (scipy's `binomtest(k, n, p, alternative="less")`). A low
+/// value says the rate fell, e.g. a model's accuracy on labelled feedback.
+pub fn binomial_less(successes: u64, trials: u64, p: f64) -> f64 {
+    if successes >= trials || p <= 0.0 {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return 0.0;
+    }
+    let (n, lp, lq) = (trials as f64, p.ln(), (1.0 - p).ln());
+    let ln_choose_n = ln_gamma(n + 1.0);
+    let log_pmf =
+        |k: f64| ln_choose_n - ln_gamma(k + 1.0) - ln_gamma(n - k + 1.0) + k * lp + (n - k) * lq;
+    let terms: Vec<f64> = (0..=successes).map(|k| log_pmf(k as f64)).collect();
+    let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln())
+        .min(0.0)
+        .exp()
+}
+
 /// The population stability index of `current` against `reference` proportions over the same
 /// bins: `sum (c - r) ln(c / r)`, each proportion floored at 1e-4 (a bin empty on one side).
 pub fn psi(reference: &[f64], current: &[f64]) -> f64 {
@@ -262,5 +310,33 @@ mod tests {
         assert_eq!(t.p_value, 1.0);
         assert_eq!(psi(&[0.2, 0.8], &[0.2, 0.8]), 0.0);
         assert!(psi(&[0.5, 0.5], &[0.9, 0.1]) > 0.25);
+    }
+
+    #[test]
+    fn the_binomial_tail_matches_scipy() {
+        // scipy.stats.binomtest(k, n, p, alternative="less").pvalue
+        for (k, n, p, want) in [
+            (80u64, 100u64, 0.9, 0.001_978_56),
+            (85, 100, 0.9, 0.072_572_97),
+            (450, 500, 0.9, 0.521_801_86),
+        ] {
+            let got = binomial_less(k, n, p);
+            assert!(
+                (got - want).abs() < 1e-6 * want.max(1e-3),
+                "{k}/{n} at {p}: {got} vs {want}"
+            );
+        }
+        assert_eq!(binomial_less(10, 10, 0.5), 1.0);
+    }
+
+    #[test]
+    fn the_two_sample_chi_square_matches_scipy() {
+        // scipy.stats.chi2_contingency([a, b], correction=False)
+        let t = chi_square_two_sample(&[30.0, 50.0, 20.0, 0.0], &[40, 45, 15, 0]);
+        assert!((t.statistic - 2.406_015_037_593_985).abs() < 1e-9, "{t:?}");
+        assert!((t.p_value - 0.300_289_725_470_088).abs() < 1e-7, "{t:?}");
+        let t = chi_square_two_sample(&[300.0, 500.0, 200.0], &[40, 45, 15]);
+        assert!((t.statistic - 4.562_682_764_592_927).abs() < 1e-9, "{t:?}");
+        assert!((t.p_value - 0.102_147_096_470_627).abs() < 1e-7, "{t:?}");
     }
 }

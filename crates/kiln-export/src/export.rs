@@ -13,6 +13,7 @@ use kiln_models::{DataShape, GptShape, ModelConfig, Step, TrainModel};
 use serde_json::{json, Value};
 
 use crate::calibrate::{calibrate, Calibration};
+use crate::drift::{self, DRIFT_FILE};
 use crate::format::{sha256_hex, write_export, ExportTensor, FileEntry, Manifest, Scheme};
 use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_FILE};
 use crate::model::{build_model, HostWeights};
@@ -213,6 +214,11 @@ pub fn export<B: Backend>(
         measure(&dequantized, "of the export")?
     };
     let metrics = exported.json_with(json!({"split": split_name, "backend": opts.backend}));
+    let reference = {
+        let model = build_model::<B>(section, &shape, &dequantized, "of the export", device)?;
+        drift::build(&data, &model, config, device).context("the drift reference")?
+    };
+    let reference_bytes = reference.to_bytes()?;
 
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -226,19 +232,23 @@ pub fn export<B: Backend>(
         metrics: metrics.clone(),
         tensors: BTreeMap::new(),
         files: BTreeMap::new(),
+        drift: Some(reference.describe(&reference_bytes)),
     };
 
     let partial = partial_dir(&opts.out)?;
-    let written = write_format(
-        &partial,
-        opts,
-        manifest,
-        &tensors,
-        &dequantized,
-        &data,
-        &source,
-    )
-    .and_then(|()| finish(&partial, &opts.out, opts.overwrite, Some(&source.run_dir)));
+    let written = write(&partial, DRIFT_FILE, &reference_bytes)
+        .and_then(|()| {
+            write_format(
+                &partial,
+                opts,
+                manifest,
+                &tensors,
+                &dequantized,
+                &data,
+                &source,
+            )
+        })
+        .and_then(|()| finish(&partial, &opts.out, opts.overwrite, Some(&source.run_dir)));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
@@ -254,6 +264,7 @@ pub fn export<B: Backend>(
     Ok(json!({
         "out": opts.out, "format": opts.format.name(), "quantize": opts.scheme.name(),
         "files": files, "bytes": bytes, "weights_bytes": weights_bytes,
+        "drift_bytes": reference_bytes.len(),
         "source_bytes": source.bytes,
         "size_ratio": weights_bytes as f64 / source.bytes as f64,
         "metrics": metrics,

@@ -27,11 +27,12 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The manifest's `format`.
 pub const FORMAT: &str = "kiln-export";
-/// The manifest version written. Version 3 adds `input.table` (what the columns of a table with
+/// The manifest version written. Version 4 adds `drift` (the drift reference's file, checksum
+/// and size, [`crate::drift`]); version 3 adds `input.table` (what the columns of a table with
 /// column names mean) for a model trained on one; version 2 records the model's own section
 /// (`architecture.model` holds only its kind's keys); versions 1 (every kind's keys) and 2 still
 /// read.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest manifest version read.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
@@ -274,6 +275,10 @@ pub struct Manifest {
     pub tensors: BTreeMap<String, TensorEntry>,
     /// The checksum of each file, by name.
     pub files: BTreeMap<String, FileEntry>,
+    /// The drift reference (version 4): its file, checksum, size and bound, what it covers;
+    /// absent in earlier exports, whose drift is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<serde_json::Value>,
 }
 
 /// The sha256 of `bytes`, lowercase hex.

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod calibrate;
+pub mod drift;
 pub mod export;
 pub mod format;
 pub mod model;

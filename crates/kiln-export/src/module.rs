@@ -50,6 +50,7 @@ pub fn export_module<B: Backend, M: TrainModel<B> + Module<B>>(
         metrics: Value::Null,
         tensors: BTreeMap::new(),
         files: BTreeMap::new(),
+        drift: None,
     };
     let partial = partial_dir(out)?;
     let written = write_export(&partial, manifest, &tensors)

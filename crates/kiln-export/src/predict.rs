@@ -180,6 +180,42 @@ pub struct Record {
     pub values: Vec<f32>,
 }
 
+/// `paths` with every folder replaced by the image files under it (recursively, in name
+/// order): how an image folder is given as inputs.
+pub fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            out.push(path.clone());
+            continue;
+        }
+        let before = out.len();
+        let mut stack = vec![path.clone()];
+        while let Some(dir) = stack.pop() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("cannot list {}", dir.display()))?;
+            entries.sort();
+            for entry in entries {
+                if entry.is_dir() {
+                    stack.push(entry);
+                } else if is_image_file(&entry) {
+                    out.push(entry);
+                }
+            }
+        }
+        out[before..].sort();
+        ensure!(
+            out.len() > before,
+            "{}: a folder with no images (.png, .jpg, .jpeg) in it",
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
 /// Reads classifier inputs: PNG or JPEG images (read as `image` says, for an export of an
 /// image folder), IDX image files (`.idx`, `-ubyte`, `.gz`) or CSV rows,
 /// each checked against `sample_shape` (`[features]` or `[c, h, w]`). For a model trained on a

@@ -2,11 +2,14 @@
 //! tensors become the samples (or the prompt) the model runs on, and how its outputs become
 //! response tensors. Backend-free: the worker ([`crate::worker`]) runs the model.
 
+use std::sync::Arc;
+
 use kiln_data::{Table, TableSchema, Tokenizer};
 use kiln_export::predict::{argmax, Loaded, Outputs, SampleOutput, Task};
 use kiln_infer::Sampling;
 use serde_json::{json, Map, Value};
 
+use crate::drift::Monitor;
 use crate::error::ApiError;
 use crate::protocol::{Data, Elements, InferRequest, OutputTensor, TensorMeta};
 
@@ -50,6 +53,8 @@ pub struct Endpoint {
     pub quantization: String,
     /// The export's format version.
     pub format_version: u32,
+    /// Its drift monitor.
+    pub monitor: Arc<Monitor>,
 }
 
 /// What a served model runs on.
@@ -87,7 +92,11 @@ pub enum Work {
 
 impl Endpoint {
     /// The endpoint of the export `loaded`, served as `name`.
-    pub fn of<B: burn::tensor::backend::Backend>(name: &str, loaded: &Loaded<B>) -> Self {
+    pub fn of<B: burn::tensor::backend::Backend>(
+        name: &str,
+        loaded: &Loaded<B>,
+        monitor: Arc<Monitor>,
+    ) -> Self {
         let m = &loaded.manifest;
         let architecture = (m.architecture["model"]["kind"].as_str())
             .unwrap_or("unknown")
@@ -119,6 +128,7 @@ impl Endpoint {
             architecture,
             quantization,
             format_version: m.format_version,
+            monitor,
         }
     }
 

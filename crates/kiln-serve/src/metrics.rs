@@ -14,6 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+mod drift;
+pub use drift::{DriftMetrics, FeatureLabels};
+
 /// Seconds: from half a millisecond (a small model's forward pass) to a minute (a long
 /// generation).
 const SECONDS: [f64; 16] = [
@@ -74,6 +77,8 @@ pub struct Metrics {
     in_flight: Family<ModelLabels, Gauge>,
     generated_tokens: Family<ModelLabels, Counter>,
     model_info: Family<InfoLabels, Gauge>,
+    /// Drift per model and feature.
+    pub drift: DriftMetrics,
 }
 
 fn seconds() -> Histogram {
@@ -103,6 +108,7 @@ impl Metrics {
             in_flight: Family::default(),
             generated_tokens: Family::default(),
             model_info: Family::default(),
+            drift: DriftMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,6 +154,7 @@ impl Metrics {
             "The served models (value 1): architecture, task, quantization, export format version, backend",
             m.model_info.clone(),
         );
+        m.drift.register(&mut registry);
         Self { registry, ..m }
     }
 

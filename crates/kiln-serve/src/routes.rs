@@ -22,6 +22,8 @@ use tokio::sync::oneshot;
 use crate::endpoint::{Endpoint, Work};
 use crate::error::ApiError;
 use crate::generate;
+
+mod monitor;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::protocol::{parse_json, InferRequest, InferResponse};
 use crate::worker::{Done, Job};
@@ -101,7 +103,7 @@ impl AppState {
     }
 
     /// The loaded endpoint of `name`: 404 for a model that is not served, 503 while loading.
-    fn endpoint(&self, name: &str) -> Result<(&Arc<Endpoint>, &Served), ApiError> {
+    pub(crate) fn endpoint(&self, name: &str) -> Result<(&Arc<Endpoint>, &Served), ApiError> {
         let served = self.models.get(name).ok_or_else(|| {
             let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
             names.sort_unstable();
@@ -168,6 +170,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/generate", post(generate::generate))
+        .route("/v2/models/{name}/drift", get(monitor::drift))
+        .route("/v2/models/{name}/feedback", post(monitor::feedback))
         .route(
             "/v2/models/{name}/generate_stream",
             post(generate::generate_stream),
@@ -310,7 +314,12 @@ async fn infer(
             Work::Generate(_) => 1,
         };
         let outputs = match submit(served, work, a.pending, deadline, &state.limits).await? {
-            Done::Samples(outputs) => endpoint.encode(outputs, rows, &request),
+            Done::Samples(outputs) => {
+                if let Some(id) = &request.id {
+                    endpoint.monitor.remember(id, &outputs);
+                }
+                endpoint.encode(outputs, rows, &request)
+            }
             Done::Generation(generation) => vec![crate::protocol::OutputTensor {
                 name: crate::endpoint::TEXT_OUTPUT.into(),
                 datatype: "BYTES",
@@ -329,7 +338,7 @@ async fn infer(
 }
 
 /// The model named in the path (a name that is not UTF-8 is a 400).
-fn model_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn model_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(name)| name).map_err(|e| {
         ApiError::bad_request(format!("the model name in the path: {}", e.body_text()))
     })
@@ -494,6 +503,11 @@ pub(crate) async fn wait(
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    for (name, served) in &state.models {
+        if let Some(endpoint) = served.endpoint.get() {
+            state.metrics.drift.set(name, &endpoint.monitor.gauges());
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -504,7 +518,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-const ROUTES: &str = "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready, /metrics; POST /v2/models/{name}/infer, /v2/models/{name}/generate, /v2/models/{name}/generate_stream";
+const ROUTES: &str = "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready, /v2/models/{name}/drift, /metrics; POST /v2/models/{name}/infer, /v2/models/{name}/generate, /v2/models/{name}/generate_stream, /v2/models/{name}/feedback";
 
 async fn no_route(
     State(state): State<Arc<AppState>>,

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use tokio::sync::watch;
 
+use crate::drift::DriftOptions;
 use crate::endpoint::Kind;
 use crate::metrics::{InfoLabels, Metrics};
 use crate::routes::{router, AppState, Limits, Served};
@@ -38,6 +39,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// The backend's name, for `kiln_model_info`.
     pub backend: String,
+    /// Drift monitoring.
+    pub drift: DriftOptions,
 }
 
 /// Serves `models` on `device` of backend `B` until SIGTERM or Ctrl-C. Once every model is
@@ -100,6 +103,7 @@ async fn run<B: Backend>(
             metrics.clone(),
         );
         let batching = options.batching;
+        let drift = options.drift;
         let handle = std::thread::Builder::new()
             .name(format!("kiln-serve-{}", m.name))
             .spawn(move || {
@@ -113,6 +117,7 @@ async fn run<B: Backend>(
                     },
                     batching,
                     metrics,
+                    drift,
                     loaded_tx,
                 )
             })

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
+use kiln_export::drift::read_reference;
 use kiln_export::predict::{self, forward_samples, Loaded, Outputs};
 use kiln_infer::generate::{generate_with, Generation};
 use kiln_models::Model;
 use tokio::sync::oneshot;
 
+use crate::drift::{DriftOptions, Monitor};
 use crate::endpoint::{Endpoint, Work};
 use crate::metrics::Metrics;
 use crate::routes::Pending;
@@ -70,6 +72,7 @@ pub fn run<B: Backend>(
     queue: Queue,
     batching: Batching,
     metrics: Arc<Metrics>,
+    drift: DriftOptions,
     loaded: std::sync::mpsc::Sender<anyhow::Result<Endpoint>>,
 ) {
     let model = match predict::load::<B>(&dir, &device) {
@@ -79,12 +82,25 @@ pub fn run<B: Backend>(
             return;
         }
     };
-    let _ = loaded.send(Ok(Endpoint::of(&name, &model)));
+    let reference = match read_reference(&dir, &model.manifest) {
+        Ok(Some(reference)) => Ok(reference),
+        Ok(None) => Err(format!(
+            "the export was written by Kiln {} (manifest version {}), before exports kept a drift reference; export the run again to monitor drift",
+            model.manifest.kiln_version, model.manifest.format_version
+        )),
+        Err(e) => {
+            tracing::warn!("model `{name}`: drift is unavailable: {e:#}");
+            Err(format!("{e:#}"))
+        }
+    };
+    let monitor = Arc::new(Monitor::new(reference, drift));
+    let _ = loaded.send(Ok(Endpoint::of(&name, &model, monitor.clone())));
     let worker = Worker {
         name,
         model,
         device,
         metrics,
+        monitor,
     };
     let Queue { jobs, pending } = queue;
     let mut carried: Option<Job> = None;
@@ -135,6 +151,7 @@ struct Worker<B: Backend> {
     model: Loaded<B>,
     device: B::Device,
     metrics: Arc<Metrics>,
+    monitor: Arc<Monitor>,
 }
 
 impl<B: Backend> Worker<B> {
@@ -155,11 +172,13 @@ impl<B: Backend> Worker<B> {
             }
         }
         let total: usize = rows.iter().sum();
+        let features = self.monitor.features(&x, total);
         let result = guarded(|| forward_samples(&self.model, x, total, &self.device));
         self.metrics
             .observe_batch(&self.name, total, started.elapsed());
         match result {
             Ok(outputs) => {
+                self.monitor.observe(&features, &outputs);
                 for (job, part) in batch.into_iter().zip(split(outputs, &rows)) {
                     let _ = job.reply.send(Ok(Done::Samples(part)));
                 }
@@ -186,6 +205,11 @@ impl<B: Backend> Worker<B> {
         };
         let result = match &self.model.task {
             predict::Task::Language { tokenizer } => guarded(|| {
+                if self.monitor.enabled() {
+                    if let Ok(ids) = tokenizer.encode(&sampling.prompt) {
+                        self.monitor.observe_tokens(&ids);
+                    }
+                }
                 let mut out = Pieces {
                     reply: &job.reply,
                     stream: job.stream.as_ref(),

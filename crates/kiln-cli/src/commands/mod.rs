@@ -1,5 +1,6 @@
 //! One module per command: its clap `Args` and an `exec` that calls the libraries.
 
+pub mod drift;
 pub mod eval;
 pub mod export;
 pub mod generate;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
-use kiln_serve::{Batching, Exported, Limits, ServeOptions};
+use kiln_serve::{Batching, DriftOptions, Exported, Limits, ServeOptions};
 
 use super::{on_device, OnDevice};
 use crate::args::BackendArgs;
@@ -45,6 +45,20 @@ pub struct Args {
     /// The largest request body, in MiB; larger gets 413.
     #[arg(long, default_value_t = 16)]
     max_body_mb: usize,
+    /// Drift: the samples (or prompt tokens) each model's sliding window keeps; 0 turns drift
+    /// monitoring off.
+    #[arg(long, default_value_t = 1000)]
+    drift_window: usize,
+    /// Drift: the samples a window needs before it is compared with the export's reference.
+    #[arg(long, default_value_t = 100)]
+    drift_min_samples: usize,
+    /// Drift: the significance level of a window's report, divided among its tests
+    /// (Bonferroni); also the level of the feedback's accuracy test.
+    #[arg(long, default_value_t = 0.05)]
+    drift_alpha: f64,
+    /// Drift: the share of drifting features at which a window drifts.
+    #[arg(long, default_value_t = 0.5)]
+    drift_share: f64,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -67,6 +81,25 @@ pub fn exec(args: Args) -> Result<()> {
         if value == 0 {
             bail!("{flag} 0: must be at least 1");
         }
+    }
+    if !(args.drift_alpha > 0.0 && args.drift_alpha < 1.0) {
+        bail!(
+            "--drift-alpha {}: give a significance level between 0 and 1 (default 0.05)",
+            args.drift_alpha
+        );
+    }
+    if !(args.drift_share > 0.0 && args.drift_share <= 1.0) {
+        bail!(
+            "--drift-share {}: give a share above 0 and at most 1 (default 0.5)",
+            args.drift_share
+        );
+    }
+    if args.drift_window > 0 && !(2..=args.drift_window).contains(&args.drift_min_samples) {
+        bail!(
+            "--drift-min-samples {}: give at least 2 and at most --drift-window ({})",
+            args.drift_min_samples,
+            args.drift_window
+        );
     }
     let mut exports = Vec::new();
     for (i, dir) in args.exports.iter().enumerate() {
@@ -95,6 +128,14 @@ pub fn exec(args: Args) -> Result<()> {
             max_body_bytes: args.max_body_mb << 20,
         },
         backend: backend.name().to_string(),
+        drift: DriftOptions {
+            window: args.drift_window,
+            min_samples: args.drift_min_samples,
+            options: kiln_drift::Options {
+                alpha: args.drift_alpha,
+                share: args.drift_share,
+            },
+        },
     };
     on_device(backend, Serve { exports, options })
 }

@@ -13,6 +13,7 @@ fn manifest() -> Manifest {
         metrics: serde_json::json!({}),
         tensors: BTreeMap::new(),
         files: BTreeMap::new(),
+        drift: None,
     }
 }
 
