@@ -102,8 +102,10 @@ async fn run<B: Backend>(
             device.clone(),
             metrics.clone(),
         );
-        let batching = options.batching;
-        let drift = options.drift;
+        let worker_options = worker::WorkerOptions {
+            batching: options.batching,
+            drift: options.drift,
+        };
         let handle = std::thread::Builder::new()
             .name(format!("kiln-serve-{}", m.name))
             .spawn(move || {
@@ -115,9 +117,8 @@ async fn run<B: Backend>(
                         jobs,
                         pending: worker_pending,
                     },
-                    batching,
+                    worker_options,
                     metrics,
-                    drift,
                     loaded_tx,
                 )
             })

@@ -55,6 +55,15 @@ pub struct Batching {
     pub max_delay: Duration,
 }
 
+/// How a worker batches and watches for drift.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    /// Batching of concurrent requests.
+    pub batching: Batching,
+    /// Drift monitoring.
+    pub drift: DriftOptions,
+}
+
 /// What a worker takes its jobs from.
 pub struct Queue {
     /// The jobs, in arrival order.
@@ -70,11 +79,11 @@ pub fn run<B: Backend>(
     dir: PathBuf,
     device: B::Device,
     queue: Queue,
-    batching: Batching,
+    options: WorkerOptions,
     metrics: Arc<Metrics>,
-    drift: DriftOptions,
     loaded: std::sync::mpsc::Sender<anyhow::Result<Endpoint>>,
 ) {
+    let WorkerOptions { batching, drift } = options;
     let model = match predict::load::<B>(&dir, &device) {
         Ok(model) => model,
         Err(e) => {

@@ -165,7 +165,7 @@ fn text<B: Backend>(
     let Model::Gpt(gpt) = model else {
         anyhow::bail!("text data needs a language model");
     };
-    let rows = batch.min(SURPRISE_WINDOWS).max(1);
+    let rows = batch.clamp(1, SURPRISE_WINDOWS);
     let mut surprises = Vec::new();
     for w in eval_windows(
         &t.valid,
