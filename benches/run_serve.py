@@ -19,6 +19,13 @@ images: one image per call from 1, 4 and 16 threads (batching off), and 32 image
 one thread (batching on); latency is per call.
 
 Writes benches/results/serve.{json,md}.
+
+    python3 benches/run_serve.py --drift [--rounds 3]
+
+measures drift monitoring's cost instead: `kiln serve` with drift off (`--drift-window 0`) and on
+(the default window of 1,000 samples), batching on, alternating off/on for --rounds rounds at 4
+and 16 clients, while a scraper reads /metrics (which compares the window with the reference)
+twice a second, as an eager Prometheus would. Writes benches/results/serve-drift.{json,md}.
 """
 import argparse
 import datetime
@@ -98,6 +105,72 @@ def serve_rows(export_dir, requests):
     return rows
 
 
+def drift_rows(export_dir, requests, rounds):
+    """Throughput with drift off and on, interleaved, with /metrics scraped twice a second."""
+    import urllib.request
+    rows = []
+    batching = ["--max-batch", "32", "--max-delay-ms", "2"]
+    for r in range(rounds):
+        for drift, flags in [("off", ["--drift-window", "0"]), ("on", [])]:
+            server = subprocess.Popen([KILN, "serve", export_dir, "--name", "fashion", "--port", "0",
+                                       "--backend", "flex", *batching, *flags], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                url = "http://" + json.loads(server.stdout.readline())["address"]
+                for c in [4, 16]:
+                    run([LOAD, url, "fashion", IMAGES, str(c), "200"])
+                    done = threading.Event()
+                    scrapes = [0]
+
+                    def scrape():
+                        while not done.wait(0.5):
+                            urllib.request.urlopen(url + "/metrics").read()
+                            scrapes[0] += 1
+
+                    scraper = threading.Thread(target=scrape)
+                    scraper.start()
+                    try:
+                        out = json.loads(run([LOAD, url, "fashion", IMAGES, str(c), str(requests)]).stdout)
+                    finally:
+                        done.set()
+                        scraper.join()
+                    state = json.loads(urllib.request.urlopen(url + "/v2/models/fashion/drift").read())
+                    out.update(drift=drift, round=r, scrapes=scrapes[0], drift_status=state["status"],
+                               dataset_drift=(state.get("report") or {}).get("dataset_drift"))
+                    rows.append(out)
+                    print(json.dumps(out), flush=True)
+            finally:
+                server.send_signal(signal.SIGTERM)
+                assert server.wait(timeout=60) == 0, "kiln serve did not exit 0 on SIGTERM"
+    return rows
+
+
+def drift_report(rows, ckpt, requests, rounds):
+    import statistics
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()}"
+    summary = []
+    lines = ["| clients | drift off (images/s, median) | drift on (images/s, median) | on / off | p99 off (ms) | p99 on (ms) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for c in [4, 16]:
+        med = lambda d, k: statistics.median(r[k] for r in rows if r["drift"] == d and r["concurrency"] == c)
+        off, on = med("off", "throughput"), med("on", "throughput")
+        summary.append({"concurrency": c, "off": off, "on": on, "ratio": on / off})
+        lines.append(f"| {c} | {off:.0f} | {on:.0f} | {on / off:.3f} | {med('off', 'p99_ms'):.2f} | {med('on', 'p99_ms'):.2f} |")
+    result = {"date": datetime.date.today().isoformat(), "machine": machine, "checkpoint": ckpt,
+              "requests": requests, "rounds": rounds, "summary": summary, "rows": rows}
+    with open(os.path.join(ROOT, "benches/results/serve-drift.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    md = [f"# `kiln serve` with drift monitoring off and on ({result['date']})", "",
+          f"Machine: {machine}. `python3 benches/run_serve.py --drift --requests {requests} --rounds {rounds}`; "
+          f"Fashion-MNIST CNN ({ckpt}), one test image per request, batching on (max 32, 2 ms); "
+          "drift off is `--drift-window 0`, on is the default window (1,000 samples, compared at every "
+          "scrape when new samples arrived); /metrics scraped twice a second in both. Off and on alternate, "
+          f"{rounds} rounds; medians.", "", "\n".join(lines), ""]
+    with open(os.path.join(ROOT, "benches/results/serve-drift.md"), "w") as f:
+        f.write("\n".join(md))
+    print("\n".join(md))
+
+
 def ort_worker(onnx_path, requests):
     """onnxruntime in-process on the same images: one JSON line per configuration."""
     import numpy as np
@@ -167,6 +240,8 @@ def main():
     ap.add_argument("--python", default=os.path.join(ROOT, "target/pyenv/bin/python"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--ort-worker", nargs=2, metavar=("ONNX", "REQUESTS"))
+    ap.add_argument("--drift", action="store_true", help="measure drift monitoring's cost")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if args.ort_worker:
         ort_worker(args.ort_worker[0], int(args.ort_worker[1]))
@@ -174,6 +249,13 @@ def main():
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "kiln-cli", "-p", "kiln-benches",
                         "--bin", "kiln", "--bin", "kiln-serve-load"], cwd=ROOT, check=True)
+    os.makedirs(os.path.join(ROOT, "benches/results"), exist_ok=True)
+    if args.drift:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt, dirs = export(tmp, args.train_steps)
+            rows = drift_rows(dirs["kiln"], args.requests, args.rounds)
+        drift_report(rows, ckpt, args.requests, args.rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, dirs = export(tmp, args.train_steps)
         rows = serve_rows(dirs["kiln"], args.requests)

@@ -304,3 +304,87 @@ impl Monitor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_drift::FeatureReference;
+    use kiln_export::drift::View;
+
+    /// A classifier of one feature, uniform on [0, 1), that is right 90% of the time.
+    fn reference() -> Reference {
+        let values = (0..5000).map(|i| f64::from(i) / 5000.0);
+        Reference {
+            view: View::Features {
+                names: vec!["feature_0".into()],
+                width: 1,
+            },
+            features: vec![FeatureReference::numeric("feature_0", values, 1)],
+            prediction: None,
+            classes: Some(vec!["a".into(), "b".into()]),
+            class_priors: None,
+            accuracy: Some(0.9),
+            reference_rows: 5000,
+            prediction_rows: 0,
+        }
+    }
+
+    fn classes(rows: usize) -> Outputs {
+        Outputs::Classes {
+            logits: vec![0.0; 2 * rows],
+            probabilities: [0.9, 0.1].repeat(rows),
+        }
+    }
+
+    #[test]
+    fn the_window_slides_and_is_compared_once_it_holds_enough() {
+        let options = DriftOptions {
+            window: 200,
+            min_samples: 50,
+            ..DriftOptions::default()
+        };
+        let m = Monitor::new(Ok(reference()), options);
+        let same: Vec<f32> = (0..40).map(|i| i as f32 / 40.0).collect();
+        m.observe(&m.features(&same, 40), &classes(40));
+        assert!(m.gauges().report.is_none() && m.json("m")["status"] == "collecting");
+        for _ in 0..4 {
+            m.observe(&m.features(&same, 40), &classes(40));
+        }
+        let g = m.gauges();
+        assert_eq!(g.samples, 200);
+        assert!(!g.report.unwrap().features[0].drifted);
+        let moved: Vec<f32> = same.iter().map(|v| v + 0.5).collect();
+        for _ in 0..5 {
+            m.observe(&m.features(&moved, 40), &classes(40));
+        }
+        let g = m.gauges();
+        assert_eq!(g.samples, 200, "the window keeps its size");
+        assert!(g.report.unwrap().features[0].drifted);
+    }
+
+    #[test]
+    fn feedback_measures_accuracy_against_remembered_predictions() {
+        let options = DriftOptions {
+            min_samples: 20,
+            ..DriftOptions::default()
+        };
+        let m = Monitor::new(Ok(reference()), options);
+        m.remember("r1", &classes(30));
+        assert_eq!(m.feedback("r1", &[0; 30]), Ok((30, 30)));
+        assert_eq!(m.gauges().accuracy, Some((1.0, false)));
+        assert_eq!(m.feedback("r1", &[1; 30]), Ok((30, 0)));
+        let (accuracy, dropped) = m.gauges().accuracy.unwrap();
+        assert!(accuracy == 0.5 && dropped);
+        assert!(m.feedback("r2", &[0]).unwrap_err().contains("send the id"));
+        assert!(m.feedback("r1", &[0]).unwrap_err().contains("30 samples"));
+        let off = Monitor::new(
+            Ok(reference()),
+            DriftOptions {
+                window: 0,
+                ..DriftOptions::default()
+            },
+        );
+        assert!(!off.enabled());
+        assert_eq!(off.json("m")["status"], "unavailable");
+    }
+}
