@@ -343,6 +343,48 @@ fn reversed_words_drift_a_language_model_and_its_own_text_does_not() {
 }
 
 #[test]
+fn a_folder_of_images_is_compared_image_by_image() {
+    let f = fixtures();
+    let folder = f.path("fashion-pngs");
+    let images = f.fashion_test.sample(300, 7);
+    for (k, img) in images.pixels.iter().enumerate() {
+        // Nested folders, as an image folder's class directories.
+        let dir = folder.join(format!("part-{}", k % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pixels: Vec<u8> = img.iter().map(|&p| p as u8).collect();
+        image::GrayImage::from_raw(images.width as u32, images.height as u32, pixels)
+            .unwrap()
+            .save(dir.join(format!("{k:04}.png")))
+            .unwrap();
+    }
+    let idx = f.path("fashion-300.idx");
+    images.write(&idx);
+    let from_folder = drift(&f.fashion, &[&folder]);
+    assert_eq!(from_folder["samples"], 300);
+    assert_eq!(
+        from_folder["report"]["dataset_drift"], false,
+        "{from_folder}"
+    );
+    // The same images as an IDX file: the same statistics.
+    let from_idx = drift(&f.fashion, &[&idx]);
+    for (a, b) in (from_folder["report"]["features"].as_array().unwrap().iter())
+        .zip(from_idx["report"]["features"].as_array().unwrap())
+    {
+        assert_eq!(a["statistic"], b["statistic"], "{a} {b}");
+    }
+    let empty = f.path("no-images");
+    std::fs::create_dir_all(&empty).unwrap();
+    common::fails_with(
+        &[
+            "drift",
+            f.fashion.to_str().unwrap(),
+            empty.to_str().unwrap(),
+        ],
+        &["no-images", "a folder with no images"],
+    );
+}
+
+#[test]
 fn drift_refuses_bad_input_and_old_exports_with_what_to_do() {
     let f = fixtures();
     common::fails_with(
