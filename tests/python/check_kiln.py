@@ -144,8 +144,19 @@ def main():
     # Version 2 records only the model kind's keys in architecture.model; version 1 had every
     # kind's keys. The keys read below are the kind's own, in both. Version 3 adds input.table
     # (a table's column schema), which the checks below do not need: they feed the features.
-    if manifest.get("format") != "kiln-export" or manifest.get("format_version") not in (1, 2, 3):
-        fail(f"{args.export}: not a kiln-export version 1 to 3 manifest")
+    # Version 4 adds `drift`: the drift reference's file, its sha256 and size within its bound.
+    if manifest.get("format") != "kiln-export" or manifest.get("format_version") not in (1, 2, 3, 4):
+        fail(f"{args.export}: not a kiln-export version 1 to 4 manifest")
+    if manifest["format_version"] >= 4:
+        drift = manifest["drift"]
+        reference = (args.export / drift["file"]).read_bytes()
+        if hashlib.sha256(reference).hexdigest() != drift["sha256"]:
+            fail(f"{drift['file']}: sha256 differs from the manifest")
+        if not len(reference) == drift["bytes"] <= drift["bound_bytes"]:
+            fail(f"{drift['file']}: {len(reference)} bytes, the manifest says {drift['bytes']} within {drift['bound_bytes']}")
+        names = [f["name"] for f in json.loads(reference)["features"]]
+        if names != drift["features"]:
+            fail(f"{drift['file']}: features {names}, the manifest lists {drift['features']}")
     weights_file = args.export / "model.safetensors"
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     if digest != manifest["files"]["model.safetensors"]["sha256"]:

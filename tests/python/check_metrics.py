@@ -19,7 +19,9 @@ def main():
             "type": family.type,
             "unit": family.unit,
             "samples": [
-                {"name": s.name, "labels": s.labels, "value": s.value} for s in family.samples
+                # NaN (a live accuracy with no feedback yet) is valid OpenMetrics, not JSON.
+                {"name": s.name, "labels": s.labels, "value": None if s.value != s.value else s.value}
+                for s in family.samples
             ],
         }
     print(json.dumps({"ok": True, "families": families}))

@@ -18,8 +18,9 @@ use super::observe::surprise;
 use super::{Reference, View, REFERENCE_ROWS, TOKEN_CATEGORIES};
 use crate::predict::argmax;
 
-/// Validation windows the surprise reference is computed from, at most.
-const SURPRISE_WINDOWS: usize = 1000;
+/// Validation windows the surprise reference is computed from, at most (a forward pass each:
+/// what a large model's export can afford on a CPU).
+const SURPRISE_WINDOWS: usize = 256;
 /// Tokens read at once while counting the training text.
 const TOKEN_CHUNK: usize = 1 << 20;
 
@@ -37,7 +38,7 @@ pub fn build<B: Backend>(
         .max(1);
     match data {
         RunData::Samples(s) => samples(s, model, batch, device),
-        RunData::Text(t) => text(t, model, batch, device),
+        RunData::Text(t) => text(t, model, batch, config.data.eval_max_batches, device),
     }
 }
 
@@ -135,6 +136,7 @@ fn text<B: Backend>(
     t: &TextData,
     model: &Model<B>,
     batch: usize,
+    eval_max_batches: Option<usize>,
     device: &B::Device,
 ) -> Result<Reference> {
     let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
@@ -171,7 +173,12 @@ fn text<B: Backend>(
         &t.valid,
         t.block_size,
         rows,
-        Some(SURPRISE_WINDOWS.div_ceil(rows)),
+        // No more than the export's own evaluation reads (`data.eval_max_batches`).
+        Some(
+            SURPRISE_WINDOWS
+                .div_ceil(rows)
+                .min(eval_max_batches.unwrap_or(usize::MAX)),
+        ),
     ) {
         surprises.extend(surprise(gpt, &w.x, &w.y, w.rows, device)?);
     }
