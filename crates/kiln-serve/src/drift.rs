@@ -229,13 +229,19 @@ impl Monitor {
         let Ok(reference) = &self.reference else {
             return Gauges::default();
         };
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock();
         let (samples, seen) = state.window.as_ref().map_or((0, 0), |w| (w.len(), w.seen));
         let fresh = state.report.as_ref().is_some_and(|(at, _)| *at == seen);
         if samples >= self.options.min_samples.max(2) && !fresh {
-            let window = state.window.as_ref().expect("a window with samples");
-            let report = reference.report(window, self.options.options);
-            state.report = Some((seen, report));
+            // Compared on a copy, so that the worker is not kept waiting meanwhile.
+            let window = state.window.clone().expect("a window with samples");
+            drop(state);
+            let report = reference.report(&window, self.options.options);
+            state = lock();
+            if state.report.as_ref().is_none_or(|(at, _)| *at < seen) {
+                state.report = Some((seen, report));
+            }
         }
         let report = state
             .report
