@@ -118,6 +118,14 @@ pub fn fixtures() -> &'static Fixtures {
     })
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `kiln drift --json EXPORT FILES...`.
 pub fn drift(export: &Path, files: &[&Path]) -> Value {
     let mut args = vec!["drift", export.to_str().unwrap(), "--json"];
@@ -367,6 +375,8 @@ fn a_folder_of_images_is_compared_image_by_image() {
     );
     // The same images as an IDX file: the same statistics.
     let from_idx = drift(&f.fashion, &[&idx]);
+    let features = |r: &Value| r["report"]["features"].as_array().unwrap().len();
+    assert_eq!((features(&from_folder), features(&from_idx)), (3, 3));
     for (a, b) in (from_folder["report"]["features"].as_array().unwrap().iter())
         .zip(from_idx["report"]["features"].as_array().unwrap())
     {
@@ -405,6 +415,31 @@ fn drift_refuses_bad_input_and_old_exports_with_what_to_do() {
             "export the run again",
         ],
     );
+    // A damaged reference: bytes changed (checksum), or edited with its checksum updated.
+    let damaged = f.path("penguins-damaged");
+    common::copy_dir(&f.penguins, &damaged);
+    let reference = damaged.join("drift.json");
+    let text = std::fs::read_to_string(&reference).unwrap();
+    std::fs::write(&reference, text.replacen("Biscoe", "Biscay", 1)).unwrap();
+    let test = f.path("penguins-test-for-damage.csv");
+    f.penguins_test.write(&test);
+    let args = ["drift", damaged.to_str().unwrap(), test.to_str().unwrap()];
+    common::fails_with(&args, &["drift.json", "sha256", "export the model again"]);
+    let bytes = std::fs::read(&reference).unwrap();
+    let manifest_path = damaged.join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["drift"]["sha256"] = Value::from(sha256_hex(&bytes));
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    common::fails_with(
+        &args,
+        &[
+            "drift reference is damaged",
+            "island",
+            "export the model again",
+        ],
+    );
+
     let csv = f.path("wrong.csv");
     std::fs::write(&csv, "a,b\n1,2\n").unwrap();
     common::fails_with(

@@ -28,5 +28,6 @@ pub use reference::{Current, FeatureDrift, FeatureKind, FeatureReference};
 pub use report::{report, report_with, Options, Report, Rule};
 pub use reservoir::Reservoir;
 pub use stats::{
-    binomial_less, chi_square, chi_square_two_sample, jensen_shannon, ks_two_sample, psi, Test,
+    chi_square, chi_square_two_sample, jensen_shannon, ks_two_sample, psi, two_proportion_less,
+    Test,
 };

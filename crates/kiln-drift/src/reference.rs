@@ -61,8 +61,19 @@ pub enum FeatureKind {
 impl FeatureReference {
     /// The reference of a numeric feature from its training `values` (a seeded sample of them).
     pub fn numeric(name: &str, values: impl IntoIterator<Item = f64>, seed: u64) -> Self {
+        Self::numeric_with_sample(name, values, seed, SAMPLE)
+    }
+
+    /// As [`FeatureReference::numeric`], keeping a sample of at most `sample` values (a
+    /// reference of many features keeps fewer of each to stay within its size bound).
+    pub fn numeric_with_sample(
+        name: &str,
+        values: impl IntoIterator<Item = f64>,
+        seed: u64,
+        sample: usize,
+    ) -> Self {
         let mut edge_sample = Reservoir::new(EDGE_SAMPLE, seed);
-        let mut sample = Reservoir::new(SAMPLE, seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut sample = Reservoir::new(sample.max(1), seed ^ 0x9e37_79b9_7f4a_7c15);
         for v in values.into_iter().filter(|v| v.is_finite()) {
             edge_sample.offer(v);
             sample.offer(v);
@@ -190,12 +201,17 @@ impl FeatureReference {
 }
 
 impl FeatureReference {
+    /// Whether the feature is categorical.
+    pub fn is_categorical(&self) -> bool {
+        matches!(self.kind, FeatureKind::Categorical { .. })
+    }
+
     /// Compares `current` categories by distance alone: the feature drifts when the
     /// Jensen-Shannon distance of the frequencies reaches `threshold` (Evidently's rule for
     /// large samples, where a test would flag differences too small to matter; Kiln uses it for
     /// text, whose tokens are not independent draws). Categories the training data never had
-    /// count in one extra bin. Numeric features are compared by their test
-    /// ([`FeatureReference::compare`]).
+    /// count in one extra bin. A numeric feature, or numbers for categories, has no such
+    /// comparison (test `none`, never drifting); [`crate::report_with`] tests numeric features.
     pub fn compare_distance(&self, current: &Current, threshold: f64) -> FeatureDrift {
         let (
             FeatureKind::Categorical {
@@ -206,7 +222,15 @@ impl FeatureReference {
             Current::Categories(values),
         ) = (&self.kind, current)
         else {
-            return self.compare(current, threshold);
+            return FeatureDrift {
+                name: self.name.clone(),
+                test: "none",
+                statistic: f64::NAN,
+                p_value: f64::NAN,
+                psi: None,
+                jensen_shannon: None,
+                drifted: false,
+            };
         };
         let mut counts = vec![0.0; categories.len() + 1];
         for v in values {

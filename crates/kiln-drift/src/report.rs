@@ -80,13 +80,17 @@ pub fn report_with(
     prediction: Option<(&FeatureReference, &Current, Rule)>,
     options: Options,
 ) -> Report {
+    // A distance rule applies to categories; a numeric feature is tested whatever its rule.
+    let tested = |(r, _, rule): &&(&FeatureReference, &Current, Rule)| {
+        *rule == Rule::Test || !r.is_categorical()
+    };
     let tests = (features.iter().chain(prediction.as_ref()))
-        .filter(|(_, _, rule)| *rule == Rule::Test)
+        .filter(tested)
         .count();
     let corrected_alpha = options.alpha / tests.max(1) as f64;
     let compare = |(r, c, rule): &(&FeatureReference, &Current, Rule)| match rule {
-        Rule::Test => r.compare(c, corrected_alpha),
-        Rule::Distance(threshold) => r.compare_distance(c, *threshold),
+        Rule::Distance(threshold) if r.is_categorical() => r.compare_distance(c, *threshold),
+        _ => r.compare(c, corrected_alpha),
     };
     let features: Vec<FeatureDrift> = features.iter().map(compare).collect();
     let prediction = prediction.as_ref().map(compare);

@@ -2,7 +2,7 @@
 //!
 //! | function | what | as |
 //! |---|---|---|
-//! | [`ks_two_sample`] | largest gap between two empirical CDFs, and its p-value | `scipy.stats.ks_2samp`; the p-value from Kolmogorov's limiting distribution with Stephens' small-sample correction (within 1% of scipy's `method="asymp"` from a thousand samples) |
+//! | [`ks_two_sample`] | largest gap between two empirical CDFs, and its p-value | `scipy.stats.ks_2samp`; the p-value from Kolmogorov's limiting distribution with Stephens' small-sample correction (Numerical Recipes' `probks`); scipy's `exact`/`asymp` p-values differ from it by a few percent (8.6e-5 against 9.4e-5 / 8.9e-5 for 1,000 and 500 values at D = 0.122) |
 //! | [`chi_square`] | Pearson's goodness of fit of observed counts to expected proportions | `scipy.stats.chisquare` with `f_exp` = proportions x total |
 //! | [`psi`] | population stability index over shared bins | Evidently's `psi` (proportions floored at 1e-4) |
 //! | [`jensen_shannon`] | Jensen-Shannon distance (natural log) | `scipy.spatial.distance.jensenshannon` |
@@ -94,25 +94,33 @@ pub fn chi_square_two_sample(reference: &[f64], current: &[u64]) -> Test {
     }
 }
 
-/// The one-sided exact binomial test of `successes` in `trials` against the success rate `p`:
-/// the chance of at most `successes` (scipy's `binomtest(k, n, p, alternative="less")`). A low
-/// value says the rate fell, e.g. a model's accuracy on labelled feedback.
-pub fn binomial_less(successes: u64, trials: u64, p: f64) -> f64 {
-    if successes >= trials || p <= 0.0 {
+/// The one-sided two-proportion z-test (pooled): whether the success rate of the second sample
+/// (`k2` of `n2`) is below that of the first (`k1` of `n1`), each counted as a sample, e.g. a
+/// model's accuracy on labelled feedback against its accuracy on its test split; the p-value is
+/// `Phi(z)` (statsmodels' `proportions_ztest(alternative="smaller")`). 1 when there is nothing to
+/// compare (an empty sample, or every trial a success or a failure in both).
+pub fn two_proportion_less(k1: u64, n1: u64, k2: u64, n2: u64) -> f64 {
+    if n1 == 0 || n2 == 0 {
         return 1.0;
     }
-    if p >= 1.0 {
-        return 0.0;
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let pooled = (k1 + k2) as f64 / (n1f + n2f);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
+    if se == 0.0 {
+        return 1.0;
     }
-    let (n, lp, lq) = (trials as f64, p.ln(), (1.0 - p).ln());
-    let ln_choose_n = ln_gamma(n + 1.0);
-    let log_pmf =
-        |k: f64| ln_choose_n - ln_gamma(k + 1.0) - ln_gamma(n - k + 1.0) + k * lp + (n - k) * lq;
-    let terms: Vec<f64> = (0..=successes).map(|k| log_pmf(k as f64)).collect();
-    let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln())
-        .min(0.0)
-        .exp()
+    let z = (k2 as f64 / n2f - k1 as f64 / n1f) / se;
+    normal_cdf(z)
+}
+
+/// The standard normal distribution function, through `erfc(x) = Q(1/2, x^2)`.
+fn normal_cdf(z: f64) -> f64 {
+    let tail = 0.5 * gamma_q(0.5, z * z / 2.0);
+    if z < 0.0 {
+        tail
+    } else {
+        1.0 - tail
+    }
 }
 
 /// The population stability index of `current` against `reference` proportions over the same
@@ -313,20 +321,22 @@ mod tests {
     }
 
     #[test]
-    fn the_binomial_tail_matches_scipy() {
-        // scipy.stats.binomtest(k, n, p, alternative="less").pvalue
-        for (k, n, p, want) in [
-            (80u64, 100u64, 0.9, 0.001_978_56),
-            (85, 100, 0.9, 0.072_572_97),
-            (450, 500, 0.9, 0.521_801_86),
+    fn the_two_proportion_test_matches_statsmodels() {
+        // statsmodels.stats.proportion.proportions_ztest([k2, k1], [n2, n1],
+        // alternative="smaller").pvalue, i.e. scipy.stats.norm.cdf(z) of the pooled z.
+        for (k1, n1, k2, n2, want) in [
+            (770u64, 1000u64, 117u64, 300u64, 1.326_610_535_973_642_4e-35),
+            (770, 1000, 220, 300, 0.095_591_176_949_466_45),
+            (60, 69, 26, 30, 0.484_348_304_857_777),
         ] {
-            let got = binomial_less(k, n, p);
+            let got = two_proportion_less(k1, n1, k2, n2);
             assert!(
-                (got - want).abs() < 1e-6 * want.max(1e-3),
-                "{k}/{n} at {p}: {got} vs {want}"
+                (got - want).abs() <= 1e-6 * want,
+                "{k2}/{n2} vs {k1}/{n1}: {got} vs {want}"
             );
         }
-        assert_eq!(binomial_less(10, 10, 0.5), 1.0);
+        assert_eq!(two_proportion_less(69, 69, 30, 30), 1.0);
+        assert!((two_proportion_less(69, 69, 20, 30) - 2.117_388_124_361_624_6e-7).abs() < 1e-12);
     }
 
     #[test]

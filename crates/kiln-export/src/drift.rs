@@ -5,8 +5,8 @@
 //! The reference holds, per input feature ([`View`]), a [`FeatureReference`] of the training
 //! split (decile histogram and a seeded sample of 1,000 values, or category frequencies); the
 //! exported model's predictions on the test split (class frequencies, or a regression's
-//! values); the training labels' class frequencies (the priors) and the model's test accuracy,
-//! which labelled feedback is compared with. A language model keeps the unigram frequencies of
+//! values); the training labels' class frequencies (the priors, recorded for whoever reads the
+//! reference) and the model's test accuracy, which labelled feedback is compared with. A language model keeps the unigram frequencies of
 //! its training tokens and the model's surprise (mean next-token loss) on its validation
 //! windows.
 //!
@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use kiln_drift::{report_with, FeatureReference, Options, Report, Rule};
+use kiln_drift::{report_with, FeatureKind, FeatureReference, Options, Report, Rule};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -73,15 +73,67 @@ impl Reference {
     }
 
     /// The tokens a window of text needs before its frequencies are compared: enough that the
-    /// distance's noise floor at `n` tokens of `k` categories, `sqrt((k - 1) / (8 n ln 2))`
-    /// (the expected Jensen-Shannon distance of a sample from its own distribution), is at
-    /// most half of [`TOKEN_DISTANCE`]. 0 for samples.
+    /// distance's noise floor at `n` tokens of `k` categories, `sqrt((k - 1) / (8 n))` (the
+    /// expected Jensen-Shannon divergence, natural log, of a sample from its own distribution is
+    /// about `(k - 1) / (8 n)`), is at most half of [`TOKEN_DISTANCE`]. 0 for samples.
     pub fn min_tokens(&self) -> usize {
         let View::Tokens { kept } = &self.view else {
             return 0;
         };
         let floor = TOKEN_DISTANCE / 2.0;
-        (kept.len() as f64 / (8.0 * std::f64::consts::LN_2 * floor * floor)).ceil() as usize
+        (kept.len() as f64 / (8.0 * floor * floor)).ceil() as usize
+    }
+
+    /// Checks what a reader relies on: each feature's kind and categories match the view
+    /// (categories sorted, as the comparison looks them up), histograms and proportions have
+    /// their lengths, the view's positions fit its samples, and the samples are the model's
+    /// (`sample_len`, from the manifest; none for text).
+    pub fn validate(&self, sample_len: Option<usize>) -> Result<(), String> {
+        let names = self.view.names();
+        if names.len() != self.features.len() {
+            return Err(format!(
+                "{} features for a view of {}",
+                self.features.len(),
+                names.len()
+            ));
+        }
+        match &self.view {
+            View::Table { columns } => {
+                let mut at = 0;
+                for c in columns {
+                    if c.offset != at {
+                        return Err(format!(
+                            "column `{}` at input {} not {at}",
+                            c.name, c.offset
+                        ));
+                    }
+                    at += c.categories.as_ref().map_or(1, Vec::len);
+                }
+            }
+            View::Features { names, width } if names.len() > *width => {
+                return Err(format!("{} features of rows of {width}", names.len()));
+            }
+            View::Tokens { kept } if kept.windows(2).any(|w| w[0] >= w[1]) => {
+                return Err("the kept tokens are not in ascending order".into());
+            }
+            _ => {}
+        }
+        if let (Some(len), false) = (sample_len, matches!(self.view, View::Tokens { .. })) {
+            if self.view.sample_len() != len {
+                return Err(format!(
+                    "samples of {} values, the model takes {len}",
+                    self.view.sample_len()
+                ));
+            }
+        }
+        let all = (self.features.iter().enumerate())
+            .map(|(f, r)| (r, self.view.categories(f)))
+            .chain(self.prediction.iter().map(|p| (p, self.classes.clone())));
+        for (r, categories) in all {
+            check_feature(r, categories.as_deref())
+                .map_err(|e| format!("feature `{}`: {e}", r.name))?;
+        }
+        Ok(())
     }
 
     /// How each feature is decided: tokens by distance, the rest by their tests.
@@ -157,14 +209,25 @@ pub fn read_reference(dir: &Path, manifest: &Manifest) -> Result<Option<Referenc
     let Some(entry) = &manifest.drift else {
         return Ok(None);
     };
-    let path = dir.join(entry["file"].as_str().unwrap_or(DRIFT_FILE));
+    let file = entry["file"].as_str().unwrap_or(DRIFT_FILE);
+    ensure!(
+        Path::new(file).file_name().is_some_and(|n| n == file),
+        "{}: the manifest's drift file `{file}` is not a file name in the export; export the model again",
+        dir.display()
+    );
+    let path = dir.join(file);
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
             "cannot read {}, the export's drift reference; export the model again",
             path.display()
         )
     })?;
-    let expected = entry["sha256"].as_str().unwrap_or_default();
+    let expected = entry["sha256"].as_str().with_context(|| {
+        format!(
+            "{}: the manifest's drift entry has no sha256; export the model again",
+            dir.display()
+        )
+    })?;
     let got = sha256_hex(&bytes);
     ensure!(
         got == expected,
@@ -173,14 +236,60 @@ pub fn read_reference(dir: &Path, manifest: &Manifest) -> Result<Option<Referenc
     );
     let reference: Reference = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: the drift reference is damaged", path.display()))?;
-    ensure!(
-        reference.features.len() == reference.view.names().len(),
-        "{}: the drift reference has {} features, its view {}; export the model again",
-        path.display(),
-        reference.features.len(),
-        reference.view.names().len()
-    );
+    let sample_len = (manifest.input["kind"] == "features")
+        .then(|| manifest.input["shape"].as_array())
+        .flatten()
+        .map(|dims| dims.iter().filter_map(Value::as_u64).product::<u64>() as usize);
+    reference.validate(sample_len).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the drift reference is damaged ({e}); export the model again",
+            path.display()
+        )
+    })?;
     Ok(Some(reference))
+}
+
+/// Checks one reference: a numeric one's bins and sample, a categorical one's categories (the
+/// view's, or the class names, sorted by the comparison) and proportions.
+fn check_feature(r: &FeatureReference, categories: Option<&[String]>) -> Result<(), String> {
+    match (&r.kind, categories) {
+        (
+            FeatureKind::Numeric {
+                edges,
+                proportions,
+                sample,
+                ..
+            },
+            None,
+        ) => {
+            if proportions.len() != edges.len() + 1 || sample.is_empty() {
+                return Err(format!(
+                    "{} bins for {} edges, {} sampled values",
+                    proportions.len(),
+                    edges.len(),
+                    sample.len()
+                ));
+            }
+        }
+        (
+            FeatureKind::Categorical {
+                categories: kept,
+                proportions,
+                ..
+            },
+            Some(names),
+        ) => {
+            let mut sorted = names.to_vec();
+            sorted.sort();
+            sorted.dedup();
+            if kept != &sorted || proportions.len() != kept.len() {
+                return Err("its categories are not the model's, in order".into());
+            }
+        }
+        (_, None) => return Err("categories where the view has numbers".into()),
+        (_, Some(_)) => return Err("numbers where the view has categories".into()),
+    }
+    Ok(())
 }
 
 /// The most recent values of each feature and of the predictions (all of them offline, a

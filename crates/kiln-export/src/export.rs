@@ -218,7 +218,14 @@ pub fn export<B: Backend>(
         let model = build_model::<B>(section, &shape, &dequantized, "of the export", device)?;
         drift::build(&data, &model, config, device).context("the drift reference")?
     };
-    let reference_bytes = reference.to_bytes()?;
+    // A reference over its bound is left out (drift then unavailable), never the export.
+    let reference_bytes = match reference.to_bytes() {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::warn!("the export has no drift reference: {e:#}");
+            None
+        }
+    };
 
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -232,11 +239,12 @@ pub fn export<B: Backend>(
         metrics: metrics.clone(),
         tensors: BTreeMap::new(),
         files: BTreeMap::new(),
-        drift: Some(reference.describe(&reference_bytes)),
+        drift: (reference_bytes.as_ref()).map(|bytes| reference.describe(bytes)),
     };
 
     let partial = partial_dir(&opts.out)?;
-    let written = write(&partial, DRIFT_FILE, &reference_bytes)
+    let written = (reference_bytes.as_ref())
+        .map_or(Ok(()), |bytes| write(&partial, DRIFT_FILE, bytes))
         .and_then(|()| {
             write_format(
                 &partial,
@@ -264,7 +272,7 @@ pub fn export<B: Backend>(
     Ok(json!({
         "out": opts.out, "format": opts.format.name(), "quantize": opts.scheme.name(),
         "files": files, "bytes": bytes, "weights_bytes": weights_bytes,
-        "drift_bytes": reference_bytes.len(),
+        "drift_bytes": reference_bytes.as_ref().map(Vec::len),
         "source_bytes": source.bytes,
         "size_ratio": weights_bytes as f64 / source.bytes as f64,
         "metrics": metrics,

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use kiln_drift::{binomial_less, Options, Report};
+use kiln_drift::{two_proportion_less, Options, Report};
 use kiln_export::drift::{Observations, Reference};
 use kiln_export::predict::{argmax, Outputs};
 use serde_json::{json, Value};
@@ -37,6 +37,8 @@ impl Default for DriftOptions {
 
 /// Request ids whose predicted classes are kept for feedback.
 const KEPT_REQUESTS: usize = 10_000;
+/// Predicted classes kept for feedback over all those requests.
+const KEPT_PREDICTIONS: usize = 1_000_000;
 
 /// One served model's drift monitor.
 #[derive(Debug)]
@@ -55,9 +57,20 @@ struct State {
     /// Predicted classes of recent requests with an id, oldest first.
     predicted: HashMap<String, Vec<usize>>,
     order: VecDeque<String>,
+    /// Classes in `predicted`.
+    kept: usize,
     /// Whether each of the latest labelled predictions was right.
     feedback: VecDeque<bool>,
     labels_total: u64,
+}
+
+/// Why feedback was refused.
+#[derive(Debug, PartialEq)]
+pub enum FeedbackError {
+    /// No prediction is kept for the request id (404).
+    Unknown(String),
+    /// The feedback does not fit the model or the request (400).
+    Invalid(String),
 }
 
 /// What `/metrics` shows of a monitor.
@@ -101,6 +114,7 @@ impl Monitor {
                 report: None,
                 predicted: HashMap::new(),
                 order: VecDeque::new(),
+                kept: 0,
                 feedback: VecDeque::new(),
                 labels_total: 0,
             }),
@@ -176,12 +190,17 @@ impl Monitor {
             .map(argmax)
             .collect();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.predicted.insert(id.to_string(), predicted).is_none() {
-            state.order.push_back(id.to_string());
+        state.kept += predicted.len();
+        match state.predicted.insert(id.to_string(), predicted) {
+            Some(old) => state.kept -= old.len(),
+            None => state.order.push_back(id.to_string()),
         }
-        while state.order.len() > KEPT_REQUESTS {
-            if let Some(old) = state.order.pop_front() {
-                state.predicted.remove(&old);
+        while state.order.len() > KEPT_REQUESTS || state.kept > KEPT_PREDICTIONS {
+            let Some(old) = state.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = state.predicted.remove(&old) {
+                state.kept -= gone.len();
             }
         }
     }
@@ -191,25 +210,31 @@ impl Monitor {
         self.reference.as_ref().ok()?.classes.as_deref()
     }
 
-    /// Compares the true `labels` (class indices) of request `id` with what was predicted;
-    /// returns `(labels, correct)`, or why the feedback cannot be used.
-    pub fn feedback(&self, id: &str, labels: &[usize]) -> Result<(usize, usize), String> {
+    /// Compares the true `labels` (class indices) of request `id` with what was predicted, once
+    /// per id; returns `(labels, correct)`, or why the feedback cannot be used.
+    pub fn feedback(&self, id: &str, labels: &[usize]) -> Result<(usize, usize), FeedbackError> {
         if let Err(why) = &self.reference {
-            return Err(format!("drift is unavailable for this model: {why}"));
+            return Err(FeedbackError::Invalid(format!(
+                "drift is unavailable for this model: {why}"
+            )));
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(predicted) = state.predicted.get(id).cloned() else {
-            return Err(format!(
-                "no prediction is kept for request id `{id}`: send the id with the infer request (\"id\" in its body); the server keeps the last {KEPT_REQUESTS} ids"
-            ));
+        let Some(predicted) = state.predicted.get(id) else {
+            return Err(FeedbackError::Unknown(format!(
+                "no prediction is kept for request id `{id}`: send the id with the infer request (\"id\" in its body); the server keeps the last {KEPT_REQUESTS} ids, and takes each one's feedback once"
+            )));
         };
         if predicted.len() != labels.len() {
-            return Err(format!(
+            return Err(FeedbackError::Invalid(format!(
                 "request `{id}` predicted {} samples, the feedback has {} labels",
                 predicted.len(),
                 labels.len()
-            ));
+            )));
         }
+        // Each id's feedback counts once: a retried post is not counted twice.
+        let predicted = state.predicted.remove(id).unwrap_or_default();
+        state.kept -= predicted.len();
+        state.order.retain(|kept| kept != id);
         let mut correct = 0;
         for (p, l) in predicted.iter().zip(labels) {
             let right = p == l;
@@ -259,7 +284,8 @@ impl Monitor {
     }
 
     /// Live accuracy over the labelled window and whether it is significantly below the
-    /// export's test accuracy (one-sided binomial test at the report's level).
+    /// export's test accuracy (the one-sided two-proportion test at the report's level, the test
+    /// split counted as the sample it is).
     fn accuracy(&self, reference: &Reference, state: &State) -> Option<(f64, bool)> {
         let n = state.feedback.len();
         if n == 0 {
@@ -269,7 +295,10 @@ impl Monitor {
         let accuracy = correct as f64 / n as f64;
         let dropped = n >= self.options.min_samples
             && reference.accuracy.is_some_and(|expected| {
-                binomial_less(correct as u64, n as u64, expected) < self.options.options.alpha
+                let tested = reference.prediction_rows;
+                let right = (expected * tested as f64).round() as u64;
+                two_proportion_less(right, tested, correct as u64, n as u64)
+                    < self.options.options.alpha
             });
         Some((accuracy, dropped))
     }
@@ -302,7 +331,7 @@ impl Monitor {
             "report": gauges.report,
             "feedback": {
                 "labels_total": gauges.labels_total,
-                "window_labels": self.state.lock().map_or(0, |s| s.feedback.len()),
+                "window_labels": self.state.lock().unwrap_or_else(|e| e.into_inner()).feedback.len(),
                 "live_accuracy": accuracy,
                 "expected_accuracy": reference.accuracy,
                 "concept_drift": concept_drift.unwrap_or(false),
@@ -331,7 +360,7 @@ mod tests {
             class_priors: None,
             accuracy: Some(0.9),
             reference_rows: 5000,
-            prediction_rows: 0,
+            prediction_rows: 1000,
         }
     }
 
@@ -376,13 +405,25 @@ mod tests {
         };
         let m = Monitor::new(Ok(reference()), options);
         m.remember("r1", &classes(30));
+        let FeedbackError::Invalid(e) = m.feedback("r1", &[0]).unwrap_err() else {
+            panic!("a count mismatch is invalid")
+        };
+        assert!(e.contains("30 samples"), "{e}");
         assert_eq!(m.feedback("r1", &[0; 30]), Ok((30, 30)));
         assert_eq!(m.gauges().accuracy, Some((1.0, false)));
-        assert_eq!(m.feedback("r1", &[1; 30]), Ok((30, 0)));
+        // Each id once: a retried post is refused, not counted again.
+        assert!(matches!(
+            m.feedback("r1", &[0; 30]),
+            Err(FeedbackError::Unknown(_))
+        ));
+        m.remember("r2", &classes(30));
+        assert_eq!(m.feedback("r2", &[1; 30]), Ok((30, 0)));
         let (accuracy, dropped) = m.gauges().accuracy.unwrap();
         assert!(accuracy == 0.5 && dropped);
-        assert!(m.feedback("r2", &[0]).unwrap_err().contains("send the id"));
-        assert!(m.feedback("r1", &[0]).unwrap_err().contains("30 samples"));
+        let FeedbackError::Unknown(e) = m.feedback("r3", &[0]).unwrap_err() else {
+            panic!("an unknown id")
+        };
+        assert!(e.contains("send the id"), "{e}");
         let off = Monitor::new(
             Ok(reference()),
             DriftOptions {

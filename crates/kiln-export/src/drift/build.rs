@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kiln_core::Config;
-use kiln_data::{eval_windows, Standardizer};
+use kiln_data::eval_window_count;
+use kiln_data::Standardizer;
 use kiln_drift::{FeatureKind, FeatureReference};
 use kiln_infer::data::{Splits, TextData};
 use kiln_infer::RunData;
@@ -70,9 +71,15 @@ fn samples<B: Backend>(
         }
         labels.extend(b.y);
     }
+    let sample = sample_per_feature(names.len());
     let features = (names.iter().enumerate())
         .map(|(f, name)| match view.categories(f) {
-            None => FeatureReference::numeric(name, columns[f].iter().copied(), f as u64),
+            None => FeatureReference::numeric_with_sample(
+                name,
+                columns[f].iter().copied(),
+                f as u64,
+                sample,
+            ),
             Some(categories) => {
                 categorical(name, &categories, columns[f].iter().map(|&i| i as usize))
             }
@@ -167,20 +174,24 @@ fn text<B: Backend>(
     let Model::Gpt(gpt) = model else {
         anyhow::bail!("text data needs a language model");
     };
+    // Windows spread evenly over the validation span (no more than the export's own evaluation
+    // reads, `data.eval_max_batches` batches), as many as fit.
     let rows = batch.clamp(1, SURPRISE_WINDOWS);
+    let cap = eval_max_batches.map_or(usize::MAX, |b| b.saturating_mul(rows));
+    let count = eval_window_count(&t.valid, t.block_size);
+    let take = count.min(SURPRISE_WINDOWS).min(cap);
+    let block = t.block_size;
+    let starts: Vec<usize> = (0..take).map(|i| i * count / take.max(1) * block).collect();
     let mut surprises = Vec::new();
-    for w in eval_windows(
-        &t.valid,
-        t.block_size,
-        rows,
-        // No more than the export's own evaluation reads (`data.eval_max_batches`).
-        Some(
-            SURPRISE_WINDOWS
-                .div_ceil(rows)
-                .min(eval_max_batches.unwrap_or(usize::MAX)),
-        ),
-    ) {
-        surprises.extend(surprise(gpt, &w.x, &w.y, w.rows, device)?);
+    let mut window = vec![0u32; block + 1];
+    for chunk in starts.chunks(rows) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for &start in chunk {
+            t.valid.read_into(start, &mut window);
+            x.extend(window[..block].iter().map(|&v| i64::from(v)));
+            y.extend(window[1..].iter().map(|&v| i64::from(v)));
+        }
+        surprises.extend(surprise(gpt, &x, &y, chunk.len(), device)?);
     }
     let prediction_rows = surprises.len() as u64;
     Ok(Reference {
@@ -194,6 +205,16 @@ fn text<B: Backend>(
         reference_rows: t.train.len() as u64,
         prediction_rows,
     })
+}
+
+/// The values kept per numeric feature for the two-sample test: 1,000, fewer for many features
+/// so that the reference stays within [`super::SIZE_BOUND`] (about 21 bytes per value in JSON,
+/// three quarters of the bound for the samples), and at least 100.
+fn sample_per_feature(features: usize) -> usize {
+    let budget = (super::SIZE_BOUND as usize * 3 / 4) / (features.max(1) * 21);
+    budget
+        .saturating_sub(20)
+        .clamp(100, kiln_drift::reference::SAMPLE)
 }
 
 /// Undoes `st` on rows of `width` values: the values as the data loader read them.
@@ -249,6 +270,16 @@ fn from_counts(name: &str, names: &[String], counts: &[u64]) -> FeatureReference
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_features_keep_smaller_samples_within_the_bound() {
+        assert_eq!(sample_per_feature(7), 1000);
+        let wide = sample_per_feature(256);
+        assert!((100..1000).contains(&wide), "{wide}");
+        // 256 features of `wide` values and 10 bins, at 21 bytes a number, fit the bound.
+        assert!(256 * (wide + 20) * 21 < super::super::SIZE_BOUND as usize);
+        assert_eq!(sample_per_feature(100_000), 100);
+    }
 
     #[test]
     fn unstandardizing_gives_the_loaded_values_back() {

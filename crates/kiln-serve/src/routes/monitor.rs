@@ -12,6 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{about, model_name, read_body, AppState};
+use crate::drift::FeedbackError;
 use crate::error::ApiError;
 use crate::protocol::parse_json;
 
@@ -60,10 +61,10 @@ pub(crate) async fn feedback(
             )
         })?;
         let labels = labels(&request["labels"], classes)?;
-        let (count, correct) = endpoint
-            .monitor
-            .feedback(id, &labels)
-            .map_err(ApiError::not_found)?;
+        let (count, correct) = endpoint.monitor.feedback(id, &labels).map_err(|e| match e {
+            FeedbackError::Unknown(message) => ApiError::not_found(message),
+            FeedbackError::Invalid(message) => ApiError::bad_request(message),
+        })?;
         state.metrics.drift.feedback(&name, count);
         Ok(Json(json!({
             "model": name, "id": id, "labels": count, "correct": correct,
