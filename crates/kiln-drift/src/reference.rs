@@ -187,15 +187,20 @@ impl FeatureReference {
                     drifted: test.p_value < alpha,
                 }
             }
-            _ => FeatureDrift {
-                name: self.name.clone(),
-                test: "none",
-                statistic: f64::NAN,
-                p_value: f64::NAN,
-                psi: None,
-                jensen_shannon: None,
-                drifted: false,
-            },
+            _ => self.not_compared(),
+        }
+    }
+
+    /// The comparison that cannot be made (values of the other kind): test `none`, no drift.
+    fn not_compared(&self) -> FeatureDrift {
+        FeatureDrift {
+            name: self.name.clone(),
+            test: "none",
+            statistic: f64::NAN,
+            p_value: f64::NAN,
+            psi: None,
+            jensen_shannon: None,
+            drifted: false,
         }
     }
 }
@@ -222,15 +227,7 @@ impl FeatureReference {
             Current::Categories(values),
         ) = (&self.kind, current)
         else {
-            return FeatureDrift {
-                name: self.name.clone(),
-                test: "none",
-                statistic: f64::NAN,
-                p_value: f64::NAN,
-                psi: None,
-                jensen_shannon: None,
-                drifted: false,
-            };
+            return self.not_compared();
         };
         let mut counts = vec![0.0; categories.len() + 1];
         for v in values {
