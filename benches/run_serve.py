@@ -28,6 +28,7 @@ and 16 clients, while a scraper reads /metrics (which compares the window with t
 twice a second, as an eager Prometheus would. Writes benches/results/serve-drift.{json,md}.
 """
 import argparse
+import contextlib
 import datetime
 import gzip
 import json
@@ -81,15 +82,24 @@ def cpu_model():
     return platform.machine()
 
 
+@contextlib.contextmanager
+def serving(export_dir, flags):
+    """`kiln serve` of the export as "fashion" with `flags`: yields (process, base URL); SIGTERM
+    at the end, which must exit 0."""
+    server = subprocess.Popen([KILN, "serve", export_dir, "--name", "fashion", "--port", "0",
+                               "--backend", "flex", *flags], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield server, "http://" + json.loads(server.stdout.readline())["address"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, "kiln serve did not exit 0 on SIGTERM"
+
+
 def serve_rows(export_dir, requests):
     rows = []
     for mode, flags in MODES:
-        server = subprocess.Popen([KILN, "serve", export_dir, "--name", "fashion", "--port", "0",
-                                   "--backend", "flex", *flags], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            ready = json.loads(server.stdout.readline())
-            url = "http://" + ready["address"]
+        with serving(export_dir, flags) as (server, url):
             for c in CONCURRENCY:
                 run([LOAD, url, "fashion", IMAGES, str(c), "200"])
                 before = cpu_of(server.pid)
@@ -99,9 +109,6 @@ def serve_rows(export_dir, requests):
                 out["batching"] = mode
                 rows.append(out)
                 print(json.dumps(out), flush=True)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            assert server.wait(timeout=60) == 0, "kiln serve did not exit 0 on SIGTERM"
     return rows
 
 
@@ -112,11 +119,7 @@ def drift_rows(export_dir, requests, rounds):
     batching = ["--max-batch", "32", "--max-delay-ms", "2"]
     for r in range(rounds):
         for drift, flags in [("off", ["--drift-window", "0"]), ("on", [])]:
-            server = subprocess.Popen([KILN, "serve", export_dir, "--name", "fashion", "--port", "0",
-                                       "--backend", "flex", *batching, *flags], cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            try:
-                url = "http://" + json.loads(server.stdout.readline())["address"]
+            with serving(export_dir, [*batching, *flags]) as (_, url):
                 for c in [4, 16]:
                     run([LOAD, url, "fashion", IMAGES, str(c), "200"])
                     done = threading.Event()
@@ -139,9 +142,6 @@ def drift_rows(export_dir, requests, rounds):
                                dataset_drift=(state.get("report") or {}).get("dataset_drift"))
                     rows.append(out)
                     print(json.dumps(out), flush=True)
-            finally:
-                server.send_signal(signal.SIGTERM)
-                assert server.wait(timeout=60) == 0, "kiln serve did not exit 0 on SIGTERM"
     return rows
 
 

@@ -382,6 +382,27 @@ fn a_folder_of_images_is_compared_image_by_image() {
     {
         assert_eq!(a["statistic"], b["statistic"], "{a} {b}");
     }
+    // kiln predict takes the folder as well: one line per image, in name order.
+    let out = kiln(&[
+        "predict",
+        f.fashion.to_str().unwrap(),
+        folder.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 300);
+    assert!(
+        lines[0]["input"]
+            .as_str()
+            .unwrap()
+            .ends_with("part-0/0000.png"),
+        "{}",
+        lines[0]
+    );
+
     let empty = f.path("no-images");
     std::fs::create_dir_all(&empty).unwrap();
     common::fails_with(

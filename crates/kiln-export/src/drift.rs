@@ -203,6 +203,15 @@ impl Reference {
     }
 }
 
+/// Why an export whose manifest names no drift reference has none (it predates them), and what
+/// to do.
+pub fn no_reference(manifest: &Manifest) -> String {
+    format!(
+        "the export was written by Kiln {} (manifest version {}), before exports kept a drift reference; export the run again with this Kiln to monitor drift",
+        manifest.kiln_version, manifest.format_version
+    )
+}
+
 /// The drift reference of the export in `dir`: `Ok(None)` for an export written before Kiln
 /// kept one (drift is then unavailable), an error when the file is missing or damaged.
 pub fn read_reference(dir: &Path, manifest: &Manifest) -> Result<Option<Reference>> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kiln_data::Standardizer;
-use kiln_infer::{evaluate, EvalResult, RunData, Split};
+use kiln_infer::{evaluate, RunData, Split};
 use kiln_models::{DataShape, GptShape, ModelConfig, Step, TrainModel};
 use serde_json::{json, Value};
 
@@ -179,10 +179,6 @@ pub fn export<B: Backend>(
             "the run's data has no {split_name} split to measure the export on; give the run one (data.test_fraction / data.valid_fraction above 0)"
         );
     }
-    let measure = |weights: &HostWeights, what: &str| -> Result<EvalResult> {
-        let model = build_model::<B>(section, &shape, weights, what, device)?;
-        evaluate(&model, data.eval_batches(split, config), device)
-    };
     let float_model = build_model::<B>(
         section,
         &shape,
@@ -208,16 +204,18 @@ pub fn export<B: Backend>(
         .iter()
         .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.dequantize())))
         .collect();
+    // The exported model: measured (float32 weights need no second pass) and the drift
+    // reference's predictions.
+    let exported_model = build_model::<B>(section, &shape, &dequantized, "of the export", device)?;
     let exported = if opts.scheme == Scheme::None {
         float.clone()
     } else {
-        measure(&dequantized, "of the export")?
+        evaluate(&exported_model, data.eval_batches(split, config), device)?
     };
     let metrics = exported.json_with(json!({"split": split_name, "backend": opts.backend}));
-    let reference = {
-        let model = build_model::<B>(section, &shape, &dequantized, "of the export", device)?;
-        drift::build(&data, &model, config, device).context("the drift reference")?
-    };
+    let reference =
+        drift::build(&data, &exported_model, config, device).context("the drift reference")?;
+    drop(exported_model);
     // A reference over its bound is left out (drift then unavailable), never the export.
     let reference_bytes = match reference.to_bytes() {
         Ok(bytes) => Some(bytes),

@@ -180,6 +180,26 @@ pub struct Record {
     pub values: Vec<f32>,
 }
 
+/// The samples in `paths` as the export's model of samples (`task`) takes them: folders
+/// expanded to their images ([`expand_folders`]), then read by [`read_inputs`].
+pub fn read_samples(task: &Task, paths: &[PathBuf]) -> Result<Vec<Record>> {
+    let Task::Samples {
+        sample_shape,
+        table,
+        image,
+        ..
+    } = task
+    else {
+        bail!("this export is a language model; give it a prompt or text, not input files");
+    };
+    read_inputs(
+        &expand_folders(paths)?,
+        sample_shape,
+        table.as_ref(),
+        image.as_ref(),
+    )
+}
+
 /// `paths` with every folder replaced by the image files under it (recursively, in name
 /// order): how an image folder is given as inputs.
 pub fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {

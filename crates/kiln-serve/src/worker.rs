@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use kiln_export::drift::read_reference;
+use kiln_export::drift::{no_reference, read_reference};
 use kiln_export::predict::{self, forward_samples, Loaded, Outputs};
 use kiln_infer::generate::{generate_with, Generation};
 use kiln_models::Model;
@@ -93,10 +93,7 @@ pub fn run<B: Backend>(
     };
     let reference = match read_reference(&dir, &model.manifest) {
         Ok(Some(reference)) => Ok(reference),
-        Ok(None) => Err(format!(
-            "the export was written by Kiln {} (manifest version {}), before exports kept a drift reference; export the run again to monitor drift",
-            model.manifest.kiln_version, model.manifest.format_version
-        )),
+        Ok(None) => Err(no_reference(&model.manifest)),
         Err(e) => {
             tracing::warn!("model `{name}`: drift is unavailable: {e:#}");
             Err(format!("{e:#}"))

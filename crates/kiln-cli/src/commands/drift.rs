@@ -64,23 +64,15 @@ impl OnDevice for Args {
         let loaded = predict::load::<B>(&self.export, &device)?;
         let Some(reference) = drift::read_reference(&self.export, &loaded.manifest)? else {
             bail!(
-                "{} was exported by Kiln {} (manifest version {}), before exports kept a drift reference; export the run again with this Kiln to check drift",
+                "{}: {}",
                 self.export.display(),
-                loaded.manifest.kiln_version,
-                loaded.manifest.format_version
+                drift::no_reference(&loaded.manifest)
             );
         };
         let mut observed = Observations::new(&reference, usize::MAX);
         match &loaded.task {
-            Task::Samples {
-                sample_shape,
-                table,
-                image,
-                ..
-            } => {
-                let paths = predict::expand_folders(&self.data)?;
-                let records =
-                    predict::read_inputs(&paths, sample_shape, table.as_ref(), image.as_ref())?;
+            Task::Samples { .. } => {
+                let records = predict::read_samples(&loaded.task, &self.data)?;
                 drift::observe_records(&loaded, &reference, &records, &mut observed, &device)?;
             }
             Task::Language { .. } => {

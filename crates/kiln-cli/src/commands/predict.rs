@@ -17,8 +17,8 @@ use crate::args::{BackendArgs, SamplingArgs};
 pub struct Args {
     /// The export's directory (from `kiln export --format kiln`).
     export: PathBuf,
-    /// Input files (.png / .jpg / .jpeg, .idx / *-ubyte / .gz, .csv / .parquet) for a
-    /// classifier or regression, or the prompt for a GPT.
+    /// Input files (.png / .jpg / .jpeg or folders of them, .idx / *-ubyte / .gz, .csv /
+    /// .parquet) for a classifier or regression, or the prompt for a GPT.
     #[arg(required = true)]
     inputs: Vec<String>,
     /// Also print the logits (a GPT prints the logits of every prompt position instead of
@@ -59,15 +59,9 @@ impl OnDevice for Predict {
         let loaded = predict::load::<B>(&self.export, &device)?;
         let mut out = std::io::stdout().lock();
         match &loaded.task {
-            Task::Samples {
-                sample_shape,
-                table,
-                image,
-                ..
-            } => {
+            Task::Samples { .. } => {
                 let paths: Vec<PathBuf> = self.inputs.iter().map(PathBuf::from).collect();
-                let records =
-                    predict::read_inputs(&paths, sample_shape, table.as_ref(), image.as_ref())?;
+                let records = predict::read_samples(&loaded.task, &paths)?;
                 predict::predict_samples(&loaded, &records, self.logits, &device, &mut out)
             }
             Task::Language { .. } => {
